@@ -1,0 +1,102 @@
+// The proxy's configuration: the goproxy JSON schema, read unchanged and validated.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "trollproxy/money.hpp"
+#include "trollproxy/result.hpp"
+
+namespace trollproxy {
+
+/// Which credit pool pays for a model (`billing_upstream`).
+enum class Pool {
+    Credits,    ///< billing_upstream "ohmygpt": `credits`, then `refCredits`
+    CreditsNew, ///< billing_upstream "openhands": `creditsNew` only
+};
+
+/// "credits" or "creditsNew".
+const char* poolName(Pool pool) noexcept;
+/// The request log's `creditType`: "ohmygpt" or "openhands".
+const char* poolCreditType(Pool pool) noexcept;
+
+/// USD per million tokens, exact.
+struct PriceTable {
+    Money input;
+    Money output;
+    Money cacheWrite;
+    Money cacheRead;
+    Factor multiplier;
+};
+
+/// One entry of `models[]`.
+struct ModelConfig {
+    std::string name;
+    std::string id;
+    std::vector<std::string> aliases;
+    std::string type;
+    std::string upstream;
+    std::string upstreamModelId;
+    std::string billingUpstream;
+    Pool pool = Pool::CreditsNew;
+    PriceTable prices;
+    std::optional<Money> batchInputPrice;
+    std::optional<Money> batchOutputPrice;
+    std::string reasoning;
+    std::optional<std::int64_t> thinkingBudget;
+};
+
+/// One entry of `endpoints[]`. `upstream` and `api_key_env` are trollproxy's
+/// optional additions.
+struct EndpointConfig {
+    std::string name;
+    std::string baseUrl;
+    std::string upstream;
+    std::string apiKeyEnv;
+};
+
+/// What to do with new requests while the ledger cannot be reached.
+enum class LedgerFailureMode { FailClosed, FailOpen };
+
+/// trollproxy's own settings: the optional top-level "trollproxy" object.
+struct ProxySettings {
+    std::int64_t rateLimitPerMinute = 600;
+    LedgerFailureMode ledgerFailureMode = LedgerFailureMode::FailClosed;
+    std::int64_t connectTimeoutMs = 10'000;
+    std::int64_t firstByteTimeoutMs = 300'000;
+    std::int64_t idleTimeoutMs = 300'000;
+    std::int64_t workerThreads = 256;
+    std::int64_t maxBodyBytes = 50 * 1024 * 1024;
+    std::int64_t holdTtlSeconds = 900;
+    std::int64_t shutdownGraceSeconds = 30;
+    std::int64_t defaultMaxOutputTokens = 8192;
+    std::string journalPath;
+    std::string keyFile;
+};
+
+/// A loaded, validated configuration.
+struct Config {
+    std::string sourceName; ///< file name used in messages
+    int port = 8000;
+    std::vector<EndpointConfig> endpoints;
+    std::vector<ModelConfig> models;
+    std::string systemPrompt;
+    std::string userAgent;
+    ProxySettings settings;
+    std::vector<std::string> warnings; ///< unknown keys and similar
+
+    /// Finds a model by id or alias; nullptr when none matches.
+    const ModelConfig* findModel(std::string_view idOrAlias) const;
+};
+
+/// Parses and validates config text. On failure the error message lists every
+/// problem, one per line, as `NAME: json.path: reason`.
+Result<Config> parseConfig(std::string_view json, std::string_view sourceName);
+
+/// Reads a file and parses it; the file's base name names it in messages.
+Result<Config> loadConfigFile(const std::string& path);
+
+} // namespace trollproxy

@@ -1,0 +1,166 @@
+// CreditLedger: the users' keys and money. One interface, several backends.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "trollproxy/config.hpp"
+#include "trollproxy/money.hpp"
+#include "trollproxy/result.hpp"
+#include "trollproxy/usage.hpp"
+
+namespace trollproxy {
+
+/// Who a key belongs to.
+struct Account {
+    std::string userId;  ///< the user's name (production: `usersNew._id`)
+    std::string keyId;   ///< the key as stored (`user_keys._id` or `usersNew.apiKey`)
+    bool admin = false;
+};
+
+enum class AuthStatus {
+    Authorized,
+    KeyInvalid,        ///< no such key
+    KeyRevoked,        ///< key or user inactive
+    KeyExpired,        ///< past `expiresAt`
+    MigrationRequired, ///< non-admin user with `migration: false`
+    LedgerUnavailable,
+};
+
+struct AuthOutcome {
+    AuthStatus status = AuthStatus::KeyInvalid;
+    Account account; ///< set when Authorized
+};
+
+/// A hold on a pool for one request, taken before forwarding.
+struct HoldRequest {
+    std::string requestId;
+    std::string userId;
+    Pool pool = Pool::CreditsNew;
+    Money amount;
+    std::int64_t expiresAtMs = 0; ///< after this a sweep releases it
+};
+
+enum class ReserveStatus { Reserved, InsufficientCredits, LedgerUnavailable };
+
+/// The final charge of one request. Settling writes the request log entry too.
+struct Charge {
+    std::string requestId;
+    std::string userId;
+    std::string keyId;
+    std::string model;
+    Pool pool = Pool::CreditsNew;
+    Usage usage;
+    Money cost;
+    int statusCode = 200;
+    std::int64_t latencyMs = 0;
+    bool success = true;
+    std::int64_t createdAtMs = 0;
+};
+
+enum class SettleStatus {
+    Settled,           ///< applied now
+    AlreadySettled,    ///< this request id was settled before; nothing changed
+    LedgerUnavailable, ///< nothing changed; the caller must journal the charge
+};
+
+struct SettleOutcome {
+    SettleStatus status = SettleStatus::LedgerUnavailable;
+    Money charged;   ///< what was taken from the pool
+    Money shortfall; ///< cost that could not be taken (balance ran out)
+};
+
+/// A user's balance fields.
+struct Balance {
+    Money credits;
+    Money creditsUsed;
+    Money refCredits;
+    Money creditsNew;
+    Money creditsNewUsed;
+    std::int64_t tokensUserNew = 0;
+    std::int64_t totalInputTokens = 0;
+    std::int64_t totalOutputTokens = 0;
+};
+
+/// One `request_logs` entry.
+struct LogEntry {
+    std::string requestId;
+    std::string userId;
+    std::string keyId;
+    std::string model;
+    Usage usage;
+    Money cost;
+    Money shortfall;
+    std::string creditType; ///< "openhands" (creditsNew) or "ohmygpt" (credits)
+    int statusCode = 0;
+    std::int64_t latencyMs = 0;
+    bool success = false;
+    std::int64_t createdAtMs = 0;
+};
+
+/// The money store. All operations are safe to call from many threads, and
+/// from several processes sharing one database.
+class CreditLedger {
+public:
+    virtual ~CreditLedger() = default;
+
+    /// Looks up an API key: `usersNew.apiKey`, or `user_keys._id` naming a user.
+    virtual AuthOutcome authenticate(std::string_view apiKey) = 0;
+
+    /// Takes `amount` out of the pool into a hold, atomically, or refuses.
+    virtual ReserveStatus reserve(const HoldRequest& hold) = 0;
+
+    /// Replaces the request's hold (if any) by the actual cost, applies token
+    /// counters and writes the request log entry, exactly once per request id.
+    /// Without a hold (served while the ledger was down) it takes the cost from
+    /// the pool directly. Never takes a balance field below zero.
+    virtual SettleOutcome settle(const Charge& charge) = 0;
+
+    /// Returns a hold to the pool unspent (the upstream failed, nothing served).
+    virtual Result<void> release(std::string_view requestId) = 0;
+
+    /// Releases holds whose expiry is before nowMs. Returns how many.
+    virtual Result<std::int64_t> sweepExpiredHolds(std::int64_t nowMs) = 0;
+
+    /// Writes a log entry for a request that was not charged (refused, failed).
+    virtual Result<void> recordRequest(const LogEntry& entry) = 0;
+
+    /// True when the database answers now (bounded time).
+    virtual bool ping() = 0;
+
+    // Administration.
+    virtual Result<void> addUser(std::string_view name) = 0;
+    /// Creates a new `sk-trollllm-` + 64 hex key for the user and returns it.
+    virtual Result<std::string> addKey(std::string_view name) = 0;
+    virtual Result<void> revokeKey(std::string_view apiKey) = 0;
+    /// Adds a non-negative amount to a pool field: "credits", "refCredits" or
+    /// "creditsNew".
+    virtual Result<void> credit(std::string_view name, std::string_view field, Money amount) = 0;
+    virtual Result<Balance> balance(std::string_view name) = 0;
+    /// The user's latest log entries, newest first.
+    virtual Result<std::vector<LogEntry>> usage(std::string_view name, std::int64_t last) = 0;
+    /// Total shortfall recorded (cost that could not be taken), over all users.
+    virtual Result<Money> totalShortfall() = 0;
+};
+
+/// Options for opening a ledger.
+struct LedgerOptions {
+    std::int64_t timeoutMs = 3000;     ///< bound on one database operation
+    std::string writeConcern;          ///< MongoDB: "", "1" or "majority"
+};
+
+/// Opens a ledger from a URI: `sqlite:PATH` or `mongodb://...` (database from
+/// the URI path, else MONGODB_DB_NAME, else "fproxy").
+Result<std::unique_ptr<CreditLedger>> openLedger(std::string_view uri,
+                                                 const LedgerOptions& options = {});
+
+/// The default ledger URI: MONGODB_URI when set, else "sqlite:trollproxy.db".
+std::string defaultLedgerUri();
+
+/// Makes a fresh random API key: "sk-trollllm-" + 64 lowercase hex digits.
+std::string newApiKey();
+
+} // namespace trollproxy

@@ -1,0 +1,15 @@
+// Pricing: the exact cost of a usage under a model's price table.
+#pragma once
+
+#include "trollproxy/config.hpp"
+#include "trollproxy/money.hpp"
+#include "trollproxy/usage.hpp"
+
+namespace trollproxy {
+
+/// cost = (uncached × input + output × output + cacheWrite × write + cacheRead ×
+/// read) / 1e6 × multiplier, computed exactly and rounded once, half up, to the
+/// nano-dollar. Exact for up to 10^9 tokens of each kind.
+Money priceUsage(const PriceTable& prices, const Usage& usage);
+
+} // namespace trollproxy

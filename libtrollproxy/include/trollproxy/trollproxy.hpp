@@ -1,0 +1,11 @@
+// trollproxy: the whole public API in one include.
+#pragma once
+
+#include "trollproxy/config.hpp"
+#include "trollproxy/journal.hpp"
+#include "trollproxy/ledger.hpp"
+#include "trollproxy/money.hpp"
+#include "trollproxy/pricing.hpp"
+#include "trollproxy/result.hpp"
+#include "trollproxy/sse.hpp"
+#include "trollproxy/usage.hpp"
