@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <limits>
 
+#include "core/int128.hpp"
+
 namespace trollproxy {
 
 namespace {
@@ -72,7 +74,7 @@ Result<std::int64_t> parseBillionths(std::string_view text) {
         return bad("more than 9 decimal places");
     if (static_cast<long>(digits.size()) + scale > 19)
         return bad("out of range");
-    __int128 v = 0;
+    internal::Int128 v = 0;
     for (char c : digits)
         v = v * 10 + (c - '0');
     for (long s = 0; s < scale; ++s)
