@@ -13,6 +13,7 @@ enum class ErrorCode {
     ParseError,      ///< malformed JSON or text
     NotFound,        ///< a named thing does not exist
     Unavailable,     ///< a backing service (database, upstream) cannot be reached
+    Timeout,         ///< a backing service did not answer in time
     Conflict,        ///< the operation clashes with the current state
     Internal,        ///< a bug or an unexpected system failure
 };

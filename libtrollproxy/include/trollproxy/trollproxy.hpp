@@ -6,6 +6,8 @@
 #include "trollproxy/ledger.hpp"
 #include "trollproxy/money.hpp"
 #include "trollproxy/pricing.hpp"
+#include "trollproxy/proxy.hpp"
 #include "trollproxy/result.hpp"
 #include "trollproxy/sse.hpp"
+#include "trollproxy/upstream.hpp"
 #include "trollproxy/usage.hpp"

@@ -13,6 +13,8 @@ const char* errorCodeName(ErrorCode code) noexcept {
         return "not_found";
     case ErrorCode::Unavailable:
         return "unavailable";
+    case ErrorCode::Timeout:
+        return "timeout";
     case ErrorCode::Conflict:
         return "conflict";
     case ErrorCode::Internal:

@@ -1,0 +1,82 @@
+// ProxyService: the request path — authenticate, hold, forward, stream, settle.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "trollproxy/config.hpp"
+#include "trollproxy/ledger.hpp"
+#include "trollproxy/upstream.hpp"
+
+namespace trollproxy {
+
+/// An HTTP request as the server received it. Header names in any case.
+struct HttpRequest {
+    std::string method;
+    std::string path;
+    HeaderList headers;
+    std::string body;
+    std::string remoteAddr;
+};
+
+/// Where a streamed answer goes.
+class ResponseWriter {
+public:
+    virtual ~ResponseWriter() = default;
+    /// Sends bytes to the client now. False when the client has gone away.
+    virtual bool write(std::string_view bytes) = 0;
+};
+
+/// An answer: either a whole body, or a stream function that writes it.
+struct HttpResponse {
+    int status = 200;
+    HeaderList headers;
+    std::string contentType = "application/json";
+    std::string body;
+    /// When set, the body is streamed by calling this once, on the thread
+    /// that called handle().
+    std::function<void(ResponseWriter&)> stream;
+};
+
+/// Where upstream keys come from: TROLLPROXY_UPSTREAM_KEYS, an endpoint's
+/// `api_key_env` variable, or the settings' key file. Keys are never logged.
+struct KeySource {
+    /// Reads an environment variable; replaceable for tests.
+    std::function<std::string(const std::string&)> getenv;
+};
+
+/// The proxy's whole request path. Thread-safe: handle() runs on many threads.
+class ProxyService {
+public:
+    /// Builds the service. Fails when an endpoint has no upstream key.
+    static Result<std::unique_ptr<ProxyService>> create(Config config,
+                                                        std::unique_ptr<CreditLedger> ledger,
+                                                        std::unique_ptr<Upstream> upstream,
+                                                        const KeySource& keys = {});
+    virtual ~ProxyService() = default;
+
+    /// Serves one request (any route).
+    virtual HttpResponse handle(const HttpRequest& request) = 0;
+
+    /// Swaps in a new config; requests in flight keep the old one.
+    virtual Result<void> reload(Config config) = 0;
+
+    /// Runs periodic work (hold sweep, journal replay, readiness). Call every
+    /// second or so from one thread.
+    virtual void tick() = 0;
+
+    /// Starts shutting down: streams still running after `graceMs` are cut
+    /// and settled.
+    virtual void beginShutdown(std::int64_t graceMs) = 0;
+
+    /// Replays the journal one last time; call after all requests are done.
+    virtual void finish() = 0;
+
+    /// The config in force.
+    virtual std::shared_ptr<const Config> config() const = 0;
+};
+
+} // namespace trollproxy

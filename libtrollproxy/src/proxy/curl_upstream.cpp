@@ -1,0 +1,232 @@
+// Upstream over libcurl's multi interface: headers first, then the body piece by piece.
+//
+// Each thread drives its own multi handle, so transfers need no locks and the
+// multi handle's connection cache keeps upstream connections alive between the
+// requests that a worker thread serves.
+#include "trollproxy/upstream.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <mutex>
+
+#include <curl/curl.h>
+
+namespace trollproxy {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct ThreadMulti {
+    CURLM* multi = nullptr;
+    ThreadMulti() {
+        multi = curl_multi_init();
+        curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, 16L);
+    }
+    ~ThreadMulti() { curl_multi_cleanup(multi); }
+};
+
+CURLM* threadMulti() {
+    thread_local ThreadMulti holder;
+    return holder.multi;
+}
+
+std::string lower(std::string s) {
+    std::transform(s.begin(), s.end(), s.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return s;
+}
+
+class CurlTransfer final : public UpstreamTransfer {
+public:
+    CurlTransfer(const UpstreamRequest& req, const UpstreamSettings& settings)
+        : settings_(settings), body_(req.body), multi_(threadMulti()) {
+        easy_ = curl_easy_init();
+        for (const auto& [name, value] : req.headers)
+            headerList_ = curl_slist_append(headerList_, (name + ": " + value).c_str());
+        // No "Expect: 100-continue" round trip for large bodies.
+        headerList_ = curl_slist_append(headerList_, "Expect:");
+        curl_easy_setopt(easy_, CURLOPT_URL, req.url.c_str());
+        curl_easy_setopt(easy_, CURLOPT_POST, 1L);
+        curl_easy_setopt(easy_, CURLOPT_POSTFIELDS, body_.data());
+        curl_easy_setopt(easy_, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body_.size()));
+        curl_easy_setopt(easy_, CURLOPT_HTTPHEADER, headerList_);
+        curl_easy_setopt(easy_, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
+        curl_easy_setopt(easy_, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(easy_, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(settings.connectTimeoutMs));
+        curl_easy_setopt(easy_, CURLOPT_TCP_KEEPALIVE, 1L);
+        curl_easy_setopt(easy_, CURLOPT_TCP_NODELAY, 1L);
+        curl_easy_setopt(easy_, CURLOPT_WRITEFUNCTION, &CurlTransfer::onWrite);
+        curl_easy_setopt(easy_, CURLOPT_WRITEDATA, this);
+        curl_easy_setopt(easy_, CURLOPT_HEADERFUNCTION, &CurlTransfer::onHeader);
+        curl_easy_setopt(easy_, CURLOPT_HEADERDATA, this);
+        curl_easy_setopt(easy_, CURLOPT_PRIVATE, this);
+        curl_multi_add_handle(multi_, easy_);
+        attached_ = true;
+    }
+
+    ~CurlTransfer() override {
+        detach();
+        curl_easy_cleanup(easy_);
+        curl_slist_free_all(headerList_);
+    }
+
+    // Runs until the response headers are in; an error if none came.
+    Result<void> awaitHeaders() {
+        auto deadline = Clock::now() + std::chrono::milliseconds(settings_.firstByteTimeoutMs);
+        while (!headersDone_ && !done_) {
+            if (Clock::now() >= deadline) {
+                detach();
+                return Error{ErrorCode::Timeout, "upstream sent no response in time"};
+            }
+            pump(deadline);
+        }
+        if (!headersDone_) {
+            bool timeout = result_ == CURLE_OPERATION_TIMEDOUT;
+            return Error{timeout ? ErrorCode::Timeout : ErrorCode::Unavailable,
+                         std::string("upstream request failed: ") + curl_easy_strerror(result_)};
+        }
+        return {};
+    }
+
+    int status() const override { return status_; }
+    const HeaderList& headers() const override { return headers_; }
+    std::string header(std::string_view name) const override {
+        for (const auto& [k, v] : headers_) {
+            if (k == name)
+                return v;
+        }
+        return {};
+    }
+
+    Result<bool> read(std::string& out) override {
+        auto deadline = Clock::now() + std::chrono::milliseconds(settings_.idleTimeoutMs);
+        for (;;) {
+            if (!pending_.empty()) {
+                out.append(pending_);
+                pending_.clear();
+                return true;
+            }
+            if (cancelled_)
+                return false;
+            if (done_) {
+                if (result_ != CURLE_OK)
+                    return Error{ErrorCode::Unavailable,
+                                 std::string("upstream transfer broke: ") + curl_easy_strerror(result_)};
+                return false;
+            }
+            if (Clock::now() >= deadline) {
+                detach();
+                return Error{ErrorCode::Timeout, "upstream went idle"};
+            }
+            pump(deadline);
+        }
+    }
+
+    void cancel() override {
+        cancelled_ = true;
+        detach();
+    }
+
+private:
+    static std::size_t onWrite(char* data, std::size_t size, std::size_t n, void* self) {
+        static_cast<CurlTransfer*>(self)->pending_.append(data, size * n);
+        return size * n;
+    }
+
+    static std::size_t onHeader(char* data, std::size_t size, std::size_t n, void* self) {
+        auto* t = static_cast<CurlTransfer*>(self);
+        std::string_view line(data, size * n);
+        while (!line.empty() && (line.back() == '\n' || line.back() == '\r'))
+            line.remove_suffix(1);
+        if (line.rfind("HTTP/", 0) == 0) {
+            // A new status line (after 1xx, too) starts a new header block.
+            t->headers_.clear();
+            auto sp = line.find(' ');
+            t->status_ = sp == std::string_view::npos ? 0 : std::atoi(std::string(line.substr(sp + 1, 3)).c_str());
+        } else if (line.empty()) {
+            if (t->status_ >= 200)
+                t->headersDone_ = true;
+        } else if (auto colon = line.find(':'); colon != std::string_view::npos) {
+            std::string_view value = line.substr(colon + 1);
+            while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
+                value.remove_prefix(1);
+            t->headers_.emplace_back(lower(std::string(line.substr(0, colon))), std::string(value));
+        }
+        return size * n;
+    }
+
+    // Drives the thread's multi handle once; marks finished transfers.
+    void pump(Clock::time_point deadline) {
+        int running = 0;
+        curl_multi_perform(multi_, &running);
+        int left = 0;
+        while (CURLMsg* msg = curl_multi_info_read(multi_, &left)) {
+            if (msg->msg != CURLMSG_DONE)
+                continue;
+            CurlTransfer* t = nullptr;
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &t);
+            if (t) {
+                t->done_ = true;
+                t->result_ = msg->data.result;
+            }
+        }
+        if (done_ || !pending_.empty() || (headersDone_ && !headersSeen_)) {
+            headersSeen_ = headersDone_;
+            return;
+        }
+        auto left_ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        int wait = static_cast<int>(std::clamp<long long>(left_ms, 0, 1000));
+        curl_multi_poll(multi_, nullptr, 0, wait, nullptr);
+    }
+
+    void detach() {
+        if (attached_) {
+            curl_multi_remove_handle(multi_, easy_);
+            attached_ = false;
+        }
+        done_ = true;
+    }
+
+    UpstreamSettings settings_;
+    std::string body_;
+    CURLM* multi_;
+    CURL* easy_ = nullptr;
+    curl_slist* headerList_ = nullptr;
+    std::string pending_;
+    HeaderList headers_;
+    int status_ = 0;
+    bool headersDone_ = false;
+    bool headersSeen_ = false;
+    bool done_ = false;
+    bool attached_ = false;
+    bool cancelled_ = false;
+    CURLcode result_ = CURLE_OK;
+};
+
+class CurlUpstream final : public Upstream {
+public:
+    explicit CurlUpstream(const UpstreamSettings& settings) : settings_(settings) {
+        static std::once_flag once;
+        std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+    }
+
+    Result<std::unique_ptr<UpstreamTransfer>> start(const UpstreamRequest& request) override {
+        auto t = std::make_unique<CurlTransfer>(request, settings_);
+        if (auto r = t->awaitHeaders(); !r)
+            return r.error();
+        return std::unique_ptr<UpstreamTransfer>(std::move(t));
+    }
+
+private:
+    UpstreamSettings settings_;
+};
+
+} // namespace
+
+std::unique_ptr<Upstream> makeCurlUpstream(const UpstreamSettings& settings) {
+    return std::make_unique<CurlUpstream>(settings);
+}
+
+} // namespace trollproxy

@@ -1,0 +1,471 @@
+// ProxyService: routing, authentication, rate limiting, holds, and the service's upkeep.
+#include "proxy/proxy_service.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+
+#include "trollproxy/pricing.hpp"
+#include "core/json_locate.hpp"
+#include "proxy/api_errors.hpp"
+
+namespace trollproxy::internal {
+
+std::int64_t wallMs() {
+    using namespace std::chrono;
+    return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+std::int64_t steadyMs() {
+    using namespace std::chrono;
+    return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
+}
+
+namespace {
+
+std::string newRequestId() {
+    thread_local std::mt19937_64 rng{std::random_device{}()};
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "req_%016llx%08llx", static_cast<unsigned long long>(rng()),
+                  static_cast<unsigned long long>(rng() & 0xffffffffULL));
+    return buf;
+}
+
+std::vector<std::string> splitKeys(const std::string& s) {
+    std::vector<std::string> out;
+    std::size_t p = 0;
+    while (p <= s.size()) {
+        std::size_t e = s.find_first_of(",\n", p);
+        if (e == std::string::npos)
+            e = s.size();
+        std::string k = s.substr(p, e - p);
+        while (!k.empty() && std::isspace(static_cast<unsigned char>(k.back())))
+            k.pop_back();
+        std::size_t b = 0;
+        while (b < k.size() && std::isspace(static_cast<unsigned char>(k[b])))
+            ++b;
+        k = k.substr(b);
+        if (!k.empty() && k[0] != '#')
+            out.push_back(k);
+        p = e + 1;
+    }
+    return out;
+}
+
+std::string header(const HttpRequest& r, std::string_view name) {
+    for (const auto& [k, v] : r.headers) {
+        if (k.size() == name.size() &&
+            std::equal(k.begin(), k.end(), name.begin(),
+                       [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; }))
+            return v;
+    }
+    return {};
+}
+
+std::string clientKey(const HttpRequest& r) {
+    std::string auth = header(r, "authorization");
+    if (auth.size() > 7 && (auth.compare(0, 7, "Bearer ") == 0 || auth.compare(0, 7, "bearer ") == 0))
+        return auth.substr(7);
+    return header(r, "x-api-key");
+}
+
+std::string journalPathFor(const Config& cfg) {
+    if (!cfg.settings.journalPath.empty())
+        return cfg.settings.journalPath;
+    return "trollproxy-" + std::to_string(cfg.port) + ".journal";
+}
+
+HttpResponse jsonResponse(int status, std::string body) {
+    HttpResponse r;
+    r.status = status;
+    r.body = std::move(body);
+    return r;
+}
+
+} // namespace
+
+Result<std::shared_ptr<const Routing>> ProxyServiceImpl::buildRouting(
+    Config config, const KeySource& keys,
+    const std::map<std::string, std::shared_ptr<KeyPool>>& previous) {
+    auto getenv = keys.getenv ? keys.getenv : [](const std::string& n) {
+        const char* v = std::getenv(n.c_str());
+        return std::string(v ? v : "");
+    };
+    auto routing = std::make_shared<Routing>();
+    std::map<std::string, std::shared_ptr<KeyPool>> pools;
+    for (const auto& ep : config.endpoints) {
+        std::string path = ep.baseUrl.substr(0, ep.baseUrl.find('?'));
+        ApiFormat format;
+        if (path.size() >= 17 && path.compare(path.size() - 17, 17, "/chat/completions") == 0)
+            format = ApiFormat::OpenAI;
+        else if (path.size() >= 9 && path.compare(path.size() - 9, 9, "/messages") == 0)
+            format = ApiFormat::Anthropic;
+        else
+            continue; // serves neither route
+        std::string source = ep.apiKeyEnv.empty() ? "TROLLPROXY_UPSTREAM_KEYS" : ep.apiKeyEnv;
+        std::vector<std::string> list = splitKeys(getenv(source));
+        if (list.empty() && ep.apiKeyEnv.empty() && !config.settings.keyFile.empty()) {
+            std::ifstream in(config.settings.keyFile);
+            std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+            list = splitKeys(all);
+            source = "file:" + config.settings.keyFile;
+        }
+        if (list.empty())
+            return Error{ErrorCode::InvalidArgument,
+                         config.sourceName + ": endpoint \"" + ep.name + "\" has no upstream key (set " +
+                             (ep.apiKeyEnv.empty() ? std::string("TROLLPROXY_UPSTREAM_KEYS or trollproxy.key_file")
+                                                   : ep.apiKeyEnv) +
+                             ")"};
+        auto& pool = pools[source];
+        if (!pool) {
+            auto old = previous.find(source);
+            bool same = old != previous.end() && old->second->size() == list.size();
+            for (std::size_t i = 0; same && i < list.size(); ++i)
+                same = old->second->key(i) == list[i];
+            pool = same ? old->second : std::make_shared<KeyPool>(list);
+        }
+        routing->endpoints.push_back({ep, format, pool});
+    }
+    routing->rateLimiter = std::make_shared<RateLimiter>(config.settings.rateLimitPerMinute);
+    routing->config = std::make_shared<const Config>(std::move(config));
+    return std::shared_ptr<const Routing>(routing);
+}
+
+ProxyServiceImpl::ProxyServiceImpl(std::shared_ptr<const Routing> routing,
+                                   std::unique_ptr<CreditLedger> ledger,
+                                   std::unique_ptr<Upstream> upstream, KeySource keys)
+    : routing_(std::move(routing)), ledger_(std::move(ledger)), upstream_(std::move(upstream)),
+      keySource_(std::move(keys)), journal_(journalPathFor(*routing_->config)) {
+    tick();
+}
+
+std::shared_ptr<const Routing> ProxyServiceImpl::routing() const {
+    std::lock_guard lock(routingMutex_);
+    return routing_;
+}
+
+std::shared_ptr<const Config> ProxyServiceImpl::config() const {
+    return routing()->config;
+}
+
+Result<void> ProxyServiceImpl::reload(Config config) {
+    std::map<std::string, std::shared_ptr<KeyPool>> previous;
+    for (const auto& r : routing()->endpoints)
+        previous[r.endpoint.apiKeyEnv.empty() ? "TROLLPROXY_UPSTREAM_KEYS" : r.endpoint.apiKeyEnv] = r.keys;
+    auto next = buildRouting(std::move(config), keySource_, previous);
+    if (!next)
+        return next.error();
+    std::lock_guard lock(routingMutex_);
+    routing_ = *next;
+    return {};
+}
+
+HttpResponse ProxyServiceImpl::handle(const HttpRequest& request) {
+    auto start = std::chrono::steady_clock::now();
+    std::string route = request.path;
+    HttpResponse resp;
+    try {
+        if (request.path == "/v1/chat/completions" || request.path == "/v1/messages") {
+            ApiFormat format = request.path == "/v1/messages" ? ApiFormat::Anthropic : ApiFormat::OpenAI;
+            if (request.method != "POST") {
+                resp = apiError(format, 405, "use POST");
+            } else {
+                resp = serveCompletion(request, format, route);
+            }
+        } else if (request.method == "GET" && request.path == "/v1/models") {
+            resp = listModels();
+        } else if (request.method == "GET" && request.path == "/health") {
+            resp = jsonResponse(200, "{\"status\":\"ok\"}");
+        } else if (request.method == "GET" && request.path == "/ready") {
+            bool ok = ready_.load();
+            resp = jsonResponse(ok ? 200 : 503, ok ? "{\"status\":\"ready\"}"
+                                                   : "{\"status\":\"ledger unavailable\"}");
+        } else if (request.method == "GET" && request.path == "/metrics") {
+            resp.contentType = "text/plain; version=0.0.4";
+            resp.body = metrics_.render();
+        } else {
+            route = "other";
+            resp = apiError(ApiFormat::OpenAI, 404, "no route for " + request.method + " " + request.path);
+        }
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "{\"level\":\"error\",\"msg\":%s}\n", jsonQuote(e.what()).c_str());
+        resp = apiError(request.path == "/v1/messages" ? ApiFormat::Anthropic : ApiFormat::OpenAI, 500,
+                        "internal error");
+    }
+    metrics_.add(Metrics::series("trollproxy_requests_total",
+                                 {{"route", route}, {"status", std::to_string(resp.status)}}));
+    if (!resp.stream) {
+        metrics_.observeLatency(route, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+    return resp;
+}
+
+HttpResponse ProxyServiceImpl::listModels() const {
+    auto cfg = config();
+    std::string body = "{\"object\":\"list\",\"data\":[";
+    for (std::size_t i = 0; i < cfg->models.size(); ++i) {
+        const auto& m = cfg->models[i];
+        body += (i ? "," : "") + std::string("{\"id\":") + jsonQuote(m.id) +
+                ",\"object\":\"model\",\"created\":1700000000,\"owned_by\":" +
+                jsonQuote(m.upstream.empty() ? "trollproxy" : m.upstream) + "}";
+    }
+    body += "]}";
+    return jsonResponse(200, std::move(body));
+}
+
+Money ProxyServiceImpl::holdEstimate(const RequestContext& ctx) const {
+    // An upper bound: every 2 bytes of the body a token at the dearest input
+    // price, plus the largest output the request allows.
+    const PriceTable& p = ctx.model->prices;
+    PriceTable worst = p;
+    worst.input = std::max({p.input, p.cacheWrite, p.cacheRead});
+    Usage u;
+    u.uncachedInput = static_cast<std::int64_t>(ctx.http->body.size() / 2 + 1);
+    u.output = ctx.request.maxOutputTokens >= 0 ? ctx.request.maxOutputTokens
+                                                : ctx.routing->config->settings.defaultMaxOutputTokens;
+    return priceUsage(worst, u);
+}
+
+HttpResponse ProxyServiceImpl::serveCompletion(const HttpRequest& http, ApiFormat format,
+                                               const std::string& route) {
+    RequestContext ctx;
+    ctx.http = &http;
+    ctx.routing = routing();
+    ctx.format = format;
+    ctx.route = route;
+    ctx.requestId = newRequestId();
+    ctx.start = std::chrono::steady_clock::now();
+    ctx.promptBytes = static_cast<std::int64_t>(http.body.size());
+    const Config& cfg = *ctx.routing->config;
+    const ProxySettings& settings = cfg.settings;
+
+    for (const auto& [k, v] : http.headers) {
+        if (v.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)
+            return apiError(format, 400, "header " + k + " contains a control character");
+    }
+    if (static_cast<std::int64_t>(http.body.size()) > settings.maxBodyBytes)
+        return apiError(format, 413, "request body is larger than " + std::to_string(settings.maxBodyBytes) + " bytes");
+
+    // Authenticate.
+    std::string key = clientKey(http);
+    if (key.empty())
+        return apiError(format, 401, "missing API key (Authorization: Bearer KEY or x-api-key)", "invalid_api_key");
+    AuthOutcome auth = ledger_->authenticate(key);
+    if (auth.status == AuthStatus::LedgerUnavailable) {
+        metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "authenticate"}}));
+        if (settings.ledgerFailureMode == LedgerFailureMode::FailOpen) {
+            std::lock_guard lock(authCacheMutex_);
+            auto it = authCache_.find(key);
+            if (it != authCache_.end()) {
+                auth.status = AuthStatus::Authorized;
+                auth.account = it->second;
+            }
+        }
+    }
+    switch (auth.status) {
+    case AuthStatus::Authorized:
+        break;
+    case AuthStatus::KeyInvalid:
+        return apiError(format, 401, "invalid API key", "invalid_api_key");
+    case AuthStatus::KeyRevoked:
+        return apiError(format, 401, "this API key has been revoked", "invalid_api_key");
+    case AuthStatus::KeyExpired:
+        return apiError(format, 401, "this API key has expired", "invalid_api_key");
+    case AuthStatus::MigrationRequired:
+        return apiError(format, 403, "account migration required", "migration_required");
+    case AuthStatus::LedgerUnavailable:
+        return apiError(format, 503, "billing is temporarily unavailable; retry later", "ledger_unavailable");
+    }
+    if (settings.ledgerFailureMode == LedgerFailureMode::FailOpen) {
+        std::lock_guard lock(authCacheMutex_);
+        if (authCache_.size() < 100'000)
+            authCache_[key] = auth.account;
+    }
+    ctx.account = auth.account;
+
+    // Rate limit.
+    RateDecision rate = ctx.routing->rateLimiter->check(key, steadyMs());
+    if (!rate.allowed) {
+        HttpResponse r = apiError(format, 429, "rate limit exceeded: " + std::to_string(rate.limit) +
+                                                   " requests per minute", "rate_limit_exceeded");
+        r.headers.emplace_back("Retry-After", std::to_string(rate.retryAfterSeconds));
+        r.headers.emplace_back("X-RateLimit-Limit", std::to_string(rate.limit));
+        r.headers.emplace_back("X-RateLimit-Remaining", "0");
+        r.headers.emplace_back("X-RateLimit-Reset", std::to_string(rate.resetSeconds));
+        return r;
+    }
+
+    // Read the request.
+    auto parsed = parseClientRequest(format, http.body);
+    if (!parsed)
+        return apiError(format, 400, parsed.error().message);
+    ctx.request = std::move(*parsed);
+    ctx.model = cfg.findModel(ctx.request.model);
+    if (!ctx.model)
+        return apiError(format, 404, "model \"" + ctx.request.model + "\" does not exist", "model_not_found");
+
+    // Hold the estimated maximum cost before anything reaches the upstream.
+    HoldRequest hold{ctx.requestId, ctx.account.userId, ctx.model->pool, holdEstimate(ctx),
+                     wallMs() + settings.holdTtlSeconds * 1000};
+    switch (ledger_->reserve(hold)) {
+    case ReserveStatus::Reserved:
+        ctx.held = true;
+        break;
+    case ReserveStatus::InsufficientCredits: {
+        HttpResponse r = apiError(format, 402,
+                                  std::string("insufficient credits in the ") + poolName(ctx.model->pool) +
+                                      " balance for this request (needs up to " + hold.amount.toString() + " USD)",
+                                  "insufficient_credits");
+        finishLog(ctx, 402, nullptr, Money{});
+        return r;
+    }
+    case ReserveStatus::LedgerUnavailable:
+        metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "reserve"}}));
+        if (settings.ledgerFailureMode == LedgerFailureMode::FailClosed)
+            return apiError(format, 503, "billing is temporarily unavailable; retry later", "ledger_unavailable");
+        break; // fail_open: serve now, the charge is journalled
+    }
+    HttpResponse r = forward(ctx);
+    r.headers.emplace_back("X-RateLimit-Limit", std::to_string(rate.limit));
+    r.headers.emplace_back("X-RateLimit-Remaining", std::to_string(rate.remaining));
+    r.headers.emplace_back("X-RateLimit-Reset", std::to_string(rate.resetSeconds));
+    r.headers.emplace_back("x-request-id", ctx.requestId);
+    return r;
+}
+
+void ProxyServiceImpl::releaseHold(RequestContext& ctx) {
+    if (!ctx.held)
+        return;
+    if (!ledger_->release(ctx.requestId)) {
+        // The sweep returns it once it expires.
+        metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "release"}}));
+    }
+    ctx.held = false;
+}
+
+bool ProxyServiceImpl::bill(RequestContext& ctx, const Usage& usage, int status, Money& cost) {
+    cost = priceUsage(ctx.model->prices, usage);
+    Charge ch;
+    ch.requestId = ctx.requestId;
+    ch.userId = ctx.account.userId;
+    ch.keyId = ctx.account.keyId;
+    ch.model = ctx.model->id;
+    ch.pool = ctx.model->pool;
+    ch.usage = usage;
+    ch.cost = cost;
+    ch.statusCode = status;
+    ch.latencyMs = std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::steady_clock::now() - ctx.start)
+                       .count();
+    ch.success = status >= 200 && status < 300;
+    ch.createdAtMs = wallMs();
+    SettleOutcome out = ledger_->settle(ch);
+    ctx.held = false;
+    std::string pool = poolName(ctx.model->pool);
+    if (out.status == SettleStatus::LedgerUnavailable) {
+        metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "settle"}}));
+        if (auto j = journal_.append(ch); !j) {
+            metrics_.add("trollproxy_unrecorded_charges_total");
+            std::fprintf(stderr, "{\"level\":\"critical\",\"msg\":\"charge not recorded\",\"request_id\":\"%s\",\"cost\":\"%s\",\"error\":%s}\n",
+                         ctx.requestId.c_str(), cost.toString().c_str(), jsonQuote(j.error().message).c_str());
+            return false;
+        }
+        metrics_.add("trollproxy_journalled_charges_total");
+    }
+    if (out.shortfall.nanos > 0)
+        metrics_.add(Metrics::series("trollproxy_shortfall_usd_total", {{"pool", pool}}), out.shortfall.toUsdDouble());
+    const std::string& model = ctx.model->id;
+    metrics_.add(Metrics::series("trollproxy_cost_usd_total", {{"model", model}, {"pool", pool}}), cost.toUsdDouble());
+    for (auto [kind, n] : {std::pair{"input", usage.uncachedInput}, {"output", usage.output},
+                           {"cache_write", usage.cacheWrite}, {"cache_read", usage.cacheRead}})
+        metrics_.add(Metrics::series("trollproxy_tokens_total", {{"model", model}, {"pool", pool}, {"kind", kind}}),
+                     static_cast<double>(n));
+    return true;
+}
+
+void ProxyServiceImpl::finishLog(const RequestContext& ctx, int status, const Usage* usage, Money cost,
+                                 const char* note) {
+    double latency = std::chrono::duration<double>(std::chrono::steady_clock::now() - ctx.start).count();
+    std::string line = "{\"ts\":" + std::to_string(wallMs()) + ",\"request_id\":\"" + ctx.requestId +
+                       "\",\"user\":" + jsonQuote(ctx.account.userId) + ",\"model\":" +
+                       jsonQuote(ctx.model ? ctx.model->id : ctx.request.model) + ",\"route\":\"" + ctx.route +
+                       "\",\"status\":" + std::to_string(status);
+    if (usage) {
+        line += ",\"input\":" + std::to_string(usage->uncachedInput) + ",\"output\":" +
+                std::to_string(usage->output) + ",\"cache_write\":" + std::to_string(usage->cacheWrite) +
+                ",\"cache_read\":" + std::to_string(usage->cacheRead) +
+                ",\"estimated\":" + (usage->estimated ? "true" : "false");
+    }
+    line += ",\"cost\":\"" + cost.toString() + "\",\"pool\":\"" +
+            (ctx.model ? poolName(ctx.model->pool) : "") + "\",\"latency_ms\":" +
+            std::to_string(static_cast<std::int64_t>(latency * 1000));
+    if (*note)
+        line += ",\"note\":" + jsonQuote(note);
+    line += "}\n";
+    std::fputs(line.c_str(), stderr);
+}
+
+bool ProxyServiceImpl::shuttingDownPastGrace() const {
+    std::int64_t d = shutdownDeadlineMs_.load();
+    return d != 0 && steadyMs() >= d;
+}
+
+void ProxyServiceImpl::tick() {
+    bool up = ledger_->ping();
+    ready_ = up;
+    metrics_.set("trollproxy_ledger_up", up ? 1 : 0);
+    if (!up)
+        return;
+    std::int64_t now = wallMs();
+    if (now - lastSweepMs_ >= 10'000) {
+        lastSweepMs_ = now;
+        if (auto swept = ledger_->sweepExpiredHolds(now); swept && *swept > 0)
+            metrics_.add("trollproxy_holds_expired_total", static_cast<double>(*swept));
+    }
+    if (journal_.pendingCount() > 0) {
+        if (auto rep = journal_.replay(*ledger_); rep) {
+            metrics_.add("trollproxy_journal_replayed_total", static_cast<double>(rep->applied));
+        }
+    }
+    metrics_.set("trollproxy_journal_pending", static_cast<double>(journal_.pendingCount()));
+    auto r = routing();
+    std::int64_t nowSteady = steadyMs();
+    for (const auto& ep : r->endpoints) {
+        for (std::size_t i = 0; i < ep.keys->size(); ++i) {
+            auto st = ep.keys->state(i, nowSteady);
+            for (auto [name, s] : {std::pair{"active", KeyPool::State::Active},
+                                   {"cooling_down", KeyPool::State::CoolingDown},
+                                   {"set_aside", KeyPool::State::SetAside}})
+                metrics_.set(Metrics::series("trollproxy_upstream_key_state",
+                                             {{"endpoint", ep.endpoint.name}, {"key", std::to_string(i)}, {"state", name}}),
+                             st == s ? 1 : 0);
+        }
+    }
+}
+
+void ProxyServiceImpl::beginShutdown(std::int64_t graceMs) {
+    shutdownDeadlineMs_ = steadyMs() + std::max<std::int64_t>(graceMs, 1);
+}
+
+void ProxyServiceImpl::finish() {
+    if (journal_.pendingCount() > 0)
+        (void)journal_.replay(*ledger_);
+}
+
+} // namespace trollproxy::internal
+
+namespace trollproxy {
+
+Result<std::unique_ptr<ProxyService>> ProxyService::create(Config config,
+                                                           std::unique_ptr<CreditLedger> ledger,
+                                                           std::unique_ptr<Upstream> upstream,
+                                                           const KeySource& keys) {
+    auto routing = internal::ProxyServiceImpl::buildRouting(std::move(config), keys, {});
+    if (!routing)
+        return routing.error();
+    return std::unique_ptr<ProxyService>(
+        new internal::ProxyServiceImpl(*routing, std::move(ledger), std::move(upstream), keys));
+}
+
+} // namespace trollproxy

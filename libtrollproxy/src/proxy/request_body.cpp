@@ -1,0 +1,224 @@
+// Reads and rewrites request bodies without re-encoding them, so unknown fields pass untouched.
+#include "proxy/request_body.hpp"
+
+#include <algorithm>
+#include <vector>
+
+#include <simdjson.h>
+
+#include "core/json_locate.hpp"
+
+namespace trollproxy::internal {
+
+namespace {
+
+// Byte range of one member of the top-level object.
+struct Member {
+    std::string_view key; // raw, without quotes (escapes left as written)
+    std::size_t valueBegin;
+    std::size_t valueEnd;
+};
+
+std::size_t skipWs(std::string_view s, std::size_t p) {
+    while (p < s.size() && (s[p] == ' ' || s[p] == '\t' || s[p] == '\n' || s[p] == '\r'))
+        ++p;
+    return p;
+}
+
+std::size_t skipString(std::string_view s, std::size_t p) {
+    for (++p; p < s.size(); ++p) {
+        if (s[p] == '\\')
+            ++p;
+        else if (s[p] == '"')
+            return p + 1;
+    }
+    return s.size();
+}
+
+std::size_t skipValue(std::string_view s, std::size_t p) {
+    if (p >= s.size())
+        return p;
+    if (s[p] == '"')
+        return skipString(s, p);
+    if (s[p] == '{' || s[p] == '[') {
+        int depth = 0;
+        while (p < s.size()) {
+            char c = s[p];
+            if (c == '"') {
+                p = skipString(s, p);
+                continue;
+            }
+            if (c == '{' || c == '[')
+                ++depth;
+            else if ((c == '}' || c == ']') && --depth == 0)
+                return p + 1;
+            ++p;
+        }
+        return p;
+    }
+    while (p < s.size() && s[p] != ',' && s[p] != '}' && s[p] != ']' && s[p] != ' ' &&
+           s[p] != '\n' && s[p] != '\r' && s[p] != '\t')
+        ++p;
+    return p;
+}
+
+// Members of the object starting at `open` (which must be '{'), in a valid document.
+std::vector<Member> members(std::string_view s, std::size_t open, std::size_t* close = nullptr) {
+    std::vector<Member> out;
+    std::size_t p = skipWs(s, open + 1);
+    while (p < s.size() && s[p] == '"') {
+        std::size_t keyEnd = skipString(s, p);
+        std::string_view key = s.substr(p + 1, keyEnd - p - 2);
+        p = skipWs(s, keyEnd);
+        p = skipWs(s, p + 1); // ':'
+        std::size_t vb = p;
+        std::size_t ve = skipValue(s, p);
+        out.push_back({key, vb, ve});
+        p = skipWs(s, ve);
+        if (p < s.size() && s[p] == ',')
+            p = skipWs(s, p + 1);
+    }
+    if (close)
+        *close = p; // the '}'
+    return out;
+}
+
+int countKey(const std::vector<Member>& ms, std::string_view key) {
+    int n = 0;
+    for (const auto& m : ms)
+        n += m.key == key;
+    return n;
+}
+
+const Member* findKey(const std::vector<Member>& ms, std::string_view key) {
+    for (const auto& m : ms) {
+        if (m.key == key)
+            return &m;
+    }
+    return nullptr;
+}
+
+Error invalid(std::string msg) {
+    return Error{ErrorCode::InvalidArgument, std::move(msg)};
+}
+
+} // namespace
+
+Result<ClientRequest> parseClientRequest(ApiFormat format, std::string_view body) {
+    thread_local simdjson::dom::parser parser;
+    simdjson::padded_string padded(body);
+    simdjson::dom::element doc;
+    if (auto err = parser.parse(padded).get(doc)) {
+        std::string why = err == simdjson::UTF8_ERROR ? "the body is not valid UTF-8"
+                                                        : "the body is not valid JSON";
+        JsonSyntaxError where;
+        if (err != simdjson::UTF8_ERROR && !checkJsonSyntax(body, where))
+            why += " (line " + std::to_string(where.line) + ", column " +
+                   std::to_string(where.column) + ": " + where.reason + ")";
+        return Error{ErrorCode::ParseError, why};
+    }
+    simdjson::dom::object obj;
+    if (doc.get_object().get(obj))
+        return invalid("the body must be a JSON object");
+
+    // Keys the proxy acts on must be unambiguous: an upstream might read the
+    // other copy than we did.
+    std::size_t open = skipWs(body, 0);
+    auto ms = members(body, open);
+    for (const char* key : {"model", "stream", "stream_options"}) {
+        if (countKey(ms, key) > 1)
+            return invalid(std::string("duplicate key \"") + key + "\"");
+    }
+
+    ClientRequest req;
+    simdjson::dom::element v;
+    if (obj["model"].get(v))
+        return invalid("missing required field \"model\"");
+    std::string_view model;
+    if (v.get_string().get(model) || model.empty())
+        return invalid("\"model\" must be a non-empty string");
+    req.model = std::string(model);
+    if (!findKey(ms, "model"))
+        return invalid("\"model\" must be written without escapes");
+
+    if (!obj["stream"].get(v) && !v.is_null()) {
+        if (v.get_bool().get(req.stream))
+            return invalid("\"stream\" must be a boolean");
+    }
+    if (!obj["stream_options"].get(v) && !v.is_null()) {
+        simdjson::dom::object so;
+        if (v.get_object().get(so))
+            return invalid("\"stream_options\" must be an object");
+        simdjson::dom::element iu;
+        if (!so["include_usage"].get(iu) && !iu.is_null()) {
+            if (iu.get_bool().get(req.clientAskedUsage))
+                return invalid("\"stream_options.include_usage\" must be a boolean");
+        }
+    }
+    for (const char* key : {"max_tokens", "max_completion_tokens", "max_output_tokens"}) {
+        if (obj[key].get(v) || v.is_null())
+            continue;
+        std::int64_t n = 0;
+        if (v.get_int64().get(n) || n < 0)
+            return invalid(std::string("\"") + key + "\" must be a non-negative integer");
+        req.maxOutputTokens = std::max(req.maxOutputTokens, n);
+    }
+    if (format == ApiFormat::Anthropic && req.maxOutputTokens < 0)
+        return invalid("missing required field \"max_tokens\"");
+    return req;
+}
+
+std::string rewriteForUpstream(ApiFormat format, std::string_view body, const ClientRequest& req,
+                               std::string_view upstreamModel) {
+    // Edits as (begin, end, replacement), applied back to front.
+    struct Edit {
+        std::size_t begin, end;
+        std::string text;
+    };
+    std::vector<Edit> edits;
+    std::size_t close = 0;
+    auto ms = members(body, skipWs(body, 0), &close);
+    if (const Member* m = findKey(ms, "model"); m && upstreamModel != req.model)
+        edits.push_back({m->valueBegin, m->valueEnd, jsonQuote(upstreamModel)});
+
+    if (format == ApiFormat::OpenAI && req.stream && !req.clientAskedUsage) {
+        const Member* so = findKey(ms, "stream_options");
+        if (!so || body.substr(so->valueBegin, 4) == "null") {
+            if (so) {
+                edits.push_back({so->valueBegin, so->valueEnd, "{\"include_usage\":true}"});
+            } else {
+                edits.push_back({close, close, ",\"stream_options\":{\"include_usage\":true}"});
+            }
+        } else {
+            std::size_t soClose = 0;
+            auto inner = members(body, so->valueBegin, &soClose);
+            if (const Member* iu = findKey(inner, "include_usage"))
+                edits.push_back({iu->valueBegin, iu->valueEnd, "true"});
+            else
+                edits.push_back({so->valueBegin + 1, so->valueBegin + 1,
+                                 inner.empty() ? "\"include_usage\":true" : "\"include_usage\":true,"});
+        }
+    }
+    std::string out(body);
+    std::sort(edits.begin(), edits.end(), [](const Edit& a, const Edit& b) { return a.begin > b.begin; });
+    for (const auto& e : edits)
+        out.replace(e.begin, e.end - e.begin, e.text);
+    return out;
+}
+
+bool isUsageOnlyChunk(std::string_view data) {
+    thread_local simdjson::dom::parser parser;
+    simdjson::padded_string padded(data);
+    simdjson::dom::element doc;
+    if (parser.parse(padded).get(doc))
+        return false;
+    simdjson::dom::array choices;
+    simdjson::dom::element usage;
+    if (doc["usage"].get(usage) || usage.is_null())
+        return false;
+    if (doc["choices"].get_array().get(choices))
+        return true;
+    return choices.size() == 0;
+}
+
+} // namespace trollproxy::internal
