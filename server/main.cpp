@@ -18,10 +18,12 @@ using namespace trollproxy;
 namespace {
 
 const char kUsage[] =
-    "usage: trollproxy --config FILE [--ledger URI] [--listen HOST:PORT]\n"
+    "usage: trollproxy --config FILE [--ledger URI] [--listen HOST:PORT] [--journal PATH]\n"
     "       trollproxy --check-config FILE\n"
     "  --ledger   sqlite:PATH or mongodb://... (default: $MONGODB_URI, else sqlite:trollproxy.db)\n"
-    "  --listen   address to serve on (default 0.0.0.0 and the config's port; port 0 picks one)\n";
+    "  --listen   address to serve on (default 0.0.0.0 and the config's port; port 0 picks one)\n"
+    "  --journal  file for charges the ledger could not take yet (default: the config's\n"
+    "             trollproxy.journal_path, else trollproxy-PORT.journal)\n";
 
 int checkConfig(const std::string& path) {
     auto cfg = loadConfigFile(path);
@@ -85,7 +87,7 @@ void serve(ProxyService& service, const httplib::Request& req, httplib::Response
 } // namespace
 
 int main(int argc, char** argv) {
-    std::string configPath, ledgerUri, listen;
+    std::string configPath, ledgerUri, listen, journal;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         auto next = [&]() -> std::string {
@@ -103,6 +105,8 @@ int main(int argc, char** argv) {
             ledgerUri = next();
         else if (a == "--listen")
             listen = next();
+        else if (a == "--journal")
+            journal = next();
         else if (a == "--help" || a == "-h") {
             std::fputs(kUsage, stdout);
             return 0;
@@ -122,6 +126,8 @@ int main(int argc, char** argv) {
     }
     for (const auto& w : cfg->warnings)
         std::fprintf(stderr, "warning: %s\n", w.c_str());
+    if (!journal.empty())
+        cfg->settings.journalPath = journal;
     const ProxySettings settings = cfg->settings;
     std::string host = "0.0.0.0";
     int port = cfg->port;

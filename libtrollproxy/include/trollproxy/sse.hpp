@@ -10,13 +10,16 @@
 
 namespace trollproxy {
 
-/// One dispatched event: its name ("message" when none was given), the data
-/// lines joined by '\n', and the raw bytes of the event as received, including
-/// its terminating blank line (so a proxy can pass it on unchanged).
+/// One block of the stream up to and including its blank line: its name
+/// ("message" when none was given), the data lines joined by '\n', and the raw
+/// bytes as received (so a proxy can pass it on unchanged). A block without
+/// data lines (comments only, a keep-alive) is not an event in the SSE sense:
+/// it is still reported, with `hasData` false, so that no byte is lost.
 struct SseEvent {
     std::string_view name;
     std::string_view data;
     std::string_view raw;
+    bool hasData = false;
 };
 
 /// Parses a byte stream into events. Feed chunks of any size; a split inside a
@@ -34,18 +37,20 @@ public:
 
     /// Ends the stream: dispatches nothing (an unterminated event is dropped, as
     /// the SSE spec says) and returns the bytes of that unterminated tail.
-    std::string_view finish() const { return raw_; }
+    std::string_view finish() const { return std::string_view(raw_).substr(blockStart_); }
 
 private:
     void processLine(std::string_view line);
-    void dispatch();
+    void dispatchBlock();
 
     Handler handler_;
     std::size_t maxEventBytes_;
-    std::string raw_;    // bytes of the event being read
+    std::string raw_;    // unconsumed bytes; the current block starts at blockStart_
+    std::size_t blockStart_ = 0;
     std::size_t lineStart_ = 0;
     std::size_t scanPos_ = 0;
     bool lastWasCr_ = false;
+    bool pendingDispatch_ = false; // a blank line ended in '\r' at the chunk's end
     std::string name_;
     std::string data_;
     bool hasData_ = false;

@@ -313,10 +313,11 @@ void ProxyServiceImpl::pumpStream(RequestContext& ctx, UpstreamTransfer& t, Resp
     } else if (complete && su.reported()) {
         usage = su.usage();
     } else {
-        if (!sentAny) {
-            // Nothing reached the client: no charge.
+        // An upstream that broke before any content served nothing: no charge.
+        // A client that left was being served: it pays for what was reported.
+        if (!sentAny || (!complete && !clientGone && su.textChars() == 0)) {
             releaseHold(ctx);
-            finishLog(ctx, 502, nullptr, Money{}, "stream failed before any event");
+            finishLog(ctx, 502, nullptr, Money{}, "stream broke before any content");
             return;
         }
         usage = partialUsage(ctx, su);
