@@ -17,6 +17,7 @@ struct ReplayReport {
     std::int64_t applied = 0;        ///< settled now
     std::int64_t alreadySettled = 0; ///< settled before (a duplicate line or a retry)
     std::int64_t pending = 0;        ///< still unavailable; kept in the journal
+    std::int64_t corrupt = 0;        ///< unreadable lines (torn by a crash mid-write), dropped
 };
 
 /// Charges are appended (one line each, fsync'd before append() returns) and
@@ -41,6 +42,7 @@ public:
 private:
     std::string path_;
     std::mutex mutex_;
+    std::int64_t pending_ = 0;
 };
 
 /// Encodes a charge as one line of JSON (no newline), and back.

@@ -1,0 +1,166 @@
+// The charge journal: one JSON line per charge, fsync'd; replayed exactly once by request id.
+#include "trollproxy/journal.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
+
+#include <simdjson.h>
+
+#include "core/json_locate.hpp"
+
+namespace trollproxy {
+
+namespace {
+
+bool writeAll(int fd, const std::string& s) {
+    std::size_t off = 0;
+    while (off < s.size()) {
+        ssize_t n = ::write(fd, s.data() + off, s.size() - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return false;
+        off += static_cast<std::size_t>(n);
+    }
+    return true;
+}
+
+std::vector<std::string> readLines(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::vector<std::string> lines;
+    std::string line;
+    while (std::getline(in, line)) {
+        if (!line.empty())
+            lines.push_back(line);
+    }
+    return lines;
+}
+
+std::string dirOf(const std::string& path) {
+    auto slash = path.find_last_of('/');
+    return slash == std::string::npos ? "." : path.substr(0, slash + 1);
+}
+
+} // namespace
+
+std::string encodeCharge(const Charge& c) {
+    using internal::jsonQuote;
+    std::ostringstream o;
+    o << "{\"requestId\":" << jsonQuote(c.requestId) << ",\"userId\":" << jsonQuote(c.userId)
+      << ",\"keyId\":" << jsonQuote(c.keyId) << ",\"model\":" << jsonQuote(c.model)
+      << ",\"pool\":\"" << poolName(c.pool) << "\",\"input\":" << c.usage.uncachedInput
+      << ",\"cacheWrite\":" << c.usage.cacheWrite << ",\"cacheRead\":" << c.usage.cacheRead
+      << ",\"output\":" << c.usage.output << ",\"estimated\":" << (c.usage.estimated ? "true" : "false")
+      << ",\"costNanos\":" << c.cost.nanos << ",\"statusCode\":" << c.statusCode
+      << ",\"latencyMs\":" << c.latencyMs << ",\"success\":" << (c.success ? "true" : "false")
+      << ",\"createdAtMs\":" << c.createdAtMs << "}";
+    return o.str();
+}
+
+Result<Charge> decodeCharge(std::string_view line) {
+    simdjson::dom::parser parser;
+    simdjson::dom::element d;
+    if (parser.parse(line.data(), line.size(), true).get(d))
+        return Error{ErrorCode::ParseError, "journal line is not valid JSON"};
+    Charge c;
+    std::string_view s, pool;
+    bool est = false, ok = false;
+    if (d["requestId"].get_string().get(s) || s.empty())
+        return Error{ErrorCode::ParseError, "journal line has no requestId"};
+    c.requestId = s;
+    auto str = [&](const char* k, std::string& out) {
+        std::string_view v;
+        if (d[k].get_string().get(v))
+            return false;
+        out = v;
+        return true;
+    };
+    auto num = [&](const char* k, std::int64_t& out) { return !d[k].get_int64().get(out); };
+    std::int64_t status = 0;
+    if (!str("userId", c.userId) || !str("keyId", c.keyId) || !str("model", c.model) ||
+        d["pool"].get_string().get(pool) || !num("input", c.usage.uncachedInput) ||
+        !num("cacheWrite", c.usage.cacheWrite) || !num("cacheRead", c.usage.cacheRead) ||
+        !num("output", c.usage.output) || d["estimated"].get_bool().get(est) ||
+        !num("costNanos", c.cost.nanos) || !num("statusCode", status) || !num("latencyMs", c.latencyMs) ||
+        d["success"].get_bool().get(ok) || !num("createdAtMs", c.createdAtMs))
+        return Error{ErrorCode::ParseError, "journal line is missing a field"};
+    c.pool = pool == "credits" ? Pool::Credits : Pool::CreditsNew;
+    c.usage.estimated = est;
+    c.success = ok;
+    c.statusCode = static_cast<int>(status);
+    return c;
+}
+
+ChargeJournal::ChargeJournal(std::string path) : path_(std::move(path)) {
+    pending_ = static_cast<std::int64_t>(readLines(path_).size());
+}
+
+Result<void> ChargeJournal::append(const Charge& charge) {
+    std::string line = encodeCharge(charge) + "\n";
+    std::lock_guard lock(mutex_);
+    int fd = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return Error{ErrorCode::Unavailable, "cannot open journal " + path_ + ": " + std::strerror(errno)};
+    bool ok = writeAll(fd, line) && ::fsync(fd) == 0;
+    ::close(fd);
+    if (!ok)
+        return Error{ErrorCode::Unavailable, "cannot write journal " + path_ + ": " + std::strerror(errno)};
+    ++pending_;
+    return {};
+}
+
+std::int64_t ChargeJournal::pendingCount() {
+    std::lock_guard lock(mutex_);
+    return pending_;
+}
+
+Result<ReplayReport> ChargeJournal::replay(CreditLedger& ledger) {
+    std::lock_guard lock(mutex_);
+    ReplayReport rep;
+    std::vector<std::string> keep;
+    for (const std::string& line : readLines(path_)) {
+        auto charge = decodeCharge(line);
+        if (!charge) {
+            // A line torn by a crash mid-write: its charge never counted as written.
+            ++rep.corrupt;
+            continue;
+        }
+        SettleOutcome out = ledger.settle(*charge);
+        if (out.status == SettleStatus::Settled)
+            ++rep.applied;
+        else if (out.status == SettleStatus::AlreadySettled)
+            ++rep.alreadySettled;
+        else
+            keep.push_back(line);
+    }
+    rep.pending = static_cast<std::int64_t>(keep.size());
+    if (keep.empty()) {
+        if (::unlink(path_.c_str()) != 0 && errno != ENOENT)
+            return Error{ErrorCode::Internal, "cannot remove journal " + path_};
+    } else {
+        std::string tmp = path_ + ".tmp";
+        int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0)
+            return Error{ErrorCode::Unavailable, "cannot write " + tmp};
+        bool ok = true;
+        for (const auto& l : keep)
+            ok = ok && writeAll(fd, l + "\n");
+        ok = ok && ::fsync(fd) == 0;
+        ::close(fd);
+        if (!ok || ::rename(tmp.c_str(), path_.c_str()) != 0)
+            return Error{ErrorCode::Unavailable, "cannot rewrite journal " + path_};
+    }
+    int dfd = ::open(dirOf(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        ::fsync(dfd);
+        ::close(dfd);
+    }
+    pending_ = rep.pending;
+    return rep;
+}
+
+} // namespace trollproxy

@@ -1,0 +1,55 @@
+// Picks a ledger backend from a URI, and makes API keys.
+#include "trollproxy/ledger.hpp"
+
+#include <cstdlib>
+#include <sys/random.h>
+
+#include "ledger/sqlite_ledger.hpp"
+#if defined(TROLLPROXY_HAVE_MONGODB) && __has_include("ledger/mongo_ledger.hpp")
+#include "ledger/mongo_ledger.hpp"
+#define TROLLPROXY_MONGO_BACKEND 1
+#endif
+
+namespace trollproxy {
+
+Result<std::unique_ptr<CreditLedger>> openLedger(std::string_view uri, const LedgerOptions& options) {
+    if (uri.rfind("sqlite:", 0) == 0) {
+        std::string path(uri.substr(7));
+        if (path.empty())
+            return Error{ErrorCode::InvalidArgument, "sqlite: needs a file path (sqlite:PATH)"};
+        return internal::openSqliteLedger(path, options);
+    }
+    if (uri.rfind("mongodb://", 0) == 0 || uri.rfind("mongodb+srv://", 0) == 0) {
+#ifdef TROLLPROXY_MONGO_BACKEND
+        return openMongoLedger(uri, options);
+#else
+        return Error{ErrorCode::InvalidArgument, "this build has no MongoDB support"};
+#endif
+    }
+    return Error{ErrorCode::InvalidArgument,
+                 "unknown ledger URI \"" + std::string(uri) + "\" (use sqlite:PATH or mongodb://...)"};
+}
+
+std::string defaultLedgerUri() {
+    const char* mongo = std::getenv("MONGODB_URI");
+    return mongo && *mongo ? std::string(mongo) : std::string("sqlite:trollproxy.db");
+}
+
+std::string newApiKey() {
+    unsigned char bytes[32];
+    std::size_t got = 0;
+    while (got < sizeof bytes) {
+        ssize_t n = getrandom(bytes + got, sizeof bytes - got, 0);
+        if (n > 0)
+            got += static_cast<std::size_t>(n);
+    }
+    static const char kHex[] = "0123456789abcdef";
+    std::string key = "sk-trollllm-";
+    for (unsigned char b : bytes) {
+        key += kHex[b >> 4];
+        key += kHex[b & 15];
+    }
+    return key;
+}
+
+} // namespace trollproxy

@@ -1,0 +1,51 @@
+// Pool arithmetic in integers; both backends call these so they agree to the nano-dollar.
+#include "ledger/pool_math.hpp"
+
+#include <algorithm>
+
+namespace trollproxy::internal {
+
+bool takeHold(Pool pool, std::int64_t amount, const PoolFields& b, PoolFields& take) {
+    take = {};
+    if (amount < 0)
+        return false;
+    if (pool == Pool::CreditsNew) {
+        if (b.creditsNew < amount)
+            return false;
+        take.creditsNew = amount;
+        return true;
+    }
+    if (b.credits + b.refCredits < amount)
+        return false;
+    take.credits = std::min(std::max<std::int64_t>(b.credits, 0), amount);
+    take.refCredits = amount - take.credits;
+    return true;
+}
+
+Settlement settleAgainst(Pool pool, std::int64_t cost, const PoolFields& held, const PoolFields& b) {
+    Settlement s;
+    s.after = b;
+    cost = std::max<std::int64_t>(cost, 0);
+    if (pool == Pool::CreditsNew) {
+        std::int64_t fromHold = std::min(cost, held.creditsNew);
+        std::int64_t available = b.creditsNew + (held.creditsNew - fromHold);
+        std::int64_t extra = std::min(cost - fromHold, std::max<std::int64_t>(available, 0));
+        s.after.creditsNew = available - extra;
+        s.charged = fromHold + extra;
+    } else {
+        std::int64_t fromC = std::min(cost, held.credits);
+        std::int64_t fromR = std::min(cost - fromC, held.refCredits);
+        std::int64_t credits = b.credits + (held.credits - fromC);
+        std::int64_t ref = b.refCredits + (held.refCredits - fromR);
+        std::int64_t rest = cost - fromC - fromR;
+        std::int64_t extraC = std::min(rest, std::max<std::int64_t>(credits, 0));
+        std::int64_t extraR = std::min(rest - extraC, std::max<std::int64_t>(ref, 0));
+        s.after.credits = credits - extraC;
+        s.after.refCredits = ref - extraR;
+        s.charged = fromC + fromR + extraC + extraR;
+    }
+    s.shortfall = cost - s.charged;
+    return s;
+}
+
+} // namespace trollproxy::internal

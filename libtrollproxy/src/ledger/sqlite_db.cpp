@@ -1,0 +1,124 @@
+// sqlite3 plumbing for the embedded ledger.
+#include "ledger/sqlite_db.hpp"
+
+#include <sqlite3.h>
+
+namespace trollproxy::internal {
+
+Stmt::~Stmt() {
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+}
+
+Stmt& Stmt::bind(int i, std::int64_t v) {
+    sqlite3_bind_int64(s_, i, v);
+    return *this;
+}
+
+Stmt& Stmt::bind(int i, const std::string& v) {
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+}
+
+Stmt& Stmt::bindNull(int i) {
+    sqlite3_bind_null(s_, i);
+    return *this;
+}
+
+int Stmt::step() {
+    return sqlite3_step(s_);
+}
+
+std::int64_t Stmt::integer(int col) const {
+    return sqlite3_column_int64(s_, col);
+}
+
+std::string Stmt::text(int col) const {
+    const unsigned char* t = sqlite3_column_text(s_, col);
+    return t ? std::string(reinterpret_cast<const char*>(t), static_cast<std::size_t>(sqlite3_column_bytes(s_, col)))
+             : std::string();
+}
+
+bool Stmt::isNull(int col) const {
+    return sqlite3_column_type(s_, col) == SQLITE_NULL;
+}
+
+Connection::~Connection() {
+    for (auto& [sql, s] : cache_)
+        sqlite3_finalize(s);
+    sqlite3_close(db_);
+}
+
+Stmt Connection::prepare(const char* sql) {
+    auto it = cache_.find(sql);
+    if (it != cache_.end())
+        return Stmt(it->second);
+    sqlite3_stmt* s = nullptr;
+    if (sqlite3_prepare_v2(db_, sql, -1, &s, nullptr) != SQLITE_OK) {
+        // A bug in our SQL: prepare a statement that fails when stepped.
+        sqlite3_prepare_v2(db_, "SELECT RAISE(ABORT, 'bad statement')", -1, &s, nullptr);
+        return Stmt(s);
+    }
+    cache_.emplace(sql, s);
+    return Stmt(s);
+}
+
+int Connection::exec(const char* sql) {
+    return sqlite3_exec(db_, sql, nullptr, nullptr, nullptr);
+}
+
+std::string Connection::lastError() const {
+    return sqlite3_errmsg(db_);
+}
+
+std::unique_ptr<ConnectionPool::Lease> ConnectionPool::take(std::string* error) {
+    {
+        std::lock_guard lock(mutex_);
+        if (!idle_.empty()) {
+            auto c = std::move(idle_.back());
+            idle_.pop_back();
+            return std::make_unique<Lease>(*this, std::move(c));
+        }
+    }
+    sqlite3* db = nullptr;
+    int rc = sqlite3_open_v2(path_.c_str(), &db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+    if (rc != SQLITE_OK) {
+        if (error)
+            *error = db ? sqlite3_errmsg(db) : "cannot open the database";
+        sqlite3_close(db);
+        return nullptr;
+    }
+    sqlite3_busy_timeout(db, static_cast<int>(busyTimeoutMs_));
+    auto c = std::make_unique<Connection>(db);
+    // WAL: readers never wait for the writer; NORMAL: no fsync per commit
+    // (the WAL is synced at checkpoints), durable across process crashes.
+    c->exec("PRAGMA journal_mode=WAL");
+    c->exec("PRAGMA synchronous=NORMAL");
+    return std::make_unique<Lease>(*this, std::move(c));
+}
+
+void ConnectionPool::give(std::unique_ptr<Connection> c) {
+    std::lock_guard lock(mutex_);
+    if (idle_.size() < 64)
+        idle_.push_back(std::move(c));
+}
+
+Transaction::Transaction(Connection& c) : c_(c) {
+    began_ = c_.exec("BEGIN IMMEDIATE") == SQLITE_OK;
+}
+
+Transaction::~Transaction() {
+    if (began_ && !done_)
+        c_.exec("ROLLBACK");
+}
+
+bool Transaction::commit() {
+    done_ = true;
+    if (c_.exec("COMMIT") == SQLITE_OK)
+        return true;
+    c_.exec("ROLLBACK");
+    return false;
+}
+
+} // namespace trollproxy::internal

@@ -1,0 +1,524 @@
+// SqliteLedger: every money change is one IMMEDIATE transaction, so processes sharing the
+// file are serialised by SQLite's write lock and a balance can never go below zero.
+#include "ledger/sqlite_ledger.hpp"
+
+#include <algorithm>
+#include <chrono>
+
+#include <sqlite3.h>
+
+#include "ledger/pool_math.hpp"
+#include "ledger/sqlite_db.hpp"
+
+namespace trollproxy::internal {
+
+namespace {
+
+const char* kSchema = R"(
+CREATE TABLE IF NOT EXISTS usersNew (
+  id TEXT PRIMARY KEY, apiKey TEXT UNIQUE, isActive INTEGER NOT NULL DEFAULT 1,
+  role TEXT NOT NULL DEFAULT 'user', migration INTEGER NOT NULL DEFAULT 1, expiresAt INTEGER,
+  credits INTEGER NOT NULL DEFAULT 0 CHECK (credits >= 0),
+  creditsUsed INTEGER NOT NULL DEFAULT 0,
+  refCredits INTEGER NOT NULL DEFAULT 0 CHECK (refCredits >= 0),
+  creditsNew INTEGER NOT NULL DEFAULT 0 CHECK (creditsNew >= 0),
+  creditsNewUsed INTEGER NOT NULL DEFAULT 0, tokensUserNew INTEGER NOT NULL DEFAULT 0,
+  totalInputTokens INTEGER NOT NULL DEFAULT 0, totalOutputTokens INTEGER NOT NULL DEFAULT 0,
+  createdAt INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS user_keys (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, isActive INTEGER NOT NULL DEFAULT 1,
+  tokensUsed INTEGER NOT NULL DEFAULT 0, requestsCount INTEGER NOT NULL DEFAULT 0,
+  createdAt INTEGER NOT NULL, lastUsedAt INTEGER, expiresAt INTEGER);
+CREATE TABLE IF NOT EXISTS holds (
+  requestId TEXT PRIMARY KEY, userId TEXT NOT NULL, pool TEXT NOT NULL,
+  fromCredits INTEGER NOT NULL, fromRefCredits INTEGER NOT NULL, fromCreditsNew INTEGER NOT NULL,
+  expiresAtMs INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS holds_expiry ON holds (expiresAtMs);
+CREATE TABLE IF NOT EXISTS request_logs (
+  requestId TEXT PRIMARY KEY, userId TEXT, userKeyId TEXT, model TEXT,
+  inputTokens INTEGER, outputTokens INTEGER, cacheWriteTokens INTEGER, cacheHitTokens INTEGER,
+  creditsCost INTEGER, shortfall INTEGER, tokensUsed INTEGER, statusCode INTEGER,
+  latencyMs INTEGER, isSuccess INTEGER, creditType TEXT, pool TEXT, estimated INTEGER,
+  createdAt INTEGER);
+CREATE INDEX IF NOT EXISTS request_logs_user ON request_logs (userId, createdAt);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+)";
+
+std::int64_t nowMs() {
+    using namespace std::chrono;
+    return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+Error unavailable(Connection& c) {
+    return Error{ErrorCode::Unavailable, "ledger database: " + c.lastError()};
+}
+
+class SqliteLedger final : public CreditLedger {
+public:
+    SqliteLedger(std::string path, const LedgerOptions& o) : pool_(std::move(path), o.timeoutMs) {}
+
+    Result<void> init() {
+        std::string err;
+        auto c = pool_.take(&err);
+        if (!c)
+            return Error{ErrorCode::Unavailable, err};
+        if ((*c)->exec(kSchema) != SQLITE_OK)
+            return Error{ErrorCode::Unavailable, "cannot create the ledger schema: " + (*c)->lastError()};
+        return {};
+    }
+
+    AuthOutcome authenticate(std::string_view apiKey) override {
+        auto c = pool_.take(nullptr);
+        if (!c)
+            return {AuthStatus::LedgerUnavailable, {}};
+        std::string key(apiKey);
+        std::int64_t now = nowMs();
+        Account acct;
+        acct.keyId = key;
+        {
+            Stmt s = (*c)->prepare("SELECT id FROM usersNew WHERE apiKey = ?");
+            s.bind(1, key);
+            int rc = s.step();
+            if (rc == SQLITE_ROW)
+                acct.userId = s.text(0);
+            else if (rc != SQLITE_DONE)
+                return {AuthStatus::LedgerUnavailable, {}};
+        }
+        if (acct.userId.empty()) {
+            Stmt s = (*c)->prepare("SELECT name, isActive, expiresAt FROM user_keys WHERE id = ?");
+            s.bind(1, key);
+            int rc = s.step();
+            if (rc == SQLITE_DONE)
+                return {AuthStatus::KeyInvalid, {}};
+            if (rc != SQLITE_ROW)
+                return {AuthStatus::LedgerUnavailable, {}};
+            if (!s.integer(1))
+                return {AuthStatus::KeyRevoked, {}};
+            if (!s.isNull(2) && s.integer(2) < now)
+                return {AuthStatus::KeyExpired, {}};
+            acct.userId = s.text(0);
+        }
+        Stmt u = (*c)->prepare("SELECT isActive, role, migration, expiresAt FROM usersNew WHERE id = ?");
+        u.bind(1, acct.userId);
+        int rc = u.step();
+        if (rc == SQLITE_DONE)
+            return {AuthStatus::KeyInvalid, {}};
+        if (rc != SQLITE_ROW)
+            return {AuthStatus::LedgerUnavailable, {}};
+        acct.admin = u.text(1) == "admin";
+        if (!u.integer(0))
+            return {AuthStatus::KeyRevoked, {}};
+        if (!u.isNull(3) && u.integer(3) < now)
+            return {AuthStatus::KeyExpired, {}};
+        if (!acct.admin && !u.integer(2))
+            return {AuthStatus::MigrationRequired, {}};
+        return {AuthStatus::Authorized, acct};
+    }
+
+    ReserveStatus reserve(const HoldRequest& h) override {
+        auto c = pool_.take(nullptr);
+        if (!c)
+            return ReserveStatus::LedgerUnavailable;
+        Transaction tx(**c);
+        if (!tx.began())
+            return ReserveStatus::LedgerUnavailable;
+        {
+            Stmt s = (*c)->prepare("SELECT 1 FROM holds WHERE requestId = ?");
+            s.bind(1, h.requestId);
+            if (s.step() == SQLITE_ROW)
+                return ReserveStatus::Reserved; // the same hold again
+        }
+        PoolFields bal;
+        if (!readFields(**c, h.userId, bal))
+            return ReserveStatus::InsufficientCredits;
+        PoolFields take;
+        if (!takeHold(h.pool, h.amount.nanos, bal, take))
+            return ReserveStatus::InsufficientCredits;
+        Stmt up = (*c)->prepare("UPDATE usersNew SET credits = credits - ?, refCredits = refCredits - ?, "
+                                "creditsNew = creditsNew - ? WHERE id = ?");
+        up.bind(1, take.credits).bind(2, take.refCredits).bind(3, take.creditsNew).bind(4, h.userId);
+        if (up.step() != SQLITE_DONE)
+            return ReserveStatus::LedgerUnavailable;
+        Stmt ins = (*c)->prepare("INSERT INTO holds (requestId, userId, pool, fromCredits, fromRefCredits, "
+                                 "fromCreditsNew, expiresAtMs) VALUES (?, ?, ?, ?, ?, ?, ?)");
+        ins.bind(1, h.requestId).bind(2, h.userId).bind(3, std::string(poolName(h.pool)));
+        ins.bind(4, take.credits).bind(5, take.refCredits).bind(6, take.creditsNew).bind(7, h.expiresAtMs);
+        if (ins.step() != SQLITE_DONE)
+            return ReserveStatus::LedgerUnavailable;
+        return tx.commit() ? ReserveStatus::Reserved : ReserveStatus::LedgerUnavailable;
+    }
+
+    SettleOutcome settle(const Charge& ch) override {
+        SettleOutcome out;
+        auto c = pool_.take(nullptr);
+        if (!c)
+            return out;
+        Transaction tx(**c);
+        if (!tx.began())
+            return out;
+        {
+            Stmt s = (*c)->prepare("SELECT 1 FROM request_logs WHERE requestId = ?");
+            s.bind(1, ch.requestId);
+            int rc = s.step();
+            if (rc == SQLITE_ROW) {
+                out.status = SettleStatus::AlreadySettled;
+                return out;
+            }
+            if (rc != SQLITE_DONE)
+                return out;
+        }
+        PoolFields held;
+        {
+            Stmt s = (*c)->prepare("SELECT fromCredits, fromRefCredits, fromCreditsNew FROM holds WHERE requestId = ?");
+            s.bind(1, ch.requestId);
+            if (s.step() == SQLITE_ROW)
+                held = {s.integer(0), s.integer(1), s.integer(2)};
+        }
+        PoolFields bal;
+        bool userExists = readFields(**c, ch.userId, bal);
+        if (!userExists)
+            bal = held; // only the hold can be accounted for
+        Settlement st = settleAgainst(ch.pool, ch.cost.nanos, held, bal);
+        std::int64_t tokensIn = ch.usage.totalInput();
+        if (userExists) {
+            bool isNew = ch.pool == Pool::CreditsNew;
+            Stmt up = (*c)->prepare(
+                "UPDATE usersNew SET credits = ?, refCredits = ?, creditsNew = ?, creditsUsed = creditsUsed + ?, "
+                "creditsNewUsed = creditsNewUsed + ?, tokensUserNew = tokensUserNew + ?, "
+                "totalInputTokens = totalInputTokens + ?, totalOutputTokens = totalOutputTokens + ? WHERE id = ?");
+            up.bind(1, st.after.credits).bind(2, st.after.refCredits).bind(3, st.after.creditsNew);
+            up.bind(4, isNew ? 0 : st.charged).bind(5, isNew ? st.charged : 0);
+            up.bind(6, isNew ? tokensIn + ch.usage.output : 0).bind(7, tokensIn).bind(8, ch.usage.output);
+            up.bind(9, ch.userId);
+            if (up.step() != SQLITE_DONE)
+                return out;
+        }
+        Stmt del = (*c)->prepare("DELETE FROM holds WHERE requestId = ?");
+        del.bind(1, ch.requestId);
+        if (del.step() != SQLITE_DONE)
+            return out;
+        LogEntry e{ch.requestId, ch.userId, ch.keyId, ch.model, ch.usage, Money{st.charged},
+                   Money{st.shortfall}, poolCreditType(ch.pool), ch.statusCode, ch.latencyMs, ch.success,
+                   ch.createdAtMs};
+        if (!insertLog(**c, e, ch.pool, false))
+            return out;
+        if (st.shortfall > 0 && !addCounter(**c, "shortfall", st.shortfall))
+            return out;
+        Stmt k = (*c)->prepare("UPDATE user_keys SET tokensUsed = tokensUsed + ?, requestsCount = requestsCount + 1, "
+                               "lastUsedAt = ? WHERE id = ?");
+        k.bind(1, tokensIn + ch.usage.output).bind(2, ch.createdAtMs).bind(3, ch.keyId);
+        if (k.step() != SQLITE_DONE)
+            return out;
+        if (!tx.commit())
+            return out;
+        out.status = SettleStatus::Settled;
+        out.charged = Money{st.charged};
+        out.shortfall = Money{st.shortfall};
+        return out;
+    }
+
+    Result<void> release(std::string_view requestId) override {
+        auto c = pool_.take(nullptr);
+        if (!c)
+            return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
+        Transaction tx(**c);
+        if (!tx.began())
+            return unavailable(**c);
+        if (!releaseIn(**c, std::string(requestId)) || !tx.commit())
+            return unavailable(**c);
+        return {};
+    }
+
+    Result<std::int64_t> sweepExpiredHolds(std::int64_t now) override {
+        auto c = pool_.take(nullptr);
+        if (!c)
+            return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
+        Transaction tx(**c);
+        if (!tx.began())
+            return unavailable(**c);
+        std::vector<std::string> expired;
+        {
+            Stmt s = (*c)->prepare("SELECT requestId FROM holds WHERE expiresAtMs < ? LIMIT 1000");
+            s.bind(1, now);
+            while (s.step() == SQLITE_ROW)
+                expired.push_back(s.text(0));
+        }
+        for (const auto& id : expired) {
+            if (!releaseIn(**c, id))
+                return unavailable(**c);
+        }
+        if (!tx.commit())
+            return unavailable(**c);
+        return static_cast<std::int64_t>(expired.size());
+    }
+
+    Result<void> recordRequest(const LogEntry& e) override {
+        auto c = pool_.take(nullptr);
+        if (!c || !insertLog(**c, e, std::nullopt, true))
+            return Error{ErrorCode::Unavailable, "cannot write the request log"};
+        return {};
+    }
+
+    bool ping() override {
+        auto c = pool_.take(nullptr);
+        if (!c)
+            return false;
+        Stmt s = (*c)->prepare("SELECT count(*) FROM counters");
+        return s.step() == SQLITE_ROW;
+    }
+
+    Result<void> addUser(std::string_view name) override;
+    Result<std::string> addKey(std::string_view name) override;
+    Result<void> revokeKey(std::string_view apiKey) override;
+    Result<void> credit(std::string_view name, std::string_view field, Money amount) override;
+    Result<Balance> balance(std::string_view name) override;
+    Result<std::vector<LogEntry>> usage(std::string_view name, std::int64_t last) override;
+    Result<Money> totalShortfall() override;
+
+private:
+    static bool readFields(Connection& c, const std::string& user, PoolFields& f) {
+        Stmt s = c.prepare("SELECT credits, refCredits, creditsNew FROM usersNew WHERE id = ?");
+        s.bind(1, user);
+        if (s.step() != SQLITE_ROW)
+            return false;
+        f = {s.integer(0), s.integer(1), s.integer(2)};
+        return true;
+    }
+
+    static bool releaseIn(Connection& c, const std::string& id) {
+        std::string user;
+        PoolFields held;
+        {
+            Stmt s = c.prepare("SELECT userId, fromCredits, fromRefCredits, fromCreditsNew FROM holds WHERE requestId = ?");
+            s.bind(1, id);
+            int rc = s.step();
+            if (rc == SQLITE_DONE)
+                return true; // nothing held (settled or released before)
+            if (rc != SQLITE_ROW)
+                return false;
+            user = s.text(0);
+            held = {s.integer(1), s.integer(2), s.integer(3)};
+        }
+        Stmt up = c.prepare("UPDATE usersNew SET credits = credits + ?, refCredits = refCredits + ?, "
+                            "creditsNew = creditsNew + ? WHERE id = ?");
+        up.bind(1, held.credits).bind(2, held.refCredits).bind(3, held.creditsNew).bind(4, user);
+        if (up.step() != SQLITE_DONE)
+            return false;
+        Stmt del = c.prepare("DELETE FROM holds WHERE requestId = ?");
+        del.bind(1, id);
+        return del.step() == SQLITE_DONE;
+    }
+
+    static bool insertLog(Connection& c, const LogEntry& e, std::optional<Pool> pool, bool ignoreDuplicate) {
+        Stmt s = c.prepare(ignoreDuplicate
+                               ? "INSERT OR IGNORE INTO request_logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                               : "INSERT INTO request_logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+        s.bind(1, e.requestId).bind(2, e.userId).bind(3, e.keyId).bind(4, e.model);
+        s.bind(5, e.usage.uncachedInput).bind(6, e.usage.output).bind(7, e.usage.cacheWrite);
+        s.bind(8, e.usage.cacheRead).bind(9, e.cost.nanos).bind(10, e.shortfall.nanos);
+        s.bind(11, e.usage.totalInput() + e.usage.output).bind(12, e.statusCode).bind(13, e.latencyMs);
+        s.bind(14, e.success ? 1 : 0).bind(15, e.creditType);
+        if (pool)
+            s.bind(16, std::string(poolName(*pool)));
+        else
+            s.bindNull(16);
+        s.bind(17, e.usage.estimated ? 1 : 0).bind(18, e.createdAtMs);
+        return s.step() == SQLITE_DONE;
+    }
+
+    static bool addCounter(Connection& c, const char* name, std::int64_t v) {
+        Stmt s = c.prepare("INSERT INTO counters (name, value) VALUES (?, ?) "
+                           "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value");
+        s.bind(1, std::string(name)).bind(2, v);
+        return s.step() == SQLITE_DONE;
+    }
+
+    ConnectionPool pool_;
+};
+
+} // namespace
+
+Result<std::unique_ptr<CreditLedger>> openSqliteLedger(const std::string& path, const LedgerOptions& options) {
+    auto l = std::make_unique<SqliteLedger>(path, options);
+    if (auto r = l->init(); !r)
+        return r.error();
+    return std::unique_ptr<CreditLedger>(std::move(l));
+}
+
+} // namespace trollproxy::internal
+
+// Administration, same transaction rules.
+namespace trollproxy::internal {
+namespace {
+
+const char* fieldColumn(std::string_view field) {
+    if (field == "credits")
+        return "UPDATE usersNew SET credits = credits + ? WHERE id = ?";
+    if (field == "refCredits")
+        return "UPDATE usersNew SET refCredits = refCredits + ? WHERE id = ?";
+    if (field == "creditsNew")
+        return "UPDATE usersNew SET creditsNew = creditsNew + ? WHERE id = ?";
+    return nullptr;
+}
+
+} // namespace
+
+Result<void> SqliteLedger::addUser(std::string_view name) {
+    if (name.empty())
+        return Error{ErrorCode::InvalidArgument, "a user name must not be empty"};
+    auto c = pool_.take(nullptr);
+    if (!c)
+        return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
+    Stmt s = (*c)->prepare("INSERT INTO usersNew (id, createdAt) VALUES (?, ?)");
+    s.bind(1, std::string(name)).bind(2, nowMs());
+    int rc = s.step();
+    if (rc == SQLITE_CONSTRAINT)
+        return Error{ErrorCode::Conflict, "user " + std::string(name) + " already exists"};
+    if (rc != SQLITE_DONE)
+        return unavailable(**c);
+    return {};
+}
+
+Result<std::string> SqliteLedger::addKey(std::string_view name) {
+    auto c = pool_.take(nullptr);
+    if (!c)
+        return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
+    Transaction tx(**c);
+    if (!tx.began())
+        return unavailable(**c);
+    bool hasPrimary = false;
+    {
+        Stmt s = (*c)->prepare("SELECT apiKey IS NOT NULL FROM usersNew WHERE id = ?");
+        s.bind(1, std::string(name));
+        if (s.step() != SQLITE_ROW)
+            return Error{ErrorCode::NotFound, "no user " + std::string(name)};
+        hasPrimary = s.integer(0) != 0;
+    }
+    std::string key = newApiKey();
+    // The first key is the user's own `apiKey`, as production has it; more keys
+    // go to user_keys.
+    Stmt s = (*c)->prepare(hasPrimary ? "INSERT INTO user_keys (id, name, createdAt) VALUES (?, ?, ?)"
+                                      : "UPDATE usersNew SET apiKey = ?1 WHERE id = ?2 AND ?3 IS NOT NULL");
+    s.bind(1, key).bind(2, std::string(name)).bind(3, nowMs());
+    if (s.step() != SQLITE_DONE || !tx.commit())
+        return unavailable(**c);
+    return key;
+}
+
+Result<void> SqliteLedger::revokeKey(std::string_view apiKey) {
+    auto c = pool_.take(nullptr);
+    if (!c)
+        return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
+    Transaction tx(**c);
+    if (!tx.began())
+        return unavailable(**c);
+    std::string key(apiKey);
+    std::string owner;
+    {
+        Stmt s = (*c)->prepare("SELECT id FROM usersNew WHERE apiKey = ?");
+        s.bind(1, key);
+        if (s.step() == SQLITE_ROW)
+            owner = s.text(0);
+    }
+    if (!owner.empty()) {
+        // Keep the revoked key on record so it answers "revoked", not "unknown".
+        Stmt clear = (*c)->prepare("UPDATE usersNew SET apiKey = NULL WHERE id = ?");
+        clear.bind(1, owner);
+        Stmt keep = (*c)->prepare("INSERT OR REPLACE INTO user_keys (id, name, isActive, createdAt) VALUES (?, ?, 0, ?)");
+        keep.bind(1, key).bind(2, owner).bind(3, nowMs());
+        if (clear.step() != SQLITE_DONE || keep.step() != SQLITE_DONE)
+            return unavailable(**c);
+    } else {
+        Stmt s = (*c)->prepare("UPDATE user_keys SET isActive = 0 WHERE id = ?");
+        s.bind(1, key);
+        if (s.step() != SQLITE_DONE)
+            return unavailable(**c);
+        if (sqlite3_changes((*c)->handle()) == 0)
+            return Error{ErrorCode::NotFound, "no such key"};
+    }
+    if (!tx.commit())
+        return unavailable(**c);
+    return {};
+}
+
+Result<void> SqliteLedger::credit(std::string_view name, std::string_view field, Money amount) {
+    const char* sql = fieldColumn(field);
+    if (!sql)
+        return Error{ErrorCode::InvalidArgument,
+                     "unknown pool \"" + std::string(field) + "\" (one of credits, refCredits, creditsNew)"};
+    if (amount.nanos < 0)
+        return Error{ErrorCode::InvalidArgument, "the amount must not be negative"};
+    auto c = pool_.take(nullptr);
+    if (!c)
+        return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
+    Stmt s = (*c)->prepare(sql);
+    s.bind(1, amount.nanos).bind(2, std::string(name));
+    if (s.step() != SQLITE_DONE)
+        return unavailable(**c);
+    if (sqlite3_changes((*c)->handle()) == 0)
+        return Error{ErrorCode::NotFound, "no user " + std::string(name)};
+    return {};
+}
+
+Result<Balance> SqliteLedger::balance(std::string_view name) {
+    auto c = pool_.take(nullptr);
+    if (!c)
+        return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
+    Stmt s = (*c)->prepare("SELECT credits, creditsUsed, refCredits, creditsNew, creditsNewUsed, tokensUserNew, "
+                           "totalInputTokens, totalOutputTokens FROM usersNew WHERE id = ?");
+    s.bind(1, std::string(name));
+    int rc = s.step();
+    if (rc == SQLITE_DONE)
+        return Error{ErrorCode::NotFound, "no user " + std::string(name)};
+    if (rc != SQLITE_ROW)
+        return unavailable(**c);
+    return Balance{Money{s.integer(0)}, Money{s.integer(1)}, Money{s.integer(2)}, Money{s.integer(3)},
+                   Money{s.integer(4)}, s.integer(5), s.integer(6), s.integer(7)};
+}
+
+Result<std::vector<LogEntry>> SqliteLedger::usage(std::string_view name, std::int64_t last) {
+    auto c = pool_.take(nullptr);
+    if (!c)
+        return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
+    Stmt s = (*c)->prepare("SELECT requestId, userId, userKeyId, model, inputTokens, outputTokens, cacheWriteTokens, "
+                           "cacheHitTokens, creditsCost, shortfall, creditType, statusCode, latencyMs, isSuccess, "
+                           "estimated, createdAt FROM request_logs WHERE userId = ? "
+                           "ORDER BY createdAt DESC, rowid DESC LIMIT ?");
+    s.bind(1, std::string(name)).bind(2, last);
+    std::vector<LogEntry> out;
+    int rc;
+    while ((rc = s.step()) == SQLITE_ROW) {
+        LogEntry e;
+        e.requestId = s.text(0);
+        e.userId = s.text(1);
+        e.keyId = s.text(2);
+        e.model = s.text(3);
+        e.usage = Usage{s.integer(4), s.integer(6), s.integer(7), s.integer(5), s.integer(14) != 0};
+        e.cost = Money{s.integer(8)};
+        e.shortfall = Money{s.integer(9)};
+        e.creditType = s.text(10);
+        e.statusCode = static_cast<int>(s.integer(11));
+        e.latencyMs = s.integer(12);
+        e.success = s.integer(13) != 0;
+        e.createdAtMs = s.integer(15);
+        out.push_back(std::move(e));
+    }
+    if (rc != SQLITE_DONE)
+        return unavailable(**c);
+    return out;
+}
+
+Result<Money> SqliteLedger::totalShortfall() {
+    auto c = pool_.take(nullptr);
+    if (!c)
+        return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
+    Stmt s = (*c)->prepare("SELECT value FROM counters WHERE name = 'shortfall'");
+    int rc = s.step();
+    if (rc == SQLITE_ROW)
+        return Money{s.integer(0)};
+    if (rc != SQLITE_DONE)
+        return unavailable(**c);
+    return Money{0};
+}
+
+} // namespace trollproxy::internal

@@ -1,0 +1,15 @@
+// The embedded ledger: the production documents as SQLite tables, integer nano-USD.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "trollproxy/ledger.hpp"
+
+namespace trollproxy::internal {
+
+/// Opens (and creates) the ledger in a SQLite file. Several processes may share it.
+Result<std::unique_ptr<CreditLedger>> openSqliteLedger(const std::string& path,
+                                                       const LedgerOptions& options);
+
+} // namespace trollproxy::internal
