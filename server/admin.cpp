@@ -1,0 +1,194 @@
+// trollproxy-admin: users, keys, credits, balances and usage in either ledger; price quotes.
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <string>
+#include <vector>
+
+#include "trollproxy/trollproxy.hpp"
+
+using namespace trollproxy;
+
+namespace {
+
+const char kUsage[] =
+    "usage: trollproxy-admin [--ledger URI] COMMAND ...\n"
+    "  user add NAME\n"
+    "  key add NAME                 prints a new sk-trollllm- key\n"
+    "  key revoke KEY\n"
+    "  credit NAME POOL AMOUNT      POOL: credits, refCredits, creditsNew; AMOUNT in USD\n"
+    "  balance NAME\n"
+    "  usage NAME [--last N]\n"
+    "  journal replay [--journal PATH]\n"
+    "  quote --config FILE --model ID --input N --output N [--cache-write N] [--cache-read N]\n"
+    "--ledger defaults to $MONGODB_URI, else sqlite:trollproxy.db.\n";
+
+int fail(const std::string& msg) {
+    std::fprintf(stderr, "trollproxy-admin: %s\n", msg.c_str());
+    return 1;
+}
+
+bool parseCount(const std::string& s, std::int64_t& out) {
+    if (s.empty() || s.size() > 12 || s.find_first_not_of("0123456789") != std::string::npos)
+        return false;
+    out = std::stoll(s);
+    return true;
+}
+
+int quote(const std::vector<std::string>& args) {
+    std::string config, model;
+    std::int64_t counts[4] = {-1, -1, 0, 0}; // input, output, cache write, cache read
+    const char* names[4] = {"--input", "--output", "--cache-write", "--cache-read"};
+    for (std::size_t i = 0; i < args.size(); i += 2) {
+        if (i + 1 >= args.size())
+            return fail(args[i] + " needs a value");
+        const std::string& k = args[i];
+        const std::string& v = args[i + 1];
+        bool known = false;
+        if (k == "--config") {
+            config = v;
+            known = true;
+        } else if (k == "--model") {
+            model = v;
+            known = true;
+        }
+        for (int n = 0; n < 4; ++n) {
+            if (k == names[n]) {
+                known = true;
+                if (!parseCount(v, counts[n]))
+                    return fail(k + " must be a whole number of tokens, not \"" + v + "\"");
+            }
+        }
+        if (!known)
+            return fail("unknown option " + k);
+    }
+    if (config.empty() || model.empty() || counts[0] < 0 || counts[1] < 0)
+        return fail("quote needs --config, --model, --input and --output");
+    auto cfg = loadConfigFile(config);
+    if (!cfg)
+        return fail(cfg.error().message);
+    const ModelConfig* m = cfg->findModel(model);
+    if (!m)
+        return fail("no model \"" + model + "\" in " + config);
+    Usage u{counts[0], counts[2], counts[3], counts[1], false};
+    std::printf("%s\n", priceUsage(m->prices, u).toString().c_str());
+    return 0;
+}
+
+std::string isoTime(std::int64_t ms) {
+    std::time_t t = static_cast<std::time_t>(ms / 1000);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return buf;
+}
+
+int ledgerCommand(CreditLedger& l, const std::vector<std::string>& a, const std::string& journalPath) {
+    auto is = [&](std::initializer_list<const char*> words) {
+        if (a.size() < words.size())
+            return false;
+        std::size_t i = 0;
+        for (const char* w : words) {
+            if (w && a[i] != w)
+                return false;
+            ++i;
+        }
+        return true;
+    };
+    if (is({"user", "add", nullptr}) && a.size() == 3) {
+        auto r = l.addUser(a[2]);
+        return r ? (std::printf("user %s added\n", a[2].c_str()), 0) : fail(r.error().message);
+    }
+    if (is({"key", "add", nullptr}) && a.size() == 3) {
+        auto r = l.addKey(a[2]);
+        return r ? (std::printf("%s\n", r->c_str()), 0) : fail(r.error().message);
+    }
+    if (is({"key", "revoke", nullptr}) && a.size() == 3) {
+        auto r = l.revokeKey(a[2]);
+        return r ? (std::printf("key revoked\n"), 0) : fail(r.error().message);
+    }
+    if (is({"credit", nullptr, nullptr, nullptr}) && a.size() == 4) {
+        auto amount = Money::parse(a[3]);
+        if (!amount)
+            return fail("AMOUNT: " + amount.error().message);
+        if (amount->nanos < 0)
+            return fail("AMOUNT must not be negative");
+        auto r = l.credit(a[1], a[2], *amount);
+        return r ? (std::printf("%s %s +%s\n", a[1].c_str(), a[2].c_str(), amount->toString().c_str()), 0)
+                 : fail(r.error().message);
+    }
+    if (is({"balance", nullptr}) && a.size() == 2) {
+        auto b = l.balance(a[1]);
+        if (!b)
+            return fail(b.error().message);
+        std::printf("credits %s\nrefCredits %s\ncreditsUsed %s\ncreditsNew %s\ncreditsNewUsed %s\n"
+                    "tokensUserNew %lld\ntotalInputTokens %lld\ntotalOutputTokens %lld\n",
+                    b->credits.toString().c_str(), b->refCredits.toString().c_str(),
+                    b->creditsUsed.toString().c_str(), b->creditsNew.toString().c_str(),
+                    b->creditsNewUsed.toString().c_str(), static_cast<long long>(b->tokensUserNew),
+                    static_cast<long long>(b->totalInputTokens), static_cast<long long>(b->totalOutputTokens));
+        return 0;
+    }
+    if (is({"usage", nullptr}) && (a.size() == 2 || (a.size() == 4 && a[2] == "--last"))) {
+        std::int64_t last = 20;
+        if (a.size() == 4 && (!parseCount(a[3], last) || last == 0))
+            return fail("--last must be a positive whole number");
+        auto entries = l.usage(a[1], last);
+        if (!entries)
+            return fail(entries.error().message);
+        if (entries->empty() && !l.balance(a[1]))
+            return fail("no user " + a[1]);
+        for (const auto& e : *entries) {
+            std::printf("%s %s %s pool=%s status=%d input=%lld output=%lld cache_write=%lld cache_read=%lld "
+                        "cost=%s%s%s\n",
+                        isoTime(e.createdAtMs).c_str(), e.requestId.c_str(), e.model.c_str(),
+                        e.creditType == "ohmygpt" ? "credits" : "creditsNew", e.statusCode,
+                        static_cast<long long>(e.usage.uncachedInput), static_cast<long long>(e.usage.output),
+                        static_cast<long long>(e.usage.cacheWrite), static_cast<long long>(e.usage.cacheRead),
+                        e.cost.toString().c_str(), e.usage.estimated ? " estimated" : "",
+                        e.shortfall.nanos ? (" shortfall=" + e.shortfall.toString()).c_str() : "");
+        }
+        return 0;
+    }
+    if (is({"journal", "replay"}) && a.size() == 2) {
+        ChargeJournal journal(journalPath);
+        auto r = journal.replay(l);
+        if (!r)
+            return fail(r.error().message);
+        std::printf("applied %lld, already settled %lld, pending %lld, unreadable %lld\n",
+                    static_cast<long long>(r->applied), static_cast<long long>(r->alreadySettled),
+                    static_cast<long long>(r->pending), static_cast<long long>(r->corrupt));
+        return r->pending ? 1 : 0;
+    }
+    std::fputs(kUsage, stderr);
+    return 1;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    std::string ledgerUri, journalPath = "trollproxy.journal";
+    std::vector<std::string> args;
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        if ((a == "--ledger" || a == "--journal") && i + 1 < argc) {
+            (a == "--ledger" ? ledgerUri : journalPath) = argv[++i];
+        } else if (a == "--help" || a == "-h") {
+            std::fputs(kUsage, stdout);
+            return 0;
+        } else {
+            args.push_back(a);
+        }
+    }
+    if (args.empty()) {
+        std::fputs(kUsage, stderr);
+        return 1;
+    }
+    if (args[0] == "quote")
+        return quote(std::vector<std::string>(args.begin() + 1, args.end()));
+    auto ledger = openLedger(ledgerUri.empty() ? defaultLedgerUri() : ledgerUri);
+    if (!ledger)
+        return fail(ledger.error().message);
+    return ledgerCommand(**ledger, args, journalPath);
+}
