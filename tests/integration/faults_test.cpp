@@ -1,0 +1,160 @@
+// The proxy under upstream failures: retries, key rotation, timeouts, cuts and disconnects.
+#include <thread>
+
+#include <doctest/doctest.h>
+
+#include "harness.hpp"
+
+using namespace harness;
+using trollproxy::Money;
+
+namespace {
+
+const char* kConfig = R"({
+  "port": 8000,
+  "endpoints": [
+    {"name": "oai", "base_url": "UPSTREAM/v1/chat/completions"},
+    {"name": "ant", "base_url": "UPSTREAM/v1/messages"}
+  ],
+  "models": [
+    {"id": "m", "type": "openhands", "upstream": "openhands", "billing_upstream": "openhands",
+     "billing_multiplier": 1, "input_price_per_mtok": 1, "output_price_per_mtok": 2}
+  ],
+  "trollproxy": {"first_byte_timeout_ms": 1500, "idle_timeout_ms": 1500}
+})";
+
+std::string chat(bool stream) {
+    return std::string(R"({"model":"m","messages":[{"role":"user","content":"x"}])") +
+           (stream ? R"(,"stream":true})" : "}");
+}
+std::string msgs(bool stream) {
+    return std::string(R"({"model":"m","max_tokens":100,"messages":[{"role":"user","content":"x"}])") +
+           (stream ? R"(,"stream":true})" : "}");
+}
+
+std::map<std::string, std::string> h(const std::string& key, std::map<std::string, std::string> more = {}) {
+    more["Authorization"] = "Bearer " + key;
+    more["x-fake-usage"] = "1000,1000,0,0"; // costs 0.003 USD
+    return more;
+}
+
+const Money kStart = *Money::parse("10");
+
+} // namespace
+
+TEST_CASE("a 429 or a spent key moves on to the next key; the request is billed once") {
+    for (const char* failure : {"429", "401", "402", "403", "400budget"}) {
+        CAPTURE(failure);
+        Stack s(kConfig, {{"TROLLPROXY_UPSTREAM_KEYS", "k1,k2"}}, {"--fail-key", std::string("k1=") + failure});
+        std::string key = s.userWithKey("u", "0", "0", "10");
+        for (int i = 0; i < 3; ++i) {
+            auto r = post(s.proxy->port(), "/v1/messages", msgs(false), h(key));
+            CHECK(r.status == 200);
+            CHECK(r.headers["x-trollproxy-cost"] == "0.003000000");
+        }
+        CHECK(s.balance("u").creditsNew == kStart - *Money::parse("0.009"));
+        CHECK(s.ledger->usage("u", 10)->size() == 3);
+    }
+}
+
+TEST_CASE("when every key is rate limited the client gets 429 with Retry-After and pays nothing") {
+    Stack s(kConfig, {{"TROLLPROXY_UPSTREAM_KEYS", "k1,k2"}}, {"--fail-key", "k1=429", "--fail-key", "k2=429"});
+    std::string key = s.userWithKey("u", "0", "0", "10");
+    auto r = post(s.proxy->port(), "/v1/chat/completions", chat(false), h(key));
+    CHECK(r.status == 429);
+    CHECK(!r.headers["retry-after"].empty());
+    CHECK(r.body.find(R"({"error":{)") == 0);
+    CHECK(s.balance("u").creditsNew == kStart);
+}
+
+TEST_CASE("5xx is retried on the next key before anything was sent; with no key left it is a 502") {
+    {
+        Stack s(kConfig, {{"TROLLPROXY_UPSTREAM_KEYS", "k1,k2"}});
+        std::string key = s.userWithKey("u", "0", "0", "10");
+        auto r = post(s.proxy->port(), "/v1/messages", msgs(true),
+                      h(key, {{"x-fake-status", "500"}, {"x-fake-fail-times", "1"}, {"x-fake-id", "a1"}}));
+        CHECK(r.status == 200);
+        CHECK(r.body.find("message_stop") != std::string::npos);
+        CHECK(s.balance("u").creditsNew == kStart - *Money::parse("0.003"));
+    }
+    {
+        Stack s(kConfig);
+        std::string key = s.userWithKey("u", "0", "0", "10");
+        auto r = post(s.proxy->port(), "/v1/messages", msgs(false), h(key, {{"x-fake-status", "500"}}));
+        CHECK(r.status == 502);
+        CHECK(r.body.find(R"("type":"error")") != std::string::npos);
+        CHECK(s.balance("u").creditsNew == kStart);
+    }
+}
+
+TEST_CASE("the upstream's refusal of a bad request reaches the client as is, unbilled") {
+    Stack s(kConfig);
+    std::string key = s.userWithKey("u", "0", "0", "10");
+    auto r = post(s.proxy->port(), "/v1/chat/completions", chat(false), h(key, {{"x-fake-status", "400"}}));
+    CHECK(r.status == 400);
+    CHECK(r.body.find(R"({"error":)") == 0);
+    CHECK(s.balance("u").creditsNew == kStart);
+}
+
+TEST_CASE("a slow first byte times out as 504 and costs nothing") {
+    Stack s(kConfig);
+    std::string key = s.userWithKey("u", "0", "0", "10");
+    auto r = post(s.proxy->port(), "/v1/chat/completions", chat(false), h(key, {{"x-fake-latency-ms", "4000"}}));
+    CHECK(r.status == 504);
+    CHECK(s.balance("u").creditsNew == kStart);
+}
+
+TEST_CASE("a stream cut by the upstream: nothing served is free, something served is billed as estimated") {
+    Stack s(kConfig);
+    std::string key = s.userWithKey("u", "0", "0", "10");
+    auto none = post(s.proxy->port(), "/v1/chat/completions", chat(true), h(key, {{"x-fake-cut-after", "0"}}));
+    CHECK(none.status == 200);
+    CHECK(s.balance("u").creditsNew == kStart);
+
+    auto some = post(s.proxy->port(), "/v1/messages", msgs(true), h(key, {{"x-fake-cut-after", "3"}}));
+    CHECK(some.status == 200);
+    CHECK(some.body.find("message_stop") == std::string::npos);
+    auto b = s.balance("u");
+    CHECK(b.creditsNew < kStart);
+    auto logs = s.ledger->usage("u", 10);
+    REQUIRE(logs->size() == 1);
+    CHECK((*logs)[0].usage.estimated);
+    CHECK(b.creditsNewUsed == (*logs)[0].cost);
+}
+
+TEST_CASE("a client that hangs up mid-stream stops the upstream and pays for what was reported") {
+    Stack s(kConfig);
+    std::string key = s.userWithKey("u", "0", "0", "10");
+    std::string got = postAndHangUp(s.proxy->port(), "/v1/messages", msgs(true),
+                                    h(key, {{"x-fake-chunks", "50"}, {"x-fake-chunk-delay-ms", "100"}}), 400);
+    CHECK(got.find("200") != std::string::npos);
+    // The proxy notices at its next write.
+    std::vector<trollproxy::LogEntry> logs;
+    for (int i = 0; i < 50 && logs.empty(); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        logs = *s.ledger->usage("u", 10);
+    }
+    REQUIRE(logs.size() == 1);
+    CHECK(logs[0].usage.estimated);
+    CHECK(logs[0].usage.uncachedInput == 1000); // reported in message_start
+    auto b = s.balance("u");
+    CHECK(b.creditsNewUsed == logs[0].cost);
+    CHECK(b.creditsNew == kStart - logs[0].cost);
+}
+
+TEST_CASE("rate limit per key: 429 with Retry-After and X-RateLimit headers") {
+    std::string cfg = kConfig;
+    cfg.replace(cfg.find("\"first_byte_timeout_ms\""), 0, "\"rate_limit_per_minute\": 2, ");
+    Stack s(cfg);
+    std::string key = s.userWithKey("u", "0", "0", "10");
+    auto r1 = post(s.proxy->port(), "/v1/chat/completions", chat(false), h(key));
+    CHECK(r1.status == 200);
+    CHECK(r1.headers["x-ratelimit-limit"] == "2");
+    CHECK(r1.headers["x-ratelimit-remaining"] == "1");
+    CHECK(post(s.proxy->port(), "/v1/chat/completions", chat(false), h(key)).status == 200);
+    auto r3 = post(s.proxy->port(), "/v1/chat/completions", chat(false), h(key));
+    CHECK(r3.status == 429);
+    CHECK(!r3.headers["retry-after"].empty());
+    CHECK(r3.headers["x-ratelimit-remaining"] == "0");
+    CHECK(!r3.headers["x-ratelimit-reset"].empty());
+}

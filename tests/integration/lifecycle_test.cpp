@@ -1,0 +1,72 @@
+// Config reload on SIGHUP and graceful shutdown on SIGTERM.
+#include <csignal>
+#include <sys/wait.h>
+#include <thread>
+
+#include <doctest/doctest.h>
+
+#include "harness.hpp"
+
+using namespace harness;
+
+namespace {
+
+std::string config(const std::string& models) {
+    return R"({"port": 8000, "endpoints": [{"name": "ant", "base_url": "UPSTREAM/v1/messages"}],
+               "models": [)" + models + R"(], "trollproxy": {"shutdown_grace_seconds": 20}})";
+}
+const char* kModelA = R"({"id": "a", "billing_upstream": "openhands", "output_price_per_mtok": 1})";
+const char* kModelB = R"({"id": "b", "billing_upstream": "openhands", "output_price_per_mtok": 1})";
+
+std::string body(const char* model, bool stream = false) {
+    return std::string(R"({"model":")") + model + R"(","max_tokens":10,"messages":[])" +
+           (stream ? R"(,"stream":true})" : "}");
+}
+
+} // namespace
+
+TEST_CASE("SIGHUP reloads the config; a bad config is refused and the old one kept") {
+    Stack s(config(kModelA));
+    std::string key = s.userWithKey("u", "0", "0", "10");
+    std::map<std::string, std::string> h{{"x-api-key", key}};
+    CHECK(post(s.proxy->port(), "/v1/messages", body("a"), h).status == 200);
+    CHECK(post(s.proxy->port(), "/v1/messages", body("b"), h).status == 404);
+
+    std::string cfg = config(std::string(kModelA) + "," + kModelB);
+    std::string base = "http://127.0.0.1:" + std::to_string(s.upstream->port());
+    cfg.replace(cfg.find("UPSTREAM"), 8, base);
+    writeFile(s.dir + "/config.json", cfg);
+    s.proxy->signal(SIGHUP, false);
+    int status = 0;
+    for (int i = 0; i < 50 && status != 200; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        status = post(s.proxy->port(), "/v1/messages", body("b"), h).status;
+    }
+    CHECK(status == 200);
+
+    writeFile(s.dir + "/config.json", "{ not json");
+    s.proxy->signal(SIGHUP, false);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    CHECK(s.proxy->running());
+    CHECK(post(s.proxy->port(), "/v1/messages", body("b"), h).status == 200);
+}
+
+TEST_CASE("SIGTERM lets a running stream finish and settles it before exiting") {
+    Stack s(config(kModelA));
+    std::string key = s.userWithKey("u", "0", "0", "10");
+    RawResponse streamed;
+    std::thread client([&] {
+        streamed = post(s.proxy->port(), "/v1/messages", body("a", true),
+                        {{"x-api-key", key}, {"x-fake-chunks", "10"}, {"x-fake-chunk-delay-ms", "150"},
+                         {"x-fake-usage", "0,1000000,0,0"}});
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    int status = s.proxy->signal(SIGTERM, true);
+    client.join();
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    CHECK(streamed.status == 200);
+    CHECK(streamed.body.find("message_stop") != std::string::npos);
+    // 1M output tokens at $1/Mtok.
+    CHECK(s.balance("u").creditsNew == *trollproxy::Money::parse("9"));
+}
