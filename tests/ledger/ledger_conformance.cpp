@@ -1,0 +1,539 @@
+// One behaviour test for every CreditLedger backend; the URI comes from TROLLPROXY_TEST_LEDGER_URI.
+//
+// Only the public interface is used (no raw SQL, no driver calls), and every case
+// makes its own users and request ids, because a MongoDB database is shared by
+// all cases of a run.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "ledger_test_util.hpp"
+#include "trollproxy/ledger.hpp"
+
+using namespace trollproxy;
+using trollproxy::test::uniqueName;
+using trollproxy::test::usd;
+
+namespace {
+
+std::string ledgerUri() {
+    const char* env = std::getenv("TROLLPROXY_TEST_LEDGER_URI");
+    if (env && *env)
+        return env;
+    static trollproxy::test::TempDir dir;
+    return "sqlite:" + dir.file("conformance.db");
+}
+
+bool isMongo() {
+    return ledgerUri().rfind("mongodb", 0) == 0;
+}
+
+std::unique_ptr<CreditLedger> openTestLedger() {
+    auto l = openLedger(ledgerUri());
+    if (!l)
+        FAIL("cannot open ledger ", ledgerUri(), ": ", l.error().message);
+    return std::move(l).value();
+}
+
+std::int64_t nowMs() {
+    using namespace std::chrono;
+    return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+// MongoDB stores USD as doubles: allow one nano-dollar per operation there.
+std::int64_t slack(std::int64_t operations) {
+    return isMongo() ? operations : 0;
+}
+
+#define CHECK_MONEY(actual, expected, ops)                                                              \
+    do {                                                                                                \
+        std::int64_t a_ = (actual).nanos, e_ = (expected).nanos;                                        \
+        INFO("actual ", Money{a_}.toString(), " expected ", Money{e_}.toString());                      \
+        CHECK(std::llabs(a_ - e_) <= slack(ops));                                                       \
+    } while (0)
+
+std::string makeUser(CreditLedger& l, const char* stem) {
+    std::string name = uniqueName(stem);
+    REQUIRE(l.addUser(name));
+    return name;
+}
+
+void give(CreditLedger& l, const std::string& user, const char* field, const char* amount) {
+    auto r = l.credit(user, field, usd(amount));
+    REQUIRE_MESSAGE(r, r.error().message);
+}
+
+Balance balanceOf(CreditLedger& l, const std::string& user) {
+    auto b = l.balance(user);
+    REQUIRE_MESSAGE(b, b.error().message);
+    return *b;
+}
+
+HoldRequest hold(const std::string& id, const std::string& user, Pool pool, const char* amount,
+                 std::int64_t expiresAtMs = 0) {
+    return HoldRequest{id, user, pool, usd(amount), expiresAtMs ? expiresAtMs : nowMs() + 3'600'000};
+}
+
+Charge charge(const std::string& id, const std::string& user, Pool pool, const char* cost,
+              Usage usage = {100, 20, 30, 40, false}) {
+    Charge c;
+    c.requestId = id;
+    c.userId = user;
+    c.keyId = "key-of-" + user;
+    c.model = "test-model";
+    c.pool = pool;
+    c.usage = usage;
+    c.cost = usd(cost);
+    c.statusCode = 200;
+    c.latencyMs = 12;
+    c.createdAtMs = nowMs();
+    return c;
+}
+
+std::vector<LogEntry> logOf(CreditLedger& l, const std::string& user, std::int64_t last = 1000) {
+    auto u = l.usage(user, last);
+    REQUIRE_MESSAGE(u, u.error().message);
+    return *u;
+}
+
+} // namespace
+
+TEST_CASE("authenticate: valid, unknown, second key, revoked") {
+    auto l = openTestLedger();
+    std::string user = makeUser(*l, "auth");
+    auto key = l->addKey(user);
+    REQUIRE(key);
+    CHECK(key->rfind("sk-trollllm-", 0) == 0);
+    CHECK(key->size() == 12 + 64);
+
+    AuthOutcome a = l->authenticate(*key);
+    CHECK(a.status == AuthStatus::Authorized);
+    CHECK(a.account.userId == user);
+    CHECK(a.account.keyId == *key);
+    CHECK_FALSE(a.account.admin);
+
+    CHECK(l->authenticate("sk-trollllm-" + std::string(64, '0')).status == AuthStatus::KeyInvalid);
+    CHECK(l->authenticate("").status == AuthStatus::KeyInvalid);
+
+    auto second = l->addKey(user);
+    REQUIRE(second);
+    CHECK(*second != *key);
+    AuthOutcome b = l->authenticate(*second);
+    CHECK(b.status == AuthStatus::Authorized);
+    CHECK(b.account.userId == user);
+
+    REQUIRE(l->revokeKey(*second));
+    CHECK(l->authenticate(*second).status == AuthStatus::KeyRevoked);
+    CHECK(l->authenticate(*key).status == AuthStatus::Authorized);
+    REQUIRE(l->revokeKey(*key));
+    CHECK(l->authenticate(*key).status == AuthStatus::KeyRevoked);
+
+    auto unknown = l->revokeKey("sk-trollllm-" + std::string(64, 'f'));
+    REQUIRE_FALSE(unknown);
+    CHECK(unknown.error().code == ErrorCode::NotFound);
+    CHECK(l->ping());
+}
+
+TEST_CASE("reserve takes the hold from the right fields or refuses") {
+    auto l = openTestLedger();
+    std::string user = makeUser(*l, "reserve");
+    give(*l, user, "creditsNew", "1.0");
+    give(*l, user, "credits", "0.3");
+    give(*l, user, "refCredits", "0.5");
+    std::string id = uniqueName("req");
+
+    CHECK(l->reserve(hold(id + "-1", user, Pool::CreditsNew, "0.6")) == ReserveStatus::Reserved);
+    Balance b = balanceOf(*l, user);
+    CHECK_MONEY(b.creditsNew, usd("0.4"), 2);
+    CHECK_MONEY(b.credits, usd("0.3"), 1);
+    CHECK(l->reserve(hold(id + "-2", user, Pool::CreditsNew, "0.5")) == ReserveStatus::InsufficientCredits);
+    CHECK_MONEY(balanceOf(*l, user).creditsNew, usd("0.4"), 2);
+
+    // Credits pool: `credits` first, the rest from `refCredits`.
+    CHECK(l->reserve(hold(id + "-3", user, Pool::Credits, "0.7")) == ReserveStatus::Reserved);
+    b = balanceOf(*l, user);
+    CHECK_MONEY(b.credits, usd("0"), 2);
+    CHECK_MONEY(b.refCredits, usd("0.1"), 2);
+    CHECK_MONEY(b.creditsNew, usd("0.4"), 2);
+    CHECK(l->reserve(hold(id + "-4", user, Pool::Credits, "0.2")) == ReserveStatus::InsufficientCredits);
+    CHECK(l->reserve(hold(id + "-5", uniqueName("nobody"), Pool::Credits, "0.1")) ==
+          ReserveStatus::InsufficientCredits);
+    b = balanceOf(*l, user);
+    CHECK(b.credits.nanos >= 0);
+    CHECK_MONEY(b.refCredits, usd("0.1"), 2);
+
+    REQUIRE(l->release(id + "-1"));
+    REQUIRE(l->release(id + "-3"));
+    b = balanceOf(*l, user);
+    CHECK_MONEY(b.creditsNew, usd("1.0"), 3);
+    CHECK_MONEY(b.credits, usd("0.3"), 3);
+    CHECK_MONEY(b.refCredits, usd("0.5"), 3);
+}
+
+TEST_CASE("settle, credits pool: hold pays credits then refCredits, rest returned, counters") {
+    auto l = openTestLedger();
+    std::string user = makeUser(*l, "settle-credits");
+    give(*l, user, "credits", "1.0");
+    give(*l, user, "refCredits", "1.0");
+    give(*l, user, "creditsNew", "2.0");
+    std::string id = uniqueName("req");
+    REQUIRE(l->reserve(hold(id, user, Pool::Credits, "1.5")) == ReserveStatus::Reserved);
+
+    Usage u{100, 20, 30, 40, true};
+    SettleOutcome s = l->settle(charge(id, user, Pool::Credits, "1.2", u));
+    REQUIRE(s.status == SettleStatus::Settled);
+    CHECK_MONEY(s.charged, usd("1.2"), 1);
+    CHECK(s.shortfall.nanos == 0);
+
+    Balance b = balanceOf(*l, user);
+    CHECK_MONEY(b.credits, usd("0"), 3);
+    CHECK_MONEY(b.refCredits, usd("0.8"), 3);
+    CHECK_MONEY(b.creditsUsed, usd("1.2"), 1);
+    CHECK_MONEY(b.creditsNew, usd("2.0"), 1);
+    CHECK(b.creditsNewUsed.nanos == 0);
+    CHECK(b.tokensUserNew == 0);
+    CHECK(b.totalInputTokens == 150);
+    CHECK(b.totalOutputTokens == 40);
+
+    auto log = logOf(*l, user);
+    REQUIRE(log.size() == 1);
+    CHECK(log[0].requestId == id);
+    CHECK(log[0].userId == user);
+    CHECK(log[0].keyId == "key-of-" + user);
+    CHECK(log[0].model == "test-model");
+    CHECK(log[0].usage == u);
+    CHECK_MONEY(log[0].cost, usd("1.2"), 1);
+    CHECK(log[0].shortfall.nanos == 0);
+    CHECK(log[0].creditType == "ohmygpt");
+    CHECK(log[0].statusCode == 200);
+    CHECK(log[0].latencyMs == 12);
+    CHECK(log[0].success);
+}
+
+TEST_CASE("settle, creditsNew pool: creditsNew only, tokensUserNew, the other pool untouched") {
+    auto l = openTestLedger();
+    std::string user = makeUser(*l, "settle-new");
+    give(*l, user, "creditsNew", "2.0");
+    give(*l, user, "credits", "1.0");
+    std::string id = uniqueName("req");
+    REQUIRE(l->reserve(hold(id, user, Pool::CreditsNew, "1.0")) == ReserveStatus::Reserved);
+    SettleOutcome s = l->settle(charge(id, user, Pool::CreditsNew, "0.25"));
+    REQUIRE(s.status == SettleStatus::Settled);
+    CHECK_MONEY(s.charged, usd("0.25"), 1);
+
+    Balance b = balanceOf(*l, user);
+    CHECK_MONEY(b.creditsNew, usd("1.75"), 3);
+    CHECK_MONEY(b.creditsNewUsed, usd("0.25"), 1);
+    CHECK(b.tokensUserNew == 190);
+    CHECK(b.totalInputTokens == 150);
+    CHECK(b.totalOutputTokens == 40);
+    CHECK_MONEY(b.credits, usd("1.0"), 1);
+    CHECK(b.refCredits.nanos == 0);
+    CHECK(b.creditsUsed.nanos == 0);
+    auto log = logOf(*l, user);
+    REQUIRE(log.size() == 1);
+    CHECK(log[0].creditType == "openhands");
+}
+
+TEST_CASE("settle is exactly once per request id") {
+    auto l = openTestLedger();
+    std::string user = makeUser(*l, "idempotent");
+    give(*l, user, "creditsNew", "1.0");
+    std::string id = uniqueName("req");
+    REQUIRE(l->reserve(hold(id, user, Pool::CreditsNew, "0.5")) == ReserveStatus::Reserved);
+    Charge c = charge(id, user, Pool::CreditsNew, "0.3");
+    REQUIRE(l->settle(c).status == SettleStatus::Settled);
+    Balance before = balanceOf(*l, user);
+
+    SettleOutcome again = l->settle(c);
+    CHECK(again.status == SettleStatus::AlreadySettled);
+    Charge bigger = c;
+    bigger.cost = usd("0.6");
+    CHECK(l->settle(bigger).status == SettleStatus::AlreadySettled);
+    // A reserve under a settled id must not leave money stuck either.
+    Balance after = balanceOf(*l, user);
+    CHECK(after.creditsNew == before.creditsNew);
+    CHECK(after.creditsNewUsed == before.creditsNewUsed);
+    CHECK(after.totalInputTokens == before.totalInputTokens);
+    CHECK(logOf(*l, user).size() == 1);
+    CHECK_MONEY(after.creditsNew, usd("0.7"), 3);
+}
+
+TEST_CASE("a cost above the hold takes what the balance has and records the shortfall") {
+    auto l = openTestLedger();
+    auto shortBefore = l->totalShortfall();
+    REQUIRE(shortBefore);
+
+    std::string user = makeUser(*l, "shortfall");
+    give(*l, user, "creditsNew", "1.0");
+    std::string id = uniqueName("req");
+    REQUIRE(l->reserve(hold(id + "-a", user, Pool::CreditsNew, "0.5")) == ReserveStatus::Reserved);
+    SettleOutcome s = l->settle(charge(id + "-a", user, Pool::CreditsNew, "1.7"));
+    REQUIRE(s.status == SettleStatus::Settled);
+    CHECK_MONEY(s.charged, usd("1.0"), 2);
+    CHECK_MONEY(s.shortfall, usd("0.7"), 2);
+    Balance b = balanceOf(*l, user);
+    CHECK(b.creditsNew.nanos >= 0);
+    CHECK_MONEY(b.creditsNew, usd("0"), 3);
+    CHECK_MONEY(b.creditsNewUsed, usd("1.0"), 2);
+
+    // Credits pool without a hold: credits, then refCredits, then shortfall.
+    give(*l, user, "credits", "0.2");
+    give(*l, user, "refCredits", "0.1");
+    SettleOutcome t = l->settle(charge(id + "-b", user, Pool::Credits, "0.5"));
+    REQUIRE(t.status == SettleStatus::Settled);
+    CHECK_MONEY(t.charged, usd("0.3"), 2);
+    CHECK_MONEY(t.shortfall, usd("0.2"), 2);
+    b = balanceOf(*l, user);
+    CHECK(b.credits.nanos >= 0);
+    CHECK(b.refCredits.nanos >= 0);
+    CHECK_MONEY(b.credits, usd("0"), 2);
+    CHECK_MONEY(b.refCredits, usd("0"), 2);
+    CHECK_MONEY(b.creditsNew, usd("0"), 3);
+
+    auto log = logOf(*l, user);
+    REQUIRE(log.size() == 2);
+    for (const LogEntry& e : log) {
+        if (e.requestId == id + "-a") {
+            CHECK_MONEY(e.cost, usd("1.0"), 2);
+            CHECK_MONEY(e.shortfall, usd("0.7"), 2);
+        } else {
+            CHECK(e.requestId == id + "-b");
+            CHECK_MONEY(e.cost, usd("0.3"), 2);
+            CHECK_MONEY(e.shortfall, usd("0.2"), 2);
+        }
+    }
+    auto shortAfter = l->totalShortfall();
+    REQUIRE(shortAfter);
+    CHECK_MONEY(*shortAfter - *shortBefore, usd("0.9"), 4);
+}
+
+TEST_CASE("settle without a hold takes the cost directly") {
+    auto l = openTestLedger();
+    std::string user = makeUser(*l, "nohold");
+    give(*l, user, "credits", "1.0");
+    give(*l, user, "creditsNew", "1.0");
+    std::string id = uniqueName("req");
+    SettleOutcome s = l->settle(charge(id + "-1", user, Pool::Credits, "0.4"));
+    REQUIRE(s.status == SettleStatus::Settled);
+    CHECK_MONEY(s.charged, usd("0.4"), 1);
+    SettleOutcome t = l->settle(charge(id + "-2", user, Pool::CreditsNew, "0.123456789"));
+    REQUIRE(t.status == SettleStatus::Settled);
+    Balance b = balanceOf(*l, user);
+    CHECK_MONEY(b.credits, usd("0.6"), 2);
+    CHECK_MONEY(b.creditsUsed, usd("0.4"), 1);
+    CHECK_MONEY(b.creditsNew, usd("0.876543211"), 2);
+    CHECK_MONEY(b.creditsNewUsed, usd("0.123456789"), 1);
+}
+
+TEST_CASE("release returns a hold to the fields it came from, once") {
+    auto l = openTestLedger();
+    std::string user = makeUser(*l, "release");
+    give(*l, user, "credits", "0.3");
+    give(*l, user, "refCredits", "0.5");
+    std::string id = uniqueName("req");
+    REQUIRE(l->reserve(hold(id, user, Pool::Credits, "0.5")) == ReserveStatus::Reserved);
+    Balance held = balanceOf(*l, user);
+    CHECK_MONEY(held.credits, usd("0"), 2);
+    CHECK_MONEY(held.refCredits, usd("0.3"), 2);
+
+    REQUIRE(l->release(id));
+    Balance b = balanceOf(*l, user);
+    CHECK_MONEY(b.credits, usd("0.3"), 3);
+    CHECK_MONEY(b.refCredits, usd("0.5"), 3);
+    REQUIRE(l->release(id)); // a second release changes nothing
+    REQUIRE(l->release(uniqueName("never-held")));
+    Balance again = balanceOf(*l, user);
+    CHECK(again.credits == b.credits);
+    CHECK(again.refCredits == b.refCredits);
+    CHECK(again.creditsUsed.nanos == 0);
+
+    // Settling after a release charges the balance directly, once.
+    REQUIRE(l->settle(charge(id, user, Pool::Credits, "0.1")).status == SettleStatus::Settled);
+    CHECK_MONEY(balanceOf(*l, user).credits, usd("0.2"), 4);
+    REQUIRE(l->release(id)); // settled: nothing to release
+    CHECK_MONEY(balanceOf(*l, user).credits, usd("0.2"), 4);
+}
+
+TEST_CASE("sweepExpiredHolds releases only expired holds") {
+    auto l = openTestLedger();
+    std::string user = makeUser(*l, "sweep");
+    give(*l, user, "creditsNew", "1.0");
+    std::string id = uniqueName("req");
+    std::int64_t now = nowMs();
+    REQUIRE(l->reserve(hold(id + "-old", user, Pool::CreditsNew, "0.25", now - 1000)) == ReserveStatus::Reserved);
+    REQUIRE(l->reserve(hold(id + "-new", user, Pool::CreditsNew, "0.5", now + 3'600'000)) == ReserveStatus::Reserved);
+    CHECK_MONEY(balanceOf(*l, user).creditsNew, usd("0.25"), 3);
+
+    auto swept = l->sweepExpiredHolds(now);
+    REQUIRE_MESSAGE(swept, swept.error().message);
+    CHECK(*swept >= 1);
+    CHECK_MONEY(balanceOf(*l, user).creditsNew, usd("0.5"), 4);
+
+    // The live hold is still there: settling it uses it.
+    SettleOutcome s = l->settle(charge(id + "-new", user, Pool::CreditsNew, "0.5"));
+    REQUIRE(s.status == SettleStatus::Settled);
+    CHECK(s.shortfall.nanos == 0);
+    CHECK_MONEY(balanceOf(*l, user).creditsNew, usd("0.5"), 5);
+}
+
+TEST_CASE("recordRequest logs without money, once") {
+    auto l = openTestLedger();
+    std::string user = makeUser(*l, "record");
+    give(*l, user, "creditsNew", "1.0");
+    LogEntry e;
+    e.requestId = uniqueName("req");
+    e.userId = user;
+    e.keyId = "k";
+    e.model = "refused-model";
+    e.creditType = "openhands";
+    e.statusCode = 402;
+    e.latencyMs = 3;
+    e.success = false;
+    e.createdAtMs = nowMs();
+    REQUIRE(l->recordRequest(e));
+    REQUIRE(l->recordRequest(e)); // same id: ignored
+    auto log = logOf(*l, user);
+    REQUIRE(log.size() == 1);
+    CHECK(log[0].requestId == e.requestId);
+    CHECK(log[0].statusCode == 402);
+    CHECK_FALSE(log[0].success);
+    CHECK(log[0].cost.nanos == 0);
+    CHECK(log[0].model == "refused-model");
+    Balance b = balanceOf(*l, user);
+    CHECK_MONEY(b.creditsNew, usd("1.0"), 1);
+    CHECK(b.creditsNewUsed.nanos == 0);
+}
+
+TEST_CASE("usage lists the newest entries first") {
+    auto l = openTestLedger();
+    std::string user = makeUser(*l, "usage");
+    give(*l, user, "creditsNew", "1.0");
+    std::string id = uniqueName("req");
+    std::int64_t t = nowMs();
+    for (int i = 0; i < 3; ++i) {
+        Charge c = charge(id + "-" + std::to_string(i), user, Pool::CreditsNew, "0.01");
+        c.createdAtMs = t + i * 1000;
+        REQUIRE(l->settle(c).status == SettleStatus::Settled);
+    }
+    auto two = logOf(*l, user, 2);
+    REQUIRE(two.size() == 2);
+    CHECK(two[0].requestId == id + "-2");
+    CHECK(two[1].requestId == id + "-1");
+    CHECK(two[0].createdAtMs == t + 2000);
+    CHECK(logOf(*l, user).size() == 3);
+    CHECK(logOf(*l, uniqueName("nobody")).empty());
+}
+
+TEST_CASE("admin errors change nothing") {
+    auto l = openTestLedger();
+    std::string user = makeUser(*l, "admin");
+    give(*l, user, "credits", "1.0");
+
+    auto dup = l->addUser(user);
+    REQUIRE_FALSE(dup);
+    CHECK(dup.error().code == ErrorCode::Conflict);
+
+    std::string ghost = uniqueName("ghost");
+    auto key = l->addKey(ghost);
+    REQUIRE_FALSE(key);
+    CHECK(key.error().code == ErrorCode::NotFound);
+    auto cr = l->credit(ghost, "credits", usd("1"));
+    REQUIRE_FALSE(cr);
+    CHECK(cr.error().code == ErrorCode::NotFound);
+    auto bal = l->balance(ghost);
+    REQUIRE_FALSE(bal);
+    CHECK(bal.error().code == ErrorCode::NotFound);
+
+    for (const char* field : {"creditsUsed", "tokensUserNew", "", "Credits", "apiKey"}) {
+        auto bad = l->credit(user, field, usd("1"));
+        REQUIRE_FALSE(bad);
+        CHECK(bad.error().code == ErrorCode::InvalidArgument);
+    }
+    auto neg = l->credit(user, "credits", Money{-1});
+    REQUIRE_FALSE(neg);
+    CHECK(neg.error().code == ErrorCode::InvalidArgument);
+    REQUIRE(l->credit(user, "credits", Money{0}));
+
+    Balance b = balanceOf(*l, user);
+    CHECK_MONEY(b.credits, usd("1.0"), 1);
+    CHECK(b.creditsUsed.nanos == 0);
+    CHECK(b.refCredits.nanos == 0);
+    CHECK(b.creditsNew.nanos == 0);
+    CHECK(b.tokensUserNew == 0);
+}
+
+TEST_CASE("200 parallel reserve/settle cycles on a balance that covers 50") {
+    auto l = openTestLedger();
+    std::string user = makeUser(*l, "parallel");
+    // 50 holds of 0.01 fit; half from `credits`, half spilling into `refCredits`.
+    give(*l, user, "credits", "0.25");
+    give(*l, user, "refCredits", "0.25");
+    Balance start = balanceOf(*l, user);
+    std::string id = uniqueName("req");
+
+    constexpr int kCycles = 200;
+    constexpr int kThreads = 20;
+    std::atomic<int> next{0}, reserved{0}, refused{0}, unavailable{0};
+    std::mutex m;
+    std::vector<std::string> settled;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&] {
+            for (int i; (i = next++) < kCycles;) {
+                std::string rid = id + "-" + std::to_string(i);
+                ReserveStatus r = l->reserve(hold(rid, user, Pool::Credits, "0.01"));
+                if (r == ReserveStatus::InsufficientCredits) {
+                    ++refused;
+                    continue;
+                }
+                if (r != ReserveStatus::Reserved) {
+                    ++unavailable;
+                    continue;
+                }
+                ++reserved;
+                Charge c = charge(rid, user, Pool::Credits, "0.01");
+                if (l->settle(c).status == SettleStatus::Settled) {
+                    std::lock_guard lock(m);
+                    settled.push_back(rid);
+                } else {
+                    ++unavailable;
+                }
+            }
+        });
+    }
+    for (auto& t : threads)
+        t.join();
+
+    CHECK(unavailable == 0);
+    CHECK(reserved <= 50);
+    CHECK(reserved == 50);
+    CHECK(refused == kCycles - reserved);
+    CHECK(settled.size() == static_cast<std::size_t>(reserved.load()));
+
+    Balance end = balanceOf(*l, user);
+    CHECK(end.credits.nanos >= 0);
+    CHECK(end.refCredits.nanos >= 0);
+    auto log = logOf(*l, user, 10'000);
+    std::map<std::string, int> seen;
+    Money logged;
+    for (const LogEntry& e : log) {
+        ++seen[e.requestId];
+        logged += e.cost;
+    }
+    CHECK(log.size() == settled.size());
+    for (const std::string& rid : settled) {
+        INFO(rid);
+        CHECK(seen[rid] == 1);
+    }
+    Money decrease = (start.credits + start.refCredits) - (end.credits + end.refCredits);
+    std::int64_t n = static_cast<std::int64_t>(settled.size());
+    CHECK_MONEY(logged, decrease, n);
+    CHECK_MONEY(end.creditsUsed, logged, n);
+    CHECK_MONEY(end.credits + end.refCredits, Money{0}, n);
+}
