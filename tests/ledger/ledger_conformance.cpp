@@ -255,7 +255,9 @@ TEST_CASE("settle is exactly once per request id") {
     Charge bigger = c;
     bigger.cost = usd("0.6");
     CHECK(l->settle(bigger).status == SettleStatus::AlreadySettled);
-    // A reserve under a settled id must not leave money stuck either.
+    // A retried request reserves under a settled id: its settle gives the hold back.
+    CHECK(l->reserve(hold(id, user, Pool::CreditsNew, "0.2")) != ReserveStatus::LedgerUnavailable);
+    CHECK(l->settle(c).status == SettleStatus::AlreadySettled);
     Balance after = balanceOf(*l, user);
     CHECK(after.creditsNew == before.creditsNew);
     CHECK(after.creditsNewUsed == before.creditsNewUsed);

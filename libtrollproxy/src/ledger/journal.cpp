@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <fstream>
 #include <sstream>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <simdjson.h>
@@ -102,9 +103,15 @@ ChargeJournal::ChargeJournal(std::string path) : path_(std::move(path)) {
 Result<void> ChargeJournal::append(const Charge& charge) {
     std::string line = encodeCharge(charge) + "\n";
     std::lock_guard lock(mutex_);
-    int fd = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    int fd = ::open(path_.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0)
         return Error{ErrorCode::Unavailable, "cannot open journal " + path_ + ": " + std::strerror(errno)};
+    // After a crash mid-write the file ends in a torn line; start on a fresh
+    // line so this charge is not glued to it and lost with it.
+    struct stat st {};
+    char last = '\n';
+    if (::fstat(fd, &st) == 0 && st.st_size > 0 && ::pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n')
+        line.insert(line.begin(), '\n');
     bool ok = writeAll(fd, line) && ::fsync(fd) == 0;
     ::close(fd);
     if (!ok)
@@ -122,7 +129,13 @@ Result<ReplayReport> ChargeJournal::replay(CreditLedger& ledger) {
     std::lock_guard lock(mutex_);
     ReplayReport rep;
     std::vector<std::string> keep;
+    bool down = false;
     for (const std::string& line : readLines(path_)) {
+        if (down) {
+            // Each try would wait for the ledger's timeout: keep the rest for later.
+            keep.push_back(line);
+            continue;
+        }
         auto charge = decodeCharge(line);
         if (!charge) {
             // A line torn by a crash mid-write: its charge never counted as written.
@@ -134,8 +147,10 @@ Result<ReplayReport> ChargeJournal::replay(CreditLedger& ledger) {
             ++rep.applied;
         else if (out.status == SettleStatus::AlreadySettled)
             ++rep.alreadySettled;
-        else
+        else {
             keep.push_back(line);
+            down = true;
+        }
     }
     rep.pending = static_cast<std::int64_t>(keep.size());
     if (keep.empty()) {

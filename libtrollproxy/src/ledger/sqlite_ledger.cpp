@@ -156,17 +156,22 @@ public:
         Transaction tx(**c);
         if (!tx.began())
             return out;
+        int seen;
         {
             Stmt s = (*c)->prepare("SELECT 1 FROM request_logs WHERE requestId = ?");
             s.bind(1, ch.requestId);
-            int rc = s.step();
-            if (rc == SQLITE_ROW) {
-                out.status = SettleStatus::AlreadySettled;
-                return out;
-            }
-            if (rc != SQLITE_DONE)
-                return out;
+            seen = s.step();
         }
+        if (seen == SQLITE_ROW) {
+            // A hold taken again under a settled id (a client retry) must not keep
+            // the money: return it, change nothing else.
+            if (!releaseIn(**c, ch.requestId) || !tx.commit())
+                return out;
+            out.status = SettleStatus::AlreadySettled;
+            return out;
+        }
+        if (seen != SQLITE_DONE)
+            return out;
         PoolFields held;
         {
             Stmt s = (*c)->prepare("SELECT fromCredits, fromRefCredits, fromCreditsNew FROM holds WHERE requestId = ?");

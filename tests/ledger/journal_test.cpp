@@ -1,0 +1,173 @@
+// ChargeJournal and its line format: escaping, torn lines, replay against a locked ledger.
+#include <chrono>
+#include <fstream>
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <doctest/doctest.h>
+
+#include "ledger_test_util.hpp"
+#include "trollproxy/journal.hpp"
+#include "trollproxy/ledger.hpp"
+
+using namespace trollproxy;
+using trollproxy::test::TempDir;
+
+namespace {
+
+Charge sampleCharge(const std::string& id) {
+    Charge c;
+    c.requestId = id;
+    c.userId = "u";
+    c.keyId = "sk-trollllm-k";
+    c.model = "m";
+    c.pool = Pool::CreditsNew;
+    c.usage = Usage{10, 2, 3, 5, false};
+    c.cost = Money{1000};
+    c.statusCode = 200;
+    c.latencyMs = 7;
+    c.createdAtMs = 1'700'000'000'000;
+    return c;
+}
+
+std::string readFile(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::unique_ptr<CreditLedger> openWithUser(const std::string& path, std::int64_t timeoutMs = 3000) {
+    auto l = openLedger("sqlite:" + path, LedgerOptions{timeoutMs, ""});
+    REQUIRE_MESSAGE(l, l.error().message);
+    auto ledger = std::move(l).value();
+    if (ledger->balance("u").ok())
+        return ledger;
+    REQUIRE(ledger->addUser("u"));
+    REQUIRE(ledger->credit("u", "creditsNew", Money{1'000'000'000}));
+    return ledger;
+}
+
+} // namespace
+
+TEST_CASE("encodeCharge escapes every string and decodeCharge reads it back") {
+    Charge c = sampleCharge("id \"quoted\" \\ back\nslash\t\x01\x1f end");
+    c.userId = "us\u00e9r \xe2\x9c\x93";
+    c.keyId = "";
+    c.model = "{\"not\":\"json\"}";
+    c.pool = Pool::Credits;
+    c.usage = Usage{1, 2, 3, 4, true};
+    c.cost = Money{-5}; // never produced, but must survive the round trip
+    c.statusCode = 599;
+    c.success = false;
+    std::string line = encodeCharge(c);
+    CHECK(line.find('\n') == std::string::npos);
+    auto d = decodeCharge(line);
+    REQUIRE_MESSAGE(d, d.error().message);
+    CHECK(d->requestId == c.requestId);
+    CHECK(d->userId == c.userId);
+    CHECK(d->keyId == c.keyId);
+    CHECK(d->model == c.model);
+    CHECK(d->pool == Pool::Credits);
+    CHECK(d->usage == c.usage);
+    CHECK(d->cost == c.cost);
+    CHECK(d->statusCode == 599);
+    CHECK(d->latencyMs == 7);
+    CHECK_FALSE(d->success);
+    CHECK(d->createdAtMs == c.createdAtMs);
+}
+
+TEST_CASE("decodeCharge refuses what it cannot trust") {
+    std::string good = encodeCharge(sampleCharge("x"));
+    CHECK(decodeCharge(good));
+    CHECK_FALSE(decodeCharge(""));
+    CHECK_FALSE(decodeCharge("not json"));
+    CHECK_FALSE(decodeCharge(good.substr(0, good.size() - 1)));
+    CHECK_FALSE(decodeCharge("{\"requestId\":\"\"}"));
+    CHECK_FALSE(decodeCharge("{\"requestId\":\"x\"}"));
+    std::string noCost = good;
+    noCost.replace(noCost.find("costNanos"), 9, "costNanoz");
+    CHECK_FALSE(decodeCharge(noCost));
+    std::string textCost = good;
+    textCost.replace(textCost.find("\"costNanos\":1000"), 16, "\"costNanos\":\"1000\"");
+    CHECK_FALSE(decodeCharge(textCost));
+}
+
+TEST_CASE("replay with no journal file does nothing") {
+    TempDir dir;
+    auto ledger = openWithUser(dir.file("l.db"));
+    ChargeJournal j(dir.file("missing.journal"));
+    CHECK(j.pendingCount() == 0);
+    auto r = j.replay(*ledger);
+    REQUIRE(r);
+    CHECK(r->applied + r->alreadySettled + r->pending + r->corrupt == 0);
+    CHECK(::access(dir.file("missing.journal").c_str(), F_OK) != 0);
+}
+
+TEST_CASE("append where the directory does not exist is an error") {
+    ChargeJournal j("/nonexistent-dir-for-trollproxy/x.journal");
+    auto r = j.append(sampleCharge("a"));
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == ErrorCode::Unavailable);
+    CHECK(j.pendingCount() == 0);
+}
+
+TEST_CASE("a charge appended after a torn line is kept; a restarted journal counts what waits") {
+    TempDir dir;
+    std::string path = dir.file("c.journal");
+    {
+        ChargeJournal j(path);
+        REQUIRE(j.append(sampleCharge("before")));
+    }
+    std::ofstream(path, std::ios::app) << "{\"requestId\":\"torn\",\"us"; // crash mid-write
+    ChargeJournal j(path);
+    CHECK(j.pendingCount() == 2); // the torn line is counted until a replay drops it
+    REQUIRE(j.append(sampleCharge("after")));
+    auto ledger = openWithUser(dir.file("l.db"));
+    auto r = j.replay(*ledger);
+    REQUIRE(r);
+    CHECK(r->applied == 2);
+    CHECK(r->corrupt == 1);
+    CHECK(r->pending == 0);
+    CHECK(j.pendingCount() == 0);
+    auto log = ledger->usage("u", 10);
+    REQUIRE(log);
+    REQUIRE(log->size() == 2);
+    CHECK(ledger->balance("u")->creditsNew == Money{1'000'000'000 - 2000});
+}
+
+TEST_CASE("replay against a locked ledger keeps everything pending, quickly, then applies it once") {
+    TempDir dir;
+    std::string db = dir.file("l.db");
+    auto ledger = openWithUser(db, 200);
+    std::string path = dir.file("c.journal");
+    ChargeJournal j(path);
+    for (int i = 0; i < 20; ++i)
+        REQUIRE(j.append(sampleCharge("r" + std::to_string(i))));
+    std::string before = readFile(path);
+
+    sqlite3* lock = nullptr;
+    REQUIRE(sqlite3_open(db.c_str(), &lock) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(lock, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr) == SQLITE_OK);
+    auto start = std::chrono::steady_clock::now();
+    auto r = j.replay(*ledger);
+    auto took = std::chrono::steady_clock::now() - start;
+    REQUIRE(r);
+    CHECK(r->pending == 20);
+    CHECK(r->applied == 0);
+    CHECK(j.pendingCount() == 20);
+    CHECK(readFile(path) == before);
+    // One timeout, not twenty.
+    CHECK(took < std::chrono::milliseconds(1500));
+    sqlite3_exec(lock, "ROLLBACK", nullptr, nullptr, nullptr);
+    sqlite3_close(lock);
+
+    r = j.replay(*ledger);
+    REQUIRE(r);
+    CHECK(r->applied == 20);
+    CHECK(r->pending == 0);
+    CHECK(::access(path.c_str(), F_OK) != 0);
+    r = j.replay(*ledger);
+    REQUIRE(r);
+    CHECK(r->applied == 0);
+    CHECK(ledger->usage("u", 100)->size() == 20);
+    CHECK(ledger->balance("u")->creditsNew == Money{1'000'000'000 - 20 * 1000});
+}
