@@ -1,0 +1,48 @@
+// Small helpers over libbson for the MongoDB ledger: owned documents, typed reads.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <bson/bson.h>
+
+#include "trollproxy/money.hpp"
+
+namespace trollproxy::internal {
+
+/// An owned bson_t.
+class Doc {
+public:
+    Doc() { bson_init(&b_); }
+    explicit Doc(const bson_t* src) { bson_copy_to(src, &b_); }
+    ~Doc() { bson_destroy(&b_); }
+    Doc(const Doc&) = delete;
+    Doc& operator=(const Doc&) = delete;
+    bson_t* get() { return &b_; }
+    const bson_t* get() const { return &b_; }
+
+private:
+    bson_t b_;
+};
+
+/// A user `_id` from the name trollproxy shows: "oid:<24 hex>" is an ObjectId
+/// (test servers that cannot store string ids), anything else the string itself.
+void appendUserId(bson_t* doc, const char* key, const std::string& name);
+/// The name for a stored `_id` value (the inverse of appendUserId).
+std::string userNameOf(const bson_iter_t* idIter);
+
+/// Reads a numeric field (double, int32, int64) as Money; nullopt when absent.
+std::optional<Money> moneyField(const bson_t* doc, const char* dottedPath);
+std::int64_t intField(const bson_t* doc, const char* dottedPath, std::int64_t fallback = 0);
+std::optional<bool> boolField(const bson_t* doc, const char* dottedPath);
+std::string stringField(const bson_t* doc, const char* dottedPath);
+/// A date, int64 or double field as epoch milliseconds.
+std::optional<std::int64_t> timeField(const bson_t* doc, const char* dottedPath);
+
+/// Appends `key: value` where value copies the field at `path` of `doc`
+/// exactly (same BSON type), or `key: {$exists: false}` when it is absent:
+/// the filter of a compare-and-set on that field.
+void appendSameAs(bson_t* filter, const char* key, const bson_t* doc, const char* path);
+
+} // namespace trollproxy::internal
