@@ -33,6 +33,21 @@ bool isMongo() {
     return ledgerUri().rfind("mongodb", 0) == 0;
 }
 
+// CongoDB, the MongoDB-protocol test server, cannot store a string `_id` (only
+// ObjectIds): its runner sets TROLLPROXY_TEST_OBJECTID_IDS=1. Then users are named
+// "oid:<24 hex>" (how the backend names an ObjectId `_id`), and the part needing
+// `user_keys` (whose `_id` is the raw key) is left to a real mongod.
+bool objectIdsOnly() {
+    const char* env = std::getenv("TROLLPROXY_TEST_OBJECTID_IDS");
+    return env && *env == '1';
+}
+
+std::string userName(const char* stem) {
+    if (objectIdsOnly())
+        return "oid:" + newApiKey().substr(12, 24);
+    return uniqueName(stem);
+}
+
 std::unique_ptr<CreditLedger> openTestLedger() {
     auto l = openLedger(ledgerUri());
     if (!l)
@@ -58,7 +73,7 @@ std::int64_t slack(std::int64_t operations) {
     } while (0)
 
 std::string makeUser(CreditLedger& l, const char* stem) {
-    std::string name = uniqueName(stem);
+    std::string name = userName(stem);
     REQUIRE(l.addUser(name));
     return name;
 }
@@ -120,16 +135,20 @@ TEST_CASE("authenticate: valid, unknown, second key, revoked") {
     CHECK(l->authenticate("sk-trollllm-" + std::string(64, '0')).status == AuthStatus::KeyInvalid);
     CHECK(l->authenticate("").status == AuthStatus::KeyInvalid);
 
-    auto second = l->addKey(user);
-    REQUIRE(second);
-    CHECK(*second != *key);
-    AuthOutcome b = l->authenticate(*second);
-    CHECK(b.status == AuthStatus::Authorized);
-    CHECK(b.account.userId == user);
+    if (objectIdsOnly()) {
+        MESSAGE("second key (user_keys, string _id) skipped: the server stores ObjectId _ids only");
+    } else {
+        auto second = l->addKey(user);
+        REQUIRE(second);
+        CHECK(*second != *key);
+        AuthOutcome b = l->authenticate(*second);
+        CHECK(b.status == AuthStatus::Authorized);
+        CHECK(b.account.userId == user);
 
-    REQUIRE(l->revokeKey(*second));
-    CHECK(l->authenticate(*second).status == AuthStatus::KeyRevoked);
-    CHECK(l->authenticate(*key).status == AuthStatus::Authorized);
+        REQUIRE(l->revokeKey(*second));
+        CHECK(l->authenticate(*second).status == AuthStatus::KeyRevoked);
+        CHECK(l->authenticate(*key).status == AuthStatus::Authorized);
+    }
     REQUIRE(l->revokeKey(*key));
     CHECK(l->authenticate(*key).status == AuthStatus::KeyRevoked);
 
@@ -161,7 +180,7 @@ TEST_CASE("reserve takes the hold from the right fields or refuses") {
     CHECK_MONEY(b.refCredits, usd("0.1"), 2);
     CHECK_MONEY(b.creditsNew, usd("0.4"), 2);
     CHECK(l->reserve(hold(id + "-4", user, Pool::Credits, "0.2")) == ReserveStatus::InsufficientCredits);
-    CHECK(l->reserve(hold(id + "-5", uniqueName("nobody"), Pool::Credits, "0.1")) ==
+    CHECK(l->reserve(hold(id + "-5", userName("nobody"), Pool::Credits, "0.1")) ==
           ReserveStatus::InsufficientCredits);
     b = balanceOf(*l, user);
     CHECK(b.credits.nanos >= 0);
@@ -441,7 +460,7 @@ TEST_CASE("admin errors change nothing") {
     REQUIRE_FALSE(dup);
     CHECK(dup.error().code == ErrorCode::Conflict);
 
-    std::string ghost = uniqueName("ghost");
+    std::string ghost = userName("ghost");
     auto key = l->addKey(ghost);
     REQUIRE_FALSE(key);
     CHECK(key.error().code == ErrorCode::NotFound);

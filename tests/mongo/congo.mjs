@@ -23,3 +23,7 @@ const stop = async () => {
 };
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
+// Whoever started it (a test script) holds stdin open: when that goes away, so does the server.
+process.stdin.on('end', stop);
+process.stdin.on('error', stop);
+process.stdin.resume();

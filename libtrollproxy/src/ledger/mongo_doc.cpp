@@ -121,4 +121,48 @@ void appendSameAs(bson_t* filter, const char* key, const bson_t* doc, const char
     bson_append_document_end(filter, &sub);
 }
 
+void appendLogEntry(bson_t* s, const LogEntry& e, const char* pool) {
+    BSON_APPEND_UTF8(s, "requestId", e.requestId.c_str());
+    BSON_APPEND_UTF8(s, "userId", e.userId.c_str());
+    BSON_APPEND_UTF8(s, "userKeyId", e.keyId.c_str());
+    BSON_APPEND_UTF8(s, "model", e.model.c_str());
+    BSON_APPEND_INT64(s, "inputTokens", e.usage.uncachedInput);
+    BSON_APPEND_INT64(s, "outputTokens", e.usage.output);
+    BSON_APPEND_INT64(s, "cacheWriteTokens", e.usage.cacheWrite);
+    BSON_APPEND_INT64(s, "cacheHitTokens", e.usage.cacheRead);
+    BSON_APPEND_DOUBLE(s, "creditsCost", e.cost.toUsdDouble());
+    BSON_APPEND_INT64(s, "creditsCostNanos", e.cost.nanos);
+    BSON_APPEND_DOUBLE(s, "shortfall", e.shortfall.toUsdDouble());
+    BSON_APPEND_INT64(s, "shortfallNanos", e.shortfall.nanos);
+    BSON_APPEND_INT64(s, "tokensUsed", e.usage.totalInput() + e.usage.output);
+    BSON_APPEND_INT32(s, "statusCode", e.statusCode);
+    BSON_APPEND_INT64(s, "latencyMs", e.latencyMs);
+    BSON_APPEND_BOOL(s, "isSuccess", e.success);
+    BSON_APPEND_UTF8(s, "creditType", e.creditType.c_str());
+    if (pool)
+        BSON_APPEND_UTF8(s, "pool", pool);
+    BSON_APPEND_BOOL(s, "estimated", e.usage.estimated);
+    BSON_APPEND_DATE_TIME(s, "createdAt", e.createdAtMs);
+}
+
+LogEntry logEntryFrom(const bson_t* d) {
+    LogEntry e;
+    e.requestId = stringField(d, "requestId");
+    e.userId = stringField(d, "userId");
+    e.keyId = stringField(d, "userKeyId");
+    e.model = stringField(d, "model");
+    e.usage = Usage{intField(d, "inputTokens"), intField(d, "cacheWriteTokens"), intField(d, "cacheHitTokens"),
+                    intField(d, "outputTokens"), boolField(d, "estimated").value_or(false)};
+    bson_iter_t it;
+    bool exact = bson_iter_init_find(&it, d, "creditsCostNanos");
+    e.cost = exact ? Money{intField(d, "creditsCostNanos")} : moneyField(d, "creditsCost").value_or(Money{});
+    e.shortfall = Money{intField(d, "shortfallNanos")};
+    e.creditType = stringField(d, "creditType");
+    e.statusCode = static_cast<int>(intField(d, "statusCode"));
+    e.latencyMs = intField(d, "latencyMs");
+    e.success = boolField(d, "isSuccess").value_or(false);
+    e.createdAtMs = timeField(d, "createdAt").value_or(0);
+    return e;
+}
+
 } // namespace trollproxy::internal

@@ -7,6 +7,7 @@
 
 #include <bson/bson.h>
 
+#include "trollproxy/ledger.hpp"
 #include "trollproxy/money.hpp"
 
 namespace trollproxy::internal {
@@ -44,5 +45,11 @@ std::optional<std::int64_t> timeField(const bson_t* doc, const char* dottedPath)
 /// exactly (same BSON type), or `key: {$exists: false}` when it is absent:
 /// the filter of a compare-and-set on that field.
 void appendSameAs(bson_t* filter, const char* key, const bson_t* doc, const char* path);
+
+/// Appends the fields of a `request_logs` document (production's names, plus
+/// requestId, exact *Nanos amounts, shortfall, pool, estimated). `pool` may be null.
+void appendLogEntry(bson_t* doc, const LogEntry& entry, const char* pool);
+/// Reads a `request_logs` document (exact *Nanos amounts when present).
+LogEntry logEntryFrom(const bson_t* doc);
 
 } // namespace trollproxy::internal

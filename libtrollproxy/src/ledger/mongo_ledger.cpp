@@ -5,7 +5,9 @@
 // trollproxyPending); other fields are only ever changed by $set/$inc on that field.
 #include "ledger/mongo_ledger.hpp"
 
+#include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <mutex>
@@ -59,7 +61,10 @@ void setChangedBalances(bson_t* set, const PoolFields& before, const PoolFields&
 
 class MongoLedger final : public CreditLedger {
 public:
-    MongoLedger(mongoc_client_pool_t* pool, std::string db) : pool_(pool), db_(std::move(db)) {}
+    MongoLedger(mongoc_client_pool_t* pool, std::string db) : pool_(pool), db_(std::move(db)) {
+        const char* fp = std::getenv("TROLLPROXY_TEST_FAILPOINT");
+        crashAfterCharge_ = fp && std::string_view(fp) == "mongo-crash-after-charge";
+    }
     ~MongoLedger() override { mongoc_client_pool_destroy(pool_); }
 
     AuthOutcome authenticate(std::string_view apiKey) override;
@@ -177,12 +182,16 @@ private:
         return Cas::Unavailable;
     }
 
-    bool writeLog(const LogEntry& e, const char* pool);
+    enum class Write { Inserted, Existed, Failed };
+    void ensureIndexes();
+    Write writeLog(const bson_t* entry);
     void unsetPending(const std::string& user, const std::string& id);
     Cas releaseOn(const std::string& user, const std::string& id);
 
     mongoc_client_pool_t* pool_;
     std::string db_;
+    std::atomic<bool> indexed_{false};
+    bool crashAfterCharge_ = false; // TROLLPROXY_TEST_FAILPOINT, for the crash tests
     std::mutex ownersMutex_;
     std::unordered_map<std::string, std::string> holdOwner_; // request id -> user, for release()
 };
@@ -280,34 +289,55 @@ ReserveStatus MongoLedger::reserve(const HoldRequest& h) {
     return ReserveStatus::LedgerUnavailable;
 }
 
-bool MongoLedger::writeLog(const LogEntry& e, const char* pool) {
+void MongoLedger::ensureIndexes() {
+    if (indexed_.load())
+        return;
+    // settle() looks log entries up by requestId on every request; the unique
+    // index also makes two racing upserts of one entry insert it only once.
+    // Partial, so production entries without a requestId are not affected.
+    Coll c(pool_, db_, "request_logs");
+    Doc cmd, reply;
+    bson_t indexes, index, key, partial, cond;
+    BSON_APPEND_UTF8(cmd.get(), "createIndexes", "request_logs");
+    BSON_APPEND_ARRAY_BEGIN(cmd.get(), "indexes", &indexes);
+    BSON_APPEND_DOCUMENT_BEGIN(&indexes, "0", &index);
+    BSON_APPEND_DOCUMENT_BEGIN(&index, "key", &key);
+    BSON_APPEND_INT32(&key, "requestId", 1);
+    bson_append_document_end(&index, &key);
+    BSON_APPEND_UTF8(&index, "name", "trollproxy_requestId");
+    BSON_APPEND_BOOL(&index, "unique", true);
+    BSON_APPEND_DOCUMENT_BEGIN(&index, "partialFilterExpression", &partial);
+    BSON_APPEND_DOCUMENT_BEGIN(&partial, "requestId", &cond);
+    BSON_APPEND_UTF8(&cond, "$type", "string");
+    bson_append_document_end(&partial, &cond);
+    bson_append_document_end(&index, &partial);
+    bson_append_document_end(&indexes, &index);
+    bson_append_array_end(cmd.get(), &indexes);
+    bson_destroy(reply.get());
+    bson_error_t err;
+    bool ok = mongoc_collection_write_command_with_opts(c.get(), cmd.get(), nullptr, reply.get(), &err);
+    // Only a network error is worth another try; a refusal (no permission, an
+    // existing index with other options) is not going to change.
+    if (ok || err.domain == MONGOC_ERROR_SERVER || err.domain == MONGOC_ERROR_WRITE_CONCERN)
+        indexed_.store(true);
+}
+
+MongoLedger::Write MongoLedger::writeLog(const bson_t* entry) {
+    ensureIndexes();
     Doc filter, update;
-    BSON_APPEND_UTF8(filter.get(), "requestId", e.requestId.c_str());
-    bson_t s;
-    BSON_APPEND_DOCUMENT_BEGIN(update.get(), "$setOnInsert", &s);
-    BSON_APPEND_UTF8(&s, "requestId", e.requestId.c_str());
-    BSON_APPEND_UTF8(&s, "userId", e.userId.c_str());
-    BSON_APPEND_UTF8(&s, "userKeyId", e.keyId.c_str());
-    BSON_APPEND_UTF8(&s, "model", e.model.c_str());
-    BSON_APPEND_INT64(&s, "inputTokens", e.usage.uncachedInput);
-    BSON_APPEND_INT64(&s, "outputTokens", e.usage.output);
-    BSON_APPEND_INT64(&s, "cacheWriteTokens", e.usage.cacheWrite);
-    BSON_APPEND_INT64(&s, "cacheHitTokens", e.usage.cacheRead);
-    BSON_APPEND_DOUBLE(&s, "creditsCost", e.cost.toUsdDouble());
-    BSON_APPEND_INT64(&s, "creditsCostNanos", e.cost.nanos);
-    BSON_APPEND_DOUBLE(&s, "shortfall", e.shortfall.toUsdDouble());
-    BSON_APPEND_INT64(&s, "shortfallNanos", e.shortfall.nanos);
-    BSON_APPEND_INT64(&s, "tokensUsed", e.usage.totalInput() + e.usage.output);
-    BSON_APPEND_INT32(&s, "statusCode", e.statusCode);
-    BSON_APPEND_INT64(&s, "latencyMs", e.latencyMs);
-    BSON_APPEND_BOOL(&s, "isSuccess", e.success);
-    BSON_APPEND_UTF8(&s, "creditType", e.creditType.c_str());
-    if (pool)
-        BSON_APPEND_UTF8(&s, "pool", pool);
-    BSON_APPEND_BOOL(&s, "estimated", e.usage.estimated);
-    BSON_APPEND_DATE_TIME(&s, "createdAt", e.createdAtMs);
-    bson_append_document_end(update.get(), &s);
-    return updateOne("request_logs", filter.get(), update.get(), true) >= 0;
+    bson_iter_t it;
+    if (!bson_iter_init_find(&it, entry, "requestId"))
+        return Write::Failed;
+    bson_append_value(filter.get(), "requestId", -1, bson_iter_value(&it));
+    BSON_APPEND_DOCUMENT(update.get(), "$setOnInsert", entry);
+    Coll c(pool_, db_, "request_logs");
+    Doc opts, reply;
+    BSON_APPEND_BOOL(opts.get(), "upsert", true);
+    bson_destroy(reply.get());
+    bson_error_t err;
+    if (!mongoc_collection_update_one(c.get(), filter.get(), update.get(), opts.get(), reply.get(), &err))
+        return err.code == 11000 ? Write::Existed : Write::Failed; // lost a race to the same insert
+    return internal::intField(reply.get(), "upsertedCount") > 0 ? Write::Inserted : Write::Existed;
 }
 
 void MongoLedger::unsetPending(const std::string& user, const std::string& id) {
@@ -320,6 +350,42 @@ void MongoLedger::unsetPending(const std::string& user, const std::string& id) {
     updateOne("usersNew", filter.get(), update.get());
 }
 
+namespace {
+
+bool hasField(const bson_t* doc, const std::string& path) {
+    bson_iter_t it, found;
+    return bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path.c_str(), &found);
+}
+
+PoolFields heldBy(const bson_t* user, const std::string& holdKey) {
+    return {internal::intField(user, (holdKey + ".credits").c_str()),
+            internal::intField(user, (holdKey + ".refCredits").c_str()),
+            internal::intField(user, (holdKey + ".creditsNew").c_str())};
+}
+
+void appendExists(bson_t* filter, const std::string& path, bool exists) {
+    bson_t cond;
+    bson_append_document_begin(filter, path.c_str(), -1, &cond);
+    BSON_APPEND_BOOL(&cond, "$exists", exists);
+    bson_append_document_end(filter, &cond);
+}
+
+// The update that gives the hold at holdKey back to the fields it came from.
+void appendGiveBack(const bson_t* user, const std::string& holdKey, bson_t* filter, bson_t* update) {
+    PoolFields bal = readBalance(user), held = heldBy(user, holdKey);
+    PoolFields after{bal.credits + held.credits, bal.refCredits + held.refCredits, bal.creditsNew + held.creditsNew};
+    bson_t set, unset;
+    BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
+    setChangedBalances(&set, bal, after);
+    bson_append_document_end(update, &set);
+    BSON_APPEND_DOCUMENT_BEGIN(update, "$unset", &unset);
+    BSON_APPEND_UTF8(&unset, holdKey.c_str(), "");
+    bson_append_document_end(update, &unset);
+    appendExists(filter, holdKey, true);
+}
+
+} // namespace
+
 SettleOutcome MongoLedger::settle(const Charge& ch) {
     SettleOutcome out;
     std::string holdKey = "trollproxyHolds." + fieldSafe(ch.requestId);
@@ -330,36 +396,48 @@ SettleOutcome MongoLedger::settle(const Charge& ch) {
     if (logged == Found::Error)
         return out;
     if (logged == Found::Yes) {
+        // Settled before. A hold taken again under this id (a retried request) goes back.
         unsetPending(ch.userId, ch.requestId);
+        if (releaseOn(ch.userId, ch.requestId) == Cas::Unavailable)
+            return out;
         out.status = SettleStatus::AlreadySettled;
         return out;
     }
-    std::int64_t charged = 0, shortfall = ch.cost.nanos;
+    LogEntry entry{ch.requestId, ch.userId, ch.keyId, ch.model, ch.usage, Money{}, ch.cost,
+                   poolCreditType(ch.pool), ch.statusCode, ch.latencyMs, ch.success, ch.createdAtMs};
+    Doc record; // the log entry, as stored in the pending marker and then in request_logs
     Cas r = casUser(ch.userId, [&](const bson_t* user, bson_t* filter, bson_t* update) {
-        // A settlement applied before a crash, whose log entry was not written yet.
-        std::int64_t marker = internal::intField(user, (pendingKey + ".charged").c_str(), -1);
-        if (marker >= 0) {
-            charged = marker;
-            shortfall = internal::intField(user, (pendingKey + ".shortfall").c_str());
+        bool hasHold = hasField(user, holdKey);
+        bson_iter_t it;
+        if (bson_iter_init(&it, user) && bson_iter_find_descendant(&it, pendingKey.c_str(), &it) &&
+            BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            // The money moved before (a crash, or a racing settle) and its log
+            // entry is not written yet: write that one; give back a newer hold.
+            uint32_t len = 0;
+            const uint8_t* data = nullptr;
+            bson_iter_document(&it, &len, &data);
+            bson_t marker;
+            bson_reinit(record.get());
+            if (bson_init_static(&marker, data, len))
+                bson_copy_to_excluding_noinit(&marker, record.get(), "at", nullptr);
+            if (hasHold)
+                appendGiveBack(user, holdKey, filter, update);
             return true;
         }
-        PoolFields bal = readBalance(user);
-        PoolFields held{internal::intField(user, (holdKey + ".credits").c_str()),
-                        internal::intField(user, (holdKey + ".refCredits").c_str()),
-                        internal::intField(user, (holdKey + ".creditsNew").c_str())};
-        bson_iter_t it;
-        bool hasHold = bson_iter_init(&it, user) && bson_iter_find_descendant(&it, holdKey.c_str(), &it);
+        PoolFields bal = readBalance(user), held = heldBy(user, holdKey);
         internal::Settlement st = internal::settleAgainst(ch.pool, ch.cost.nanos, held, bal);
-        charged = st.charged;
-        shortfall = st.shortfall;
+        entry.cost = Money{st.charged};
+        entry.shortfall = Money{st.shortfall};
+        bson_reinit(record.get());
+        internal::appendLogEntry(record.get(), entry, poolName(ch.pool));
         bool isNew = ch.pool == Pool::CreditsNew;
         std::int64_t tokensIn = ch.usage.totalInput();
-        bson_t set, inc, unset, pend, cond;
+        bson_t set, inc, unset, pend;
         BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
         setChangedBalances(&set, bal, st.after);
         bson_append_document_begin(&set, pendingKey.c_str(), -1, &pend);
-        BSON_APPEND_INT64(&pend, "charged", st.charged);
-        BSON_APPEND_INT64(&pend, "shortfall", st.shortfall);
+        bson_concat(&pend, record.get());
+        BSON_APPEND_INT64(&pend, "at", nowMs());
         bson_append_document_end(&set, &pend);
         bson_append_document_end(update, &set);
         BSON_APPEND_DOCUMENT_BEGIN(update, "$inc", &inc);
@@ -374,29 +452,32 @@ SettleOutcome MongoLedger::settle(const Charge& ch) {
             BSON_APPEND_UTF8(&unset, holdKey.c_str(), "");
             bson_append_document_end(update, &unset);
         }
-        bson_append_document_begin(filter, holdKey.c_str(), -1, &cond);
-        BSON_APPEND_BOOL(&cond, "$exists", hasHold);
-        bson_append_document_end(filter, &cond);
-        bson_append_document_begin(filter, pendingKey.c_str(), -1, &cond);
-        BSON_APPEND_BOOL(&cond, "$exists", false);
-        bson_append_document_end(filter, &cond);
+        appendExists(filter, holdKey, hasHold);
+        appendExists(filter, pendingKey, false);
         return true;
     });
     if (r == Cas::Unavailable || r == Cas::Refused)
         return out;
+    if (r == Cas::Applied && crashAfterCharge_)
+        std::_Exit(86); // test failpoint: die between moving the money and writing its log entry
     if (r == Cas::NotFound) {
-        charged = 0;
-        shortfall = ch.cost.nanos; // the user is gone: nothing to take
+        // The user is gone: nothing to take; the whole cost is shortfall.
+        bson_reinit(record.get());
+        internal::appendLogEntry(record.get(), entry, poolName(ch.pool));
     }
-    LogEntry e{ch.requestId, ch.userId, ch.keyId, ch.model, ch.usage, Money{charged}, Money{shortfall},
-               poolCreditType(ch.pool), ch.statusCode, ch.latencyMs, ch.success, ch.createdAtMs};
-    if (!writeLog(e, poolName(ch.pool)))
-        return out; // the pending marker makes the retry apply nothing twice
+    Write w = writeLog(record.get());
+    if (w == Write::Failed)
+        return out; // the pending marker keeps the retry (or the sweep) from applying it twice
     unsetPending(ch.userId, ch.requestId);
     {
         std::lock_guard lock(ownersMutex_);
         holdOwner_.erase(ch.requestId);
     }
+    if (w == Write::Existed) {
+        out.status = SettleStatus::AlreadySettled; // a racing settle of the same id wrote it
+        return out;
+    }
+    LogEntry done = internal::logEntryFrom(record.get());
     Doc kf, ku;
     BSON_APPEND_UTF8(kf.get(), "_id", ch.keyId.c_str());
     bson_t inc, set;
@@ -409,33 +490,17 @@ SettleOutcome MongoLedger::settle(const Charge& ch) {
     bson_append_document_end(ku.get(), &set);
     updateOne("user_keys", kf.get(), ku.get()); // statistics only
     out.status = SettleStatus::Settled;
-    out.charged = Money{charged};
-    out.shortfall = Money{shortfall};
+    out.charged = done.cost;
+    out.shortfall = done.shortfall;
     return out;
 }
 
 MongoLedger::Cas MongoLedger::releaseOn(const std::string& user, const std::string& id) {
     std::string holdKey = "trollproxyHolds." + fieldSafe(id);
     return casUser(user, [&](const bson_t* doc, bson_t* filter, bson_t* update) {
-        bson_iter_t it;
-        if (!(bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, holdKey.c_str(), &it)))
-            return true; // nothing held: settled or released before
-        PoolFields bal = readBalance(doc);
-        PoolFields held{internal::intField(doc, (holdKey + ".credits").c_str()),
-                        internal::intField(doc, (holdKey + ".refCredits").c_str()),
-                        internal::intField(doc, (holdKey + ".creditsNew").c_str())};
-        PoolFields after{bal.credits + held.credits, bal.refCredits + held.refCredits, bal.creditsNew + held.creditsNew};
-        bson_t set, unset, cond;
-        BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
-        setChangedBalances(&set, bal, after);
-        bson_append_document_end(update, &set);
-        BSON_APPEND_DOCUMENT_BEGIN(update, "$unset", &unset);
-        BSON_APPEND_UTF8(&unset, holdKey.c_str(), "");
-        bson_append_document_end(update, &unset);
-        bson_append_document_begin(filter, holdKey.c_str(), -1, &cond);
-        BSON_APPEND_BOOL(&cond, "$exists", true);
-        bson_append_document_end(filter, &cond);
-        return true;
+        if (hasField(doc, holdKey))
+            appendGiveBack(doc, holdKey, filter, update);
+        return true; // nothing held: settled or released before
     });
 }
 
@@ -472,30 +537,61 @@ Result<void> MongoLedger::release(std::string_view requestId) {
 }
 
 Result<std::int64_t> MongoLedger::sweepExpiredHolds(std::int64_t now) {
+    // Also finishes settlements whose money moved but whose log entry a crashed
+    // process never wrote (the pending marker holds the whole entry). A marker
+    // younger than kPendingGraceMs may belong to a settle still running.
+    constexpr std::int64_t kPendingGraceMs = 30'000;
     Coll c(pool_, db_, "usersNew");
-    Doc filter, opts, proj;
-    bson_t cond;
-    BSON_APPEND_DOCUMENT_BEGIN(filter.get(), "trollproxyHolds", &cond);
-    BSON_APPEND_BOOL(&cond, "$exists", true);
-    bson_append_document_end(filter.get(), &cond);
-    BSON_APPEND_DOCUMENT_BEGIN(opts.get(), "projection", &cond);
-    BSON_APPEND_INT32(&cond, "trollproxyHolds", 1);
-    bson_append_document_end(opts.get(), &cond);
+    Doc filter, opts;
+    bson_t list, alt, cond, proj;
+    BSON_APPEND_ARRAY_BEGIN(filter.get(), "$or", &list);
+    const char* owned[2] = {"trollproxyHolds", "trollproxyPending"};
+    for (int i = 0; i < 2; ++i) {
+        bson_append_document_begin(&list, i == 0 ? "0" : "1", -1, &alt);
+        bson_append_document_begin(&alt, owned[i], -1, &cond);
+        BSON_APPEND_BOOL(&cond, "$exists", true);
+        bson_append_document_end(&alt, &cond);
+        bson_append_document_end(&list, &alt);
+    }
+    bson_append_array_end(filter.get(), &list);
+    BSON_APPEND_DOCUMENT_BEGIN(opts.get(), "projection", &proj);
+    BSON_APPEND_INT32(&proj, "trollproxyHolds", 1);
+    BSON_APPEND_INT32(&proj, "trollproxyPending", 1);
+    bson_append_document_end(opts.get(), &proj);
     mongoc_cursor_t* cur = mongoc_collection_find_with_opts(c.get(), filter.get(), opts.get(), nullptr);
     std::vector<std::pair<std::string, std::string>> expired;
+    std::vector<std::pair<std::string, std::unique_ptr<Doc>>> pending;
     const bson_t* d = nullptr;
     while (mongoc_cursor_next(cur, &d)) {
-        bson_iter_t it, holds, hold;
+        bson_iter_t it, sub, entry;
         std::string user;
         if (bson_iter_init_find(&it, d, "_id"))
             user = internal::userNameOf(&it);
-        if (!bson_iter_init_find(&holds, d, "trollproxyHolds") || !BSON_ITER_HOLDS_DOCUMENT(&holds) ||
-            !bson_iter_recurse(&holds, &hold))
-            continue;
-        while (bson_iter_next(&hold)) {
-            bson_iter_t exp;
-            if (bson_iter_recurse(&hold, &exp) && bson_iter_find(&exp, "expiresAt") && bson_iter_as_int64(&exp) < now)
-                expired.emplace_back(user, bson_iter_key(&hold));
+        if (bson_iter_init_find(&sub, d, "trollproxyHolds") && BSON_ITER_HOLDS_DOCUMENT(&sub) &&
+            bson_iter_recurse(&sub, &entry)) {
+            while (bson_iter_next(&entry)) {
+                bson_iter_t exp;
+                if (bson_iter_recurse(&entry, &exp) && bson_iter_find(&exp, "expiresAt") &&
+                    bson_iter_as_int64(&exp) < now)
+                    expired.emplace_back(user, bson_iter_key(&entry));
+            }
+        }
+        if (bson_iter_init_find(&sub, d, "trollproxyPending") && BSON_ITER_HOLDS_DOCUMENT(&sub) &&
+            bson_iter_recurse(&sub, &entry)) {
+            while (bson_iter_next(&entry)) {
+                if (!BSON_ITER_HOLDS_DOCUMENT(&entry))
+                    continue;
+                uint32_t len = 0;
+                const uint8_t* data = nullptr;
+                bson_iter_document(&entry, &len, &data);
+                bson_t marker;
+                if (!bson_init_static(&marker, data, len) ||
+                    internal::intField(&marker, "at", INT64_MAX) >= now - kPendingGraceMs)
+                    continue;
+                auto record = std::make_unique<Doc>();
+                bson_copy_to_excluding_noinit(&marker, record->get(), "at", nullptr);
+                pending.emplace_back(user, std::move(record));
+            }
         }
     }
     bson_error_t err;
@@ -503,6 +599,10 @@ Result<std::int64_t> MongoLedger::sweepExpiredHolds(std::int64_t now) {
     mongoc_cursor_destroy(cur);
     if (failed)
         return Error{ErrorCode::Unavailable, std::string("MongoDB: ") + err.message};
+    for (const auto& [user, record] : pending) {
+        if (writeLog(record->get()) != Write::Failed)
+            unsetPending(user, internal::stringField(record->get(), "requestId"));
+    }
     std::int64_t n = 0;
     for (const auto& [user, id] : expired) {
         if (releaseOn(user, id) == Cas::Applied)
@@ -512,7 +612,9 @@ Result<std::int64_t> MongoLedger::sweepExpiredHolds(std::int64_t now) {
 }
 
 Result<void> MongoLedger::recordRequest(const LogEntry& e) {
-    if (!writeLog(e, nullptr))
+    Doc record;
+    internal::appendLogEntry(record.get(), e, nullptr);
+    if (writeLog(record.get()) == Write::Failed)
         return Error{ErrorCode::Unavailable, "cannot write the request log"};
     return {};
 }
@@ -665,27 +767,8 @@ Result<std::vector<LogEntry>> MongoLedger::usage(std::string_view name, std::int
     mongoc_cursor_t* cur = mongoc_collection_find_with_opts(c.get(), filter.get(), opts.get(), nullptr);
     std::vector<LogEntry> out;
     const bson_t* d = nullptr;
-    while (mongoc_cursor_next(cur, &d)) {
-        LogEntry e;
-        e.requestId = internal::stringField(d, "requestId");
-        e.userId = internal::stringField(d, "userId");
-        e.keyId = internal::stringField(d, "userKeyId");
-        e.model = internal::stringField(d, "model");
-        e.usage = Usage{internal::intField(d, "inputTokens"), internal::intField(d, "cacheWriteTokens"),
-                        internal::intField(d, "cacheHitTokens"), internal::intField(d, "outputTokens"),
-                        internal::boolField(d, "estimated").value_or(false)};
-        bson_iter_t it;
-        bool exact = bson_iter_init_find(&it, d, "creditsCostNanos");
-        e.cost = exact ? Money{internal::intField(d, "creditsCostNanos")}
-                       : internal::moneyField(d, "creditsCost").value_or(Money{});
-        e.shortfall = Money{internal::intField(d, "shortfallNanos")};
-        e.creditType = internal::stringField(d, "creditType");
-        e.statusCode = static_cast<int>(internal::intField(d, "statusCode"));
-        e.latencyMs = internal::intField(d, "latencyMs");
-        e.success = internal::boolField(d, "isSuccess").value_or(false);
-        e.createdAtMs = internal::timeField(d, "createdAt").value_or(0);
-        out.push_back(std::move(e));
-    }
+    while (mongoc_cursor_next(cur, &d))
+        out.push_back(internal::logEntryFrom(d));
     bson_error_t err;
     bool failed = mongoc_cursor_error(cur, &err);
     mongoc_cursor_destroy(cur);
@@ -719,7 +802,17 @@ Result<Money> MongoLedger::totalShortfall() {
 
 Result<std::unique_ptr<CreditLedger>> openMongoLedger(std::string_view uriText, const LedgerOptions& options) {
     static std::once_flag once;
-    std::call_once(once, [] { mongoc_init(); });
+    std::call_once(once, [] {
+        mongoc_init();
+        // The driver's own log: warnings and errors only, to stderr (no debug chatter).
+        mongoc_log_trace_disable();
+        mongoc_log_set_handler(
+            [](mongoc_log_level_t level, const char* domain, const char* message, void*) {
+                if (level <= MONGOC_LOG_LEVEL_WARNING)
+                    std::fprintf(stderr, "mongoc %s: %s\n", domain, message);
+            },
+            nullptr);
+    });
     bson_error_t err;
     mongoc_uri_t* uri = mongoc_uri_new_with_error(std::string(uriText).c_str(), &err);
     if (!uri)
