@@ -164,8 +164,15 @@ int main(int argc, char** argv) {
     svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     svr.set_payload_max_length(static_cast<std::size_t>(settings.maxBodyBytes) + 1024 * 1024);
     svr.set_keep_alive_max_count(10'000);
+    svr.set_tcp_nodelay(true); // behind nginx's keep-alive: no Nagle wait between header and body writes
     svr.set_write_timeout(60, 0);
     svr.set_read_timeout(60, 0);
+    // A listen queue that takes bursts of connections (httplib 0.11 listens with a backlog of 5).
+    int listenFd = -1;
+    svr.set_socket_options([&listenFd](socket_t s) {
+        httplib::default_socket_options(s);
+        listenFd = s;
+    });
     auto handler = [&svc](const httplib::Request& req, httplib::Response& res) { serve(svc, req, res); };
     for (const char* pattern : {"/.*"}) {
         svr.Post(pattern, handler);
@@ -183,6 +190,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "cannot listen on %s\n", listen.empty() ? host.c_str() : listen.c_str());
         return 1;
     }
+    if (listenFd >= 0)
+        ::listen(listenFd, SOMAXCONN);
     std::printf("trollproxy listening on %s:%d\n", host.c_str(), port);
     std::fflush(stdout);
 
