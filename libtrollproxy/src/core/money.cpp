@@ -2,6 +2,7 @@
 #include "trollproxy/money.hpp"
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 
@@ -90,9 +91,10 @@ std::string formatBillionths(std::int64_t v) {
     // Work in unsigned to format INT64_MIN safely.
     unsigned long long u = negative ? 0ULL - static_cast<unsigned long long>(v)
                                     : static_cast<unsigned long long>(v);
-    std::string frac = std::to_string(u % 1'000'000'000ULL);
-    frac.insert(0, 9 - frac.size(), '0');
-    return (negative ? "-" : "") + std::to_string(u / 1'000'000'000ULL) + "." + frac;
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%s%llu.%09llu", negative ? "-" : "", u / 1'000'000'000ULL,
+                  u % 1'000'000'000ULL);
+    return buf;
 }
 
 } // namespace
