@@ -82,3 +82,13 @@ TEST_CASE("pricing does not overflow at 10^9 tokens of each kind") {
     // 4e9 tokens x $1000/Mtok x 10 = $40,000,000.
     CHECK(priceUsage(p, Usage{g, g, g, g}).toString() == "40000000.000000000");
 }
+
+TEST_CASE("pricing saturates absurd usages instead of overflowing (found by fuzz_usage)") {
+    const Money top{1'000'000 * Money::kNanosPerUsd}; // the highest price a config accepts
+    PriceTable p{top, top, top, top, Factor{1000 * Money::kNanosPerUsd}};
+    CHECK(priceUsage(p, Usage{0, 0, 0, 1'500'000'000'000'000}).nanos == INT64_MAX);
+    CHECK(priceUsage(p, Usage{INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX}).nanos == INT64_MAX);
+    // Exact up to the limit: 9223372 tokens x $1/token x 1000 = $9,223,372,000; one more saturates.
+    CHECK(priceUsage(p, Usage{9'223'372, 0, 0, 0}).toString() == "9223372000.000000000");
+    CHECK(priceUsage(p, Usage{9'223'373, 0, 0, 0}).nanos == INT64_MAX);
+}

@@ -107,3 +107,23 @@ TEST_CASE("an unterminated tail is not dispatched but handed back") {
     CHECK(ev.size() == 1);
     CHECK(p.finish() == "data: 2\n");
 }
+
+TEST_CASE("an oversized event fails even when it arrives whole in one chunk (found by fuzz_sse)") {
+    const std::string stream =
+        "data: 1\n\ndata: this event is longer than twenty-four bytes\n\ndata: 2\n\n";
+    for (std::size_t cut : {std::size_t{0}, std::size_t{20}, stream.size() - 1}) {
+        CAPTURE(cut);
+        int n = 0;
+        SseParser p([&](const SseEvent&) { ++n; }, 24);
+        bool ok = p.feed(stream.substr(0, cut)).ok() && p.feed(stream.substr(cut)).ok();
+        CHECK_FALSE(ok);
+        CHECK(n == 1); // the event before it, however the bytes were split
+        CHECK(p.finish().empty());
+    }
+}
+
+TEST_CASE("finish() after a failure hands back nothing (found by fuzz_sse)") {
+    SseParser p([](const SseEvent&) {}, 24);
+    CHECK_FALSE(p.feed("data: 1\n\ndata: 0123456789012345678901234567\r\r"));
+    CHECK(p.finish().empty()); // used to throw std::out_of_range
+}

@@ -78,3 +78,15 @@ TEST_CASE("an OpenAI stream: usage from the final chunk only") {
     CHECK(s.usage() == Usage{20, 0, 100, 7, false});
     CHECK(s.textChars() == 5 + 5);
 }
+
+TEST_CASE("counts above 9e15 are not believed, so nothing overflows (found by fuzz_usage)") {
+    auto u = usageFromBody(ApiFormat::OpenAI, R"({"usage":{"prompt_tokens":0,"completion_tokens":3,
+      "cache_read_input_tokens":9223372036854775807,"cache_creation_input_tokens":9223372036854775807}})");
+    REQUIRE(u);
+    CHECK(*u == Usage{0, 0, 0, 3, false});
+    auto a = usageFromBody(
+        ApiFormat::Anthropic,
+        R"({"usage":{"input_tokens":9000000000000001,"output_tokens":9000000000000000}})");
+    REQUIRE(a);
+    CHECK(*a == Usage{0, 0, 0, 9'000'000'000'000'000, false});
+}

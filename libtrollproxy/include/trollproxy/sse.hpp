@@ -41,6 +41,7 @@ public:
 
 private:
     void processLine(std::string_view line);
+    Error tooLarge();
     void dispatchBlock();
 
     Handler handler_;

@@ -4,22 +4,49 @@
 #include "core/int128.hpp"
 
 #include <limits>
+#include <utility>
 
 namespace trollproxy {
 
+namespace {
+
+using internal::Int128;
+
+// Past this magnitude the cost is above INT64_MAX whatever the multiplier (≥ 1e-9),
+// so intermediate values saturate here instead of overflowing.
+constexpr Int128 kCap = Int128{1} << 120;
+
+Int128 clampToCap(Int128 v) {
+    return v > kCap ? kCap : v < -kCap ? -kCap : v;
+}
+
+// a × b for |a|, |b| ≤ kCap, saturated to ±kCap.
+Int128 mulSat(Int128 a, Int128 b) {
+    if (a == 0 || b == 0)
+        return 0;
+    Int128 ua = a < 0 ? -a : a;
+    Int128 ub = b < 0 ? -b : b;
+    Int128 p = ua > kCap / ub ? kCap : ua * ub;
+    return (a < 0) != (b < 0) ? -p : p;
+}
+
+} // namespace
+
 Money priceUsage(const PriceTable& p, const Usage& u) {
-    // Σ tokens × nano-USD per Mtok: ≤ 4 × 1e9 × ~1e13 = 4e22, fits in int128.
-    internal::Int128 perMtok = static_cast<internal::Int128>(u.uncachedInput) * p.input.nanos +
-                       static_cast<internal::Int128>(u.output) * p.output.nanos +
-                       static_cast<internal::Int128>(u.cacheWrite) * p.cacheWrite.nanos +
-                       static_cast<internal::Int128>(u.cacheRead) * p.cacheRead.nanos;
+    // Σ tokens × nano-USD per Mtok: ≤ 4 × 1e9 × ~1e13 = 4e22 for real usages; absurd
+    // counts (an upstream's garbage) saturate rather than overflow.
+    Int128 perMtok = 0;
+    for (auto [tokens, price] :
+         {std::pair{u.uncachedInput, p.input.nanos}, std::pair{u.output, p.output.nanos},
+          std::pair{u.cacheWrite, p.cacheWrite.nanos}, std::pair{u.cacheRead, p.cacheRead.nanos}})
+        perMtok = clampToCap(perMtok + mulSat(tokens, price));
     // × multiplier (billionths) / (1e6 tokens per Mtok × 1e9 billionths).
-    internal::Int128 numerator = perMtok * p.multiplier.billionths;
-    const internal::Int128 denominator = static_cast<internal::Int128>(1'000'000) * 1'000'000'000;
+    Int128 numerator = mulSat(perMtok, p.multiplier.billionths);
+    const Int128 denominator = static_cast<Int128>(1'000'000) * 1'000'000'000;
     bool negative = numerator < 0;
     if (negative)
         numerator = -numerator;
-    internal::Int128 q = (numerator + denominator / 2) / denominator; // half up (away from zero)
+    Int128 q = (numerator + denominator / 2) / denominator; // half up (away from zero)
     if (q > std::numeric_limits<std::int64_t>::max())
         q = std::numeric_limits<std::int64_t>::max();
     auto n = static_cast<std::int64_t>(q);

@@ -16,8 +16,11 @@ Result<void> SseParser::feed(std::string_view bytes) {
             lastWasCr_ = false;
             if (raw_[scanPos_] == '\n')
                 lineStart_ = ++scanPos_;
-            if (pendingDispatch_)
+            if (pendingDispatch_) {
+                if (lineStart_ - blockStart_ > maxEventBytes_)
+                    return tooLarge();
                 dispatchBlock();
+            }
             continue;
         }
         std::size_t end = raw_.find_first_of("\r\n", scanPos_);
@@ -43,6 +46,8 @@ Result<void> SseParser::feed(std::string_view bytes) {
             // whether a '\n' follows.
             if (lastWasCr_)
                 pendingDispatch_ = true;
+            else if (lineStart_ - blockStart_ > maxEventBytes_)
+                return tooLarge(); // a whole oversized event in one chunk
             else
                 dispatchBlock();
         }
@@ -53,14 +58,21 @@ Result<void> SseParser::feed(std::string_view bytes) {
         scanPos_ -= blockStart_;
         blockStart_ = 0;
     }
-    if (raw_.size() - blockStart_ > maxEventBytes_) {
-        failed_ = true;
-        raw_.clear();
-        data_.clear();
-        return Error{ErrorCode::ParseError,
-                     "an event is larger than " + std::to_string(maxEventBytes_) + " bytes"};
-    }
+    if (raw_.size() - blockStart_ > maxEventBytes_)
+        return tooLarge();
     return {};
+}
+
+Error SseParser::tooLarge() {
+    // Fail the same way however the bytes were split, and leave finish() an empty tail.
+    failed_ = true;
+    raw_.clear();
+    name_.clear();
+    data_.clear();
+    blockStart_ = lineStart_ = scanPos_ = 0;
+    lastWasCr_ = pendingDispatch_ = hasData_ = false;
+    return Error{ErrorCode::ParseError,
+                 "an event is larger than " + std::to_string(maxEventBytes_) + " bytes"};
 }
 
 void SseParser::processLine(std::string_view line) {

@@ -19,6 +19,10 @@ namespace {
 
 namespace dom = simdjson::dom;
 
+// Larger counts are not believed (as integers or as doubles alike), so sums and
+// differences of counts cannot overflow.
+constexpr std::int64_t kMaxCount = 9'000'000'000'000'000;
+
 // A non-negative integer field, when present.
 bool count(dom::element obj, const char* key, std::int64_t& out) {
     dom::element v;
@@ -31,6 +35,8 @@ bool count(dom::element obj, const char* key, std::int64_t& out) {
             return false;
         n = static_cast<std::int64_t>(d);
     }
+    if (n > kMaxCount)
+        return false;
     out = std::max<std::int64_t>(n, 0);
     return true;
 }
