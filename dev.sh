@@ -114,10 +114,15 @@ MSG
 
 cmd_fuzz() {
   install_apt
-  local secs=${1:-600}
+  local secs=${1:-600} failed=()
   for t in sse usage config; do
-    tests/fuzz/run.sh "$t" "$secs"
+    tests/fuzz/run.sh "$t" "$secs" || failed+=("$t")
   done
+  if [ ${#failed[@]} -gt 0 ]; then
+    log "fuzz: FAILED: ${failed[*]}"
+    return 1
+  fi
+  log "fuzz: all targets passed"
 }
 
 case "${1:-}" in

@@ -79,6 +79,8 @@ TEST_CASE("each invalid field is rejected with its path") {
           "test.json: models[1].id: \"a\" is already used by models[0].id");
     CHECK(errorOf(withModel("\"id\": \"b\", \"id_aliases\": [\"a\"], \"billing_upstream\": \"ohmygpt\"")) ==
           "test.json: models[1].id_aliases[0]: \"a\" is already used by models[0].id");
+    CHECK(errorOf(withModel("\"id\": \"b\", \"id_aliases\": [\"\"], \"billing_upstream\": \"ohmygpt\"")) ==
+          "test.json: models[1].id_aliases[0]: an alias must not be empty");
     CHECK(errorOf(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\", \"input_price_per_mtok\": -1")) ==
           "test.json: models[1].input_price_per_mtok: must not be negative");
     CHECK(errorOf(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\", \"output_price_per_mtok\": 1e999"))

@@ -190,8 +190,13 @@ void ConfigReader::readModel(od::value v, const std::string& path, ModelConfig& 
             }
             std::size_t i = 0;
             for (auto item : arr) {
-                if (auto s = str(item.value(), p + "[" + std::to_string(i) + "]"))
-                    m.aliases.push_back(*s);
+                std::string ip = p + "[" + std::to_string(i) + "]";
+                if (auto s = str(item.value(), ip)) {
+                    if (s->empty())
+                        error(ip, "an alias must not be empty");
+                    else
+                        m.aliases.push_back(*s);
+                }
                 ++i;
             }
         } else if (k == "type") {
