@@ -225,6 +225,14 @@ int main(int argc, char** argv) {
     int threads = options.threads;
     svr.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
     svr.set_keep_alive_max_count(100000);
+    // Like a real provider: no Nagle delay between the head and the first event, and a
+    // listen queue that takes bursts of connections (httplib 0.11 listens with a backlog of 5).
+    svr.set_tcp_nodelay(true);
+    int listenFd = -1;
+    svr.set_socket_options([&listenFd](socket_t s) {
+        httplib::default_socket_options(s);
+        listenFd = s;
+    });
     svr.set_payload_max_length(256 * 1024 * 1024);
     svr.Post("/v1/chat/completions", [](const httplib::Request& q, httplib::Response& r) { handle(q, r, false); });
     svr.Post("/v1/messages", [](const httplib::Request& q, httplib::Response& r) { handle(q, r, true); });
@@ -267,6 +275,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "cannot listen on %s\n", listen.c_str());
         return 1;
     }
+    if (listenFd >= 0)
+        ::listen(listenFd, SOMAXCONN);
     std::signal(SIGTERM, onSignal);
     std::signal(SIGINT, onSignal);
     std::signal(SIGPIPE, SIG_IGN);
