@@ -136,6 +136,14 @@ int main(int argc, char** argv) {
         host = colon == std::string::npos ? listen : listen.substr(0, colon);
         port = colon == std::string::npos ? cfg->port : std::atoi(listen.c_str() + colon + 1);
     }
+    // Signals are taken by one thread with sigwait; block them everywhere else,
+    // before any thread (the ledger's, the driver's) starts and inherits the mask.
+    sigset_t signals;
+    sigemptyset(&signals);
+    for (int s : {SIGTERM, SIGINT, SIGHUP})
+        sigaddset(&signals, s);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    std::signal(SIGPIPE, SIG_IGN);
     if (ledgerUri.empty())
         ledgerUri = defaultLedgerUri();
     auto ledger = openLedger(ledgerUri);
@@ -151,13 +159,6 @@ int main(int argc, char** argv) {
     }
     ProxyService& svc = **service;
 
-    // Signals are taken by one thread with sigwait; block them everywhere else.
-    sigset_t signals;
-    sigemptyset(&signals);
-    for (int s : {SIGTERM, SIGINT, SIGHUP})
-        sigaddset(&signals, s);
-    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-    std::signal(SIGPIPE, SIG_IGN);
 
     httplib::Server svr;
     auto threads = static_cast<std::size_t>(settings.workerThreads);

@@ -1,6 +1,10 @@
 // sqlite3 plumbing for the embedded ledger.
 #include "ledger/sqlite_db.hpp"
 
+#include <chrono>
+#include <csignal>
+#include <pthread.h>
+
 #include <sqlite3.h>
 
 namespace trollproxy::internal {
@@ -71,6 +75,36 @@ std::string Connection::lastError() const {
     return sqlite3_errmsg(db_);
 }
 
+ConnectionPool::ConnectionPool(std::string path, std::int64_t busyTimeoutMs)
+    : path_(std::move(path)), busyTimeoutMs_(busyTimeoutMs) {
+    checkpointer_ = std::thread([this] { checkpointLoop(); });
+}
+
+ConnectionPool::~ConnectionPool() {
+    {
+        std::lock_guard lock(stopMutex_);
+        stop_ = true;
+    }
+    stopCv_.notify_all();
+    checkpointer_.join();
+}
+
+void ConnectionPool::checkpointLoop() {
+    // A library thread takes no signals: they belong to the application's threads.
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, nullptr);
+    std::unique_lock lock(stopMutex_);
+    while (!stopCv_.wait_for(lock, std::chrono::milliseconds(500), [this] { return stop_; })) {
+        lock.unlock();
+        if (auto c = take(nullptr)) {
+            // PASSIVE: copies what it can without waiting for readers or writers.
+            sqlite3_wal_checkpoint_v2((*c)->handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+        }
+        lock.lock();
+    }
+}
+
 std::unique_ptr<ConnectionPool::Lease> ConnectionPool::take(std::string* error) {
     {
         std::lock_guard lock(mutex_);
@@ -90,35 +124,54 @@ std::unique_ptr<ConnectionPool::Lease> ConnectionPool::take(std::string* error) 
         return nullptr;
     }
     sqlite3_busy_timeout(db, static_cast<int>(busyTimeoutMs_));
-    auto c = std::make_unique<Connection>(db);
+    auto c = std::make_unique<Connection>(db, &writer_, busyTimeoutMs_);
     // WAL: readers never wait for the writer; NORMAL: no fsync per commit
     // (the WAL is synced at checkpoints), durable across process crashes.
     c->exec("PRAGMA journal_mode=WAL");
     c->exec("PRAGMA synchronous=NORMAL");
+    // Checkpoints run on the pool's background thread; this is only a backstop
+    // should the WAL grow past ~40 MB anyway.
+    c->exec("PRAGMA wal_autocheckpoint=10000");
     return std::make_unique<Lease>(*this, std::move(c));
 }
 
 void ConnectionPool::give(std::unique_ptr<Connection> c) {
     std::lock_guard lock(mutex_);
-    if (idle_.size() < 64)
+    if (idle_.size() < 256)
         idle_.push_back(std::move(c));
 }
 
 Transaction::Transaction(Connection& c) : c_(c) {
+    if (c_.writer()) {
+        locked_ = c_.writer()->try_lock_for(std::chrono::milliseconds(c_.waitMs()));
+        if (!locked_)
+            return; // began_ stays false: the ledger is too busy to answer in time
+    }
     began_ = c_.exec("BEGIN IMMEDIATE") == SQLITE_OK;
+    if (!began_)
+        unlockWriter();
 }
 
 Transaction::~Transaction() {
     if (began_ && !done_)
         c_.exec("ROLLBACK");
+    unlockWriter();
+}
+
+void Transaction::unlockWriter() {
+    if (locked_) {
+        locked_ = false;
+        c_.writer()->unlock();
+    }
 }
 
 bool Transaction::commit() {
     done_ = true;
-    if (c_.exec("COMMIT") == SQLITE_OK)
-        return true;
-    c_.exec("ROLLBACK");
-    return false;
+    bool ok = c_.exec("COMMIT") == SQLITE_OK;
+    if (!ok)
+        c_.exec("ROLLBACK");
+    unlockWriter();
+    return ok;
 }
 
 } // namespace trollproxy::internal

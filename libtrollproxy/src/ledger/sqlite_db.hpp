@@ -1,10 +1,12 @@
 // A thin RAII layer over sqlite3: a connection pool, cached statements, transactions.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -37,24 +39,36 @@ private:
 /// A connection with its statement cache. Used by one thread at a time.
 class Connection {
 public:
-    Connection(sqlite3* db) : db_(db) {}
+    /// `writer` serialises this process's write transactions (may be null).
+    Connection(sqlite3* db, std::timed_mutex* writer = nullptr, std::int64_t waitMs = 0)
+        : db_(db), writer_(writer), waitMs_(waitMs) {}
     ~Connection();
     sqlite3* handle() { return db_; }
     /// A cached prepared statement for this SQL text.
     Stmt prepare(const char* sql);
     int exec(const char* sql);
     std::string lastError() const;
+    std::timed_mutex* writer() { return writer_; }
+    std::int64_t waitMs() const { return waitMs_; }
 
 private:
     sqlite3* db_;
+    std::timed_mutex* writer_;
+    std::int64_t waitMs_;
     std::unordered_map<const char*, sqlite3_stmt*> cache_;
 };
 
-/// Connections to one database file, handed out one per caller.
+/// Connections to one database file, handed out one per caller. Write
+/// transactions of this process queue on one mutex (SQLite's own busy handler
+/// sleeps and retries without fairness); other processes still meet SQLite's
+/// write lock. WAL checkpoints (the only fsyncs) run on a background thread,
+/// off the request path.
 class ConnectionPool {
 public:
-    ConnectionPool(std::string path, std::int64_t busyTimeoutMs)
-        : path_(std::move(path)), busyTimeoutMs_(busyTimeoutMs) {}
+    ConnectionPool(std::string path, std::int64_t busyTimeoutMs);
+    ~ConnectionPool();
+    ConnectionPool(const ConnectionPool&) = delete;
+    ConnectionPool& operator=(const ConnectionPool&) = delete;
 
     class Lease {
     public:
@@ -73,14 +87,21 @@ public:
 
 private:
     void give(std::unique_ptr<Connection> c);
+    void checkpointLoop();
 
     std::string path_;
     std::int64_t busyTimeoutMs_;
     std::mutex mutex_;
     std::vector<std::unique_ptr<Connection>> idle_;
+    std::timed_mutex writer_;
+    std::mutex stopMutex_;
+    std::condition_variable stopCv_;
+    bool stop_ = false;
+    std::thread checkpointer_;
 };
 
-/// BEGIN IMMEDIATE ... COMMIT, rolled back unless committed.
+/// BEGIN IMMEDIATE ... COMMIT, rolled back unless committed. Holds the pool's
+/// writer mutex for its lifetime (waiting at most the busy timeout for it).
 class Transaction {
 public:
     explicit Transaction(Connection& c);
@@ -89,9 +110,12 @@ public:
     bool commit();
 
 private:
+    void unlockWriter();
+
     Connection& c_;
     bool began_ = false;
     bool done_ = false;
+    bool locked_ = false;
 };
 
 } // namespace trollproxy::internal
