@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <dirent.h>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <thread>
 
@@ -142,7 +143,18 @@ void DrillStack::resetStats() {
     harness::post(upstream->port(), "/_reset", "{}", {});
 }
 
-std::string DrillStack::userWithKey(const std::string& name, Money creditsNew) {
+// CongoDB (the MongoDB-protocol test server) cannot store string _ids: on a
+// MongoDB ledger a drill's user is an ObjectId-shaped name, one per drill name.
+std::string DrillStack::ledgerName(const std::string& name) const {
+    if (ledgerUri.rfind("mongodb", 0) != 0)
+        return name;
+    char hex[25];
+    std::snprintf(hex, sizeof hex, "%024llx", static_cast<unsigned long long>(std::hash<std::string>{}(name) & 0xffffffffffffULL));
+    return std::string("oid:") + hex;
+}
+
+std::string DrillStack::userWithKey(const std::string& plainName, Money creditsNew) {
+    const std::string name = ledgerName(plainName);
     if (auto r = ledger->addUser(name); !r)
         throw std::runtime_error(r.error().message);
     auto key = ledger->addKey(name);
@@ -153,7 +165,8 @@ std::string DrillStack::userWithKey(const std::string& name, Money creditsNew) {
     return *key;
 }
 
-Balance DrillStack::balance(const std::string& name) {
+Balance DrillStack::balance(const std::string& plainName) {
+    const std::string name = ledgerName(plainName);
     for (int i = 0;; ++i) {
         auto b = ledger->balance(name);
         if (b)
@@ -164,8 +177,8 @@ Balance DrillStack::balance(const std::string& name) {
     }
 }
 
-std::map<std::string, LogEntry> DrillStack::logs(const std::string& name, int* duplicates) {
-    auto all = ledger->usage(name, 10'000'000);
+std::map<std::string, LogEntry> DrillStack::logs(const std::string& plainName, int* duplicates) {
+    auto all = ledger->usage(ledgerName(plainName), 10'000'000);
     if (!all)
         throw std::runtime_error(all.error().message);
     std::map<std::string, LogEntry> out;

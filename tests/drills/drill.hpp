@@ -74,6 +74,8 @@ struct DrillStack {
     trollproxy::Balance balance(const std::string& name);
     /// Every log entry of the user, keyed by request id; `duplicates` counts ids seen twice.
     std::map<std::string, trollproxy::LogEntry> logs(const std::string& name, int* duplicates = nullptr);
+    /// The ledger's name for a drill's user (an ObjectId-shaped one on MongoDB).
+    std::string ledgerName(const std::string& name) const;
     /// A value from the proxy's /metrics (0 when absent).
     double metric(const std::string& series);
 };

@@ -50,7 +50,7 @@ void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::s
     lo.timeoutMs = 1000;
     double t0 = now();
     auto probe = openLedger(s.ledgerUri, lo);
-    ReserveStatus rs = probe ? (*probe)->reserve(HoldRequest{"probe-1", user, Pool::CreditsNew, Money{1}, 0})
+    ReserveStatus rs = probe ? (*probe)->reserve(HoldRequest{"probe-1", s.ledgerName(user), Pool::CreditsNew, Money{1}, 0})
                              : ReserveStatus::LedgerUnavailable;
     double probeSeconds = now() - t0;
     v.check(rs == ReserveStatus::LedgerUnavailable && probeSeconds < 2.5,
