@@ -9,6 +9,7 @@
 #include <cctype>
 #include <chrono>
 #include <mutex>
+#include <vector>
 
 #include <curl/curl.h>
 
@@ -18,18 +19,44 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// A thread's multi handle, and easy handles kept for reuse: curl_easy_init()
+// allocates and sets up a whole handle, curl_easy_reset() only clears options.
 struct ThreadMulti {
     CURLM* multi = nullptr;
+    std::vector<CURL*> spare;
     ThreadMulti() {
         multi = curl_multi_init();
         curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, 16L);
     }
-    ~ThreadMulti() { curl_multi_cleanup(multi); }
+    ~ThreadMulti() {
+        for (CURL* e : spare)
+            curl_easy_cleanup(e);
+        curl_multi_cleanup(multi);
+    }
 };
 
-CURLM* threadMulti() {
+ThreadMulti& threadMulti() {
     thread_local ThreadMulti holder;
-    return holder.multi;
+    return holder;
+}
+
+CURL* takeEasy() {
+    auto& spare = threadMulti().spare;
+    if (spare.empty())
+        return curl_easy_init();
+    CURL* e = spare.back();
+    spare.pop_back();
+    return e;
+}
+
+void giveEasy(CURL* e) {
+    auto& spare = threadMulti().spare;
+    if (spare.size() >= 4) {
+        curl_easy_cleanup(e);
+        return;
+    }
+    curl_easy_reset(e);
+    spare.push_back(e);
 }
 
 std::string lower(std::string s) {
@@ -41,8 +68,8 @@ std::string lower(std::string s) {
 class CurlTransfer final : public UpstreamTransfer {
 public:
     CurlTransfer(const UpstreamRequest& req, const UpstreamSettings& settings)
-        : settings_(settings), body_(req.body), multi_(threadMulti()) {
-        easy_ = curl_easy_init();
+        : settings_(settings), body_(req.body), multi_(threadMulti().multi) {
+        easy_ = takeEasy();
         for (const auto& [name, value] : req.headers)
             headerList_ = curl_slist_append(headerList_, (name + ": " + value).c_str());
         // No "Expect: 100-continue" round trip for large bodies.
@@ -68,7 +95,7 @@ public:
 
     ~CurlTransfer() override {
         detach();
-        curl_easy_cleanup(easy_);
+        giveEasy(easy_);
         curl_slist_free_all(headerList_);
     }
 
