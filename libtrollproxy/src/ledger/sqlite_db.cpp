@@ -9,6 +9,32 @@
 
 namespace trollproxy::internal {
 
+bool FairTimedMutex::lockFor(std::chrono::milliseconds wait) {
+    std::unique_lock lock(m_);
+    if (!locked_ && queue_.empty()) {
+        locked_ = true;
+        return true;
+    }
+    Waiter me;
+    auto it = queue_.insert(queue_.end(), &me);
+    if (me.cv.wait_for(lock, wait, [&] { return me.granted; }))
+        return true; // handed over by unlock(): locked_ stays true
+    queue_.erase(it);
+    return false;
+}
+
+void FairTimedMutex::unlock() {
+    std::lock_guard lock(m_);
+    if (queue_.empty()) {
+        locked_ = false;
+        return;
+    }
+    Waiter* next = queue_.front();
+    queue_.pop_front();
+    next->granted = true;
+    next->cv.notify_one();
+}
+
 Stmt::~Stmt() {
     sqlite3_reset(s_);
     sqlite3_clear_bindings(s_);
@@ -143,7 +169,7 @@ void ConnectionPool::give(std::unique_ptr<Connection> c) {
 
 Transaction::Transaction(Connection& c) : c_(c) {
     if (c_.writer()) {
-        locked_ = c_.writer()->try_lock_for(std::chrono::milliseconds(c_.waitMs()));
+        locked_ = c_.writer()->lockFor(std::chrono::milliseconds(c_.waitMs()));
         if (!locked_)
             return; // began_ stays false: the ledger is too busy to answer in time
     }

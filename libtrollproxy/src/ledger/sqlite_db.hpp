@@ -1,8 +1,10 @@
 // A thin RAII layer over sqlite3: a connection pool, cached statements, transactions.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -36,11 +38,31 @@ private:
     sqlite3_stmt* s_;
 };
 
+/// A mutex handed to its waiters in arrival order, with a bounded wait. A plain
+/// mutex lets a thread that just unlocked take it again at once, so under a
+/// burst some waiters starve past any timeout; here the unlocking thread hands
+/// ownership to the oldest waiter.
+class FairTimedMutex {
+public:
+    /// Takes the mutex, waiting at most `wait`; false when the wait ran out.
+    bool lockFor(std::chrono::milliseconds wait);
+    void unlock();
+
+private:
+    struct Waiter {
+        std::condition_variable cv;
+        bool granted = false;
+    };
+    std::mutex m_;
+    bool locked_ = false;
+    std::list<Waiter*> queue_;
+};
+
 /// A connection with its statement cache. Used by one thread at a time.
 class Connection {
 public:
     /// `writer` serialises this process's write transactions (may be null).
-    Connection(sqlite3* db, std::timed_mutex* writer = nullptr, std::int64_t waitMs = 0)
+    Connection(sqlite3* db, FairTimedMutex* writer = nullptr, std::int64_t waitMs = 0)
         : db_(db), writer_(writer), waitMs_(waitMs) {}
     ~Connection();
     sqlite3* handle() { return db_; }
@@ -48,12 +70,12 @@ public:
     Stmt prepare(const char* sql);
     int exec(const char* sql);
     std::string lastError() const;
-    std::timed_mutex* writer() { return writer_; }
+    FairTimedMutex* writer() { return writer_; }
     std::int64_t waitMs() const { return waitMs_; }
 
 private:
     sqlite3* db_;
-    std::timed_mutex* writer_;
+    FairTimedMutex* writer_;
     std::int64_t waitMs_;
     std::unordered_map<const char*, sqlite3_stmt*> cache_;
 };
@@ -93,7 +115,7 @@ private:
     std::int64_t busyTimeoutMs_;
     std::mutex mutex_;
     std::vector<std::unique_ptr<Connection>> idle_;
-    std::timed_mutex writer_;
+    FairTimedMutex writer_;
     std::mutex stopMutex_;
     std::condition_variable stopCv_;
     bool stop_ = false;
