@@ -9,17 +9,33 @@
 
 namespace trollproxy::internal {
 
+bool FairTimedMutex::starving(std::chrono::steady_clock::time_point now) const {
+    return !queue_.empty() && now - queue_.front()->since >= kHandOffAfter;
+}
+
 bool FairTimedMutex::lockFor(std::chrono::milliseconds wait) {
     std::unique_lock lock(m_);
-    if (!locked_ && queue_.empty()) {
+    auto now = std::chrono::steady_clock::now();
+    if (!locked_ && !starving(now)) {
         locked_ = true;
         return true;
     }
     Waiter me;
+    me.since = now;
     auto it = queue_.insert(queue_.end(), &me);
-    if (me.cv.wait_for(lock, wait, [&] { return me.granted; }))
-        return true; // handed over by unlock(): locked_ stays true
+    // Woken when handed the mutex, or (as the oldest waiter) when it came free.
+    bool got = me.cv.wait_until(lock, now + wait, [&] { return me.granted || (!locked_ && queue_.front() == &me); });
+    if (got) {
+        if (!me.granted) {
+            queue_.erase(it);
+            locked_ = true;
+        }
+        return true;
+    }
+    bool wasFront = queue_.front() == &me;
     queue_.erase(it);
+    if (wasFront && !locked_ && !queue_.empty())
+        queue_.front()->cv.notify_one();
     return false;
 }
 
@@ -30,8 +46,12 @@ void FairTimedMutex::unlock() {
         return;
     }
     Waiter* next = queue_.front();
-    queue_.pop_front();
-    next->granted = true;
+    if (starving(std::chrono::steady_clock::now())) {
+        queue_.pop_front();
+        next->granted = true; // locked_ stays true: ownership passes to it
+    } else {
+        locked_ = false; // it competes with threads arriving now
+    }
     next->cv.notify_one();
 }
 

@@ -38,12 +38,14 @@ private:
     sqlite3_stmt* s_;
 };
 
-/// A mutex handed to its waiters in arrival order, with a bounded wait. A plain
-/// mutex lets a thread that just unlocked take it again at once, so under a
-/// burst some waiters starve past any timeout; here the unlocking thread hands
-/// ownership to the oldest waiter.
+/// A mutex with a bounded wait that no waiter can starve on. A thread may take
+/// it while it is free (fast: no hand-off), unless the oldest waiter has waited
+/// longer than `kHandOffAfter`: then each unlock hands the mutex to the oldest
+/// waiter, in arrival order, until the queue has caught up.
 class FairTimedMutex {
 public:
+    static constexpr std::chrono::milliseconds kHandOffAfter{50};
+
     /// Takes the mutex, waiting at most `wait`; false when the wait ran out.
     bool lockFor(std::chrono::milliseconds wait);
     void unlock();
@@ -51,8 +53,11 @@ public:
 private:
     struct Waiter {
         std::condition_variable cv;
+        std::chrono::steady_clock::time_point since;
         bool granted = false;
     };
+    bool starving(std::chrono::steady_clock::time_point now) const;
+
     std::mutex m_;
     bool locked_ = false;
     std::list<Waiter*> queue_;
