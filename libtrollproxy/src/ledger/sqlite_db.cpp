@@ -117,6 +117,10 @@ int Connection::exec(const char* sql) {
     return sqlite3_exec(db_, sql, nullptr, nullptr, nullptr);
 }
 
+bool Connection::inTransaction() {
+    return sqlite3_get_autocommit(db_) == 0;
+}
+
 std::string Connection::lastError() const {
     return sqlite3_errmsg(db_);
 }

@@ -75,6 +75,8 @@ public:
     Stmt prepare(const char* sql);
     int exec(const char* sql);
     std::string lastError() const;
+    /// True inside an open transaction (SQLite rolls one back by itself on some errors).
+    bool inTransaction();
     FairTimedMutex* writer() { return writer_; }
     std::int64_t waitMs() const { return waitMs_; }
 

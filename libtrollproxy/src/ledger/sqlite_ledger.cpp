@@ -1,4 +1,5 @@
-// SqliteLedger: every money change is one IMMEDIATE transaction, so processes sharing the
+// SqliteLedger: every money change runs in an IMMEDIATE transaction (request-path writes grouped
+// by GroupCommit, each in its own savepoint), so processes sharing the
 // file are serialised by SQLite's write lock and a balance can never go below zero.
 #include "ledger/sqlite_ledger.hpp"
 
@@ -9,6 +10,7 @@
 
 #include "ledger/pool_math.hpp"
 #include "ledger/sqlite_db.hpp"
+#include "ledger/sqlite_group_commit.hpp"
 
 namespace trollproxy::internal {
 
@@ -55,7 +57,8 @@ Error unavailable(Connection& c) {
 
 class SqliteLedger final : public CreditLedger {
 public:
-    SqliteLedger(std::string path, const LedgerOptions& o) : pool_(std::move(path), o.timeoutMs) {}
+    SqliteLedger(std::string path, const LedgerOptions& o)
+        : pool_(std::move(path), o.timeoutMs), commits_(pool_, std::chrono::milliseconds(o.timeoutMs)) {}
 
     Result<void> init() {
         std::string err;
@@ -116,121 +119,25 @@ public:
     }
 
     ReserveStatus reserve(const HoldRequest& h) override {
-        auto c = pool_.take(nullptr);
-        if (!c)
-            return ReserveStatus::LedgerUnavailable;
-        Transaction tx(**c);
-        if (!tx.began())
-            return ReserveStatus::LedgerUnavailable;
-        {
-            Stmt s = (*c)->prepare("SELECT 1 FROM holds WHERE requestId = ?");
-            s.bind(1, h.requestId);
-            if (s.step() == SQLITE_ROW)
-                return ReserveStatus::Reserved; // the same hold again
-        }
-        PoolFields bal;
-        if (!readFields(**c, h.userId, bal))
-            return ReserveStatus::InsufficientCredits;
-        PoolFields take;
-        if (!takeHold(h.pool, h.amount.nanos, bal, take))
-            return ReserveStatus::InsufficientCredits;
-        Stmt up = (*c)->prepare("UPDATE usersNew SET credits = credits - ?, refCredits = refCredits - ?, "
-                                "creditsNew = creditsNew - ? WHERE id = ?");
-        up.bind(1, take.credits).bind(2, take.refCredits).bind(3, take.creditsNew).bind(4, h.userId);
-        if (up.step() != SQLITE_DONE)
-            return ReserveStatus::LedgerUnavailable;
-        Stmt ins = (*c)->prepare("INSERT INTO holds (requestId, userId, pool, fromCredits, fromRefCredits, "
-                                 "fromCreditsNew, expiresAtMs) VALUES (?, ?, ?, ?, ?, ?, ?)");
-        ins.bind(1, h.requestId).bind(2, h.userId).bind(3, std::string(poolName(h.pool)));
-        ins.bind(4, take.credits).bind(5, take.refCredits).bind(6, take.creditsNew).bind(7, h.expiresAtMs);
-        if (ins.step() != SQLITE_DONE)
-            return ReserveStatus::LedgerUnavailable;
-        return tx.commit() ? ReserveStatus::Reserved : ReserveStatus::LedgerUnavailable;
+        ReserveStatus out = ReserveStatus::LedgerUnavailable;
+        bool ok = commits_.run([&](Connection& c) {
+            out = reserveIn(c, h);
+            return out != ReserveStatus::LedgerUnavailable;
+        });
+        return ok ? out : ReserveStatus::LedgerUnavailable;
     }
 
     SettleOutcome settle(const Charge& ch) override {
         SettleOutcome out;
-        auto c = pool_.take(nullptr);
-        if (!c)
-            return out;
-        Transaction tx(**c);
-        if (!tx.began())
-            return out;
-        int seen;
-        {
-            Stmt s = (*c)->prepare("SELECT 1 FROM request_logs WHERE requestId = ?");
-            s.bind(1, ch.requestId);
-            seen = s.step();
-        }
-        if (seen == SQLITE_ROW) {
-            // A hold taken again under a settled id (a client retry) must not keep
-            // the money: return it, change nothing else.
-            if (!releaseIn(**c, ch.requestId) || !tx.commit())
-                return out;
-            out.status = SettleStatus::AlreadySettled;
-            return out;
-        }
-        if (seen != SQLITE_DONE)
-            return out;
-        PoolFields held;
-        {
-            Stmt s = (*c)->prepare("SELECT fromCredits, fromRefCredits, fromCreditsNew FROM holds WHERE requestId = ?");
-            s.bind(1, ch.requestId);
-            if (s.step() == SQLITE_ROW)
-                held = {s.integer(0), s.integer(1), s.integer(2)};
-        }
-        PoolFields bal;
-        bool userExists = readFields(**c, ch.userId, bal);
-        if (!userExists)
-            bal = held; // only the hold can be accounted for
-        Settlement st = settleAgainst(ch.pool, ch.cost.nanos, held, bal);
-        std::int64_t tokensIn = ch.usage.totalInput();
-        if (userExists) {
-            bool isNew = ch.pool == Pool::CreditsNew;
-            Stmt up = (*c)->prepare(
-                "UPDATE usersNew SET credits = ?, refCredits = ?, creditsNew = ?, creditsUsed = creditsUsed + ?, "
-                "creditsNewUsed = creditsNewUsed + ?, tokensUserNew = tokensUserNew + ?, "
-                "totalInputTokens = totalInputTokens + ?, totalOutputTokens = totalOutputTokens + ? WHERE id = ?");
-            up.bind(1, st.after.credits).bind(2, st.after.refCredits).bind(3, st.after.creditsNew);
-            up.bind(4, isNew ? 0 : st.charged).bind(5, isNew ? st.charged : 0);
-            up.bind(6, isNew ? tokensIn + ch.usage.output : 0).bind(7, tokensIn).bind(8, ch.usage.output);
-            up.bind(9, ch.userId);
-            if (up.step() != SQLITE_DONE)
-                return out;
-        }
-        Stmt del = (*c)->prepare("DELETE FROM holds WHERE requestId = ?");
-        del.bind(1, ch.requestId);
-        if (del.step() != SQLITE_DONE)
-            return out;
-        LogEntry e{ch.requestId, ch.userId, ch.keyId, ch.model, ch.usage, Money{st.charged},
-                   Money{st.shortfall}, poolCreditType(ch.pool), ch.statusCode, ch.latencyMs, ch.success,
-                   ch.createdAtMs};
-        if (!insertLog(**c, e, ch.pool, false))
-            return out;
-        if (st.shortfall > 0 && !addCounter(**c, "shortfall", st.shortfall))
-            return out;
-        Stmt k = (*c)->prepare("UPDATE user_keys SET tokensUsed = tokensUsed + ?, requestsCount = requestsCount + 1, "
-                               "lastUsedAt = ? WHERE id = ?");
-        k.bind(1, tokensIn + ch.usage.output).bind(2, ch.createdAtMs).bind(3, ch.keyId);
-        if (k.step() != SQLITE_DONE)
-            return out;
-        if (!tx.commit())
-            return out;
-        out.status = SettleStatus::Settled;
-        out.charged = Money{st.charged};
-        out.shortfall = Money{st.shortfall};
+        if (!commits_.run([&](Connection& c) { return settleIn(c, ch, out); }))
+            return SettleOutcome{};
         return out;
     }
 
     Result<void> release(std::string_view requestId) override {
-        auto c = pool_.take(nullptr);
-        if (!c)
-            return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
-        Transaction tx(**c);
-        if (!tx.began())
-            return unavailable(**c);
-        if (!releaseIn(**c, std::string(requestId)) || !tx.commit())
-            return unavailable(**c);
+        std::string id(requestId);
+        if (!commits_.run([&](Connection& c) { return releaseIn(c, id); }))
+            return Error{ErrorCode::Unavailable, "ledger database: the release was not written"};
         return {};
     }
 
@@ -281,6 +188,100 @@ public:
     Result<Money> totalShortfall() override;
 
 private:
+    // One hold, inside a group-commit transaction. LedgerUnavailable when a statement failed.
+    static ReserveStatus reserveIn(Connection& c, const HoldRequest& h) {
+        {
+            Stmt s = c.prepare("SELECT 1 FROM holds WHERE requestId = ?");
+            s.bind(1, h.requestId);
+            if (s.step() == SQLITE_ROW)
+                return ReserveStatus::Reserved; // the same hold again
+        }
+        PoolFields bal;
+        if (!readFields(c, h.userId, bal))
+            return ReserveStatus::InsufficientCredits;
+        PoolFields take;
+        if (!takeHold(h.pool, h.amount.nanos, bal, take))
+            return ReserveStatus::InsufficientCredits;
+        Stmt up = c.prepare("UPDATE usersNew SET credits = credits - ?, refCredits = refCredits - ?, "
+                                "creditsNew = creditsNew - ? WHERE id = ?");
+        up.bind(1, take.credits).bind(2, take.refCredits).bind(3, take.creditsNew).bind(4, h.userId);
+        if (up.step() != SQLITE_DONE)
+            return ReserveStatus::LedgerUnavailable;
+        Stmt ins = c.prepare("INSERT INTO holds (requestId, userId, pool, fromCredits, fromRefCredits, "
+                                 "fromCreditsNew, expiresAtMs) VALUES (?, ?, ?, ?, ?, ?, ?)");
+        ins.bind(1, h.requestId).bind(2, h.userId).bind(3, std::string(poolName(h.pool)));
+        ins.bind(4, take.credits).bind(5, take.refCredits).bind(6, take.creditsNew).bind(7, h.expiresAtMs);
+        if (ins.step() != SQLITE_DONE)
+            return ReserveStatus::LedgerUnavailable;
+        return ReserveStatus::Reserved;
+    }
+
+    // One settlement, inside a group-commit transaction; false when a statement failed.
+    static bool settleIn(Connection& c, const Charge& ch, SettleOutcome& out) {
+        int seen;
+        {
+            Stmt s = c.prepare("SELECT 1 FROM request_logs WHERE requestId = ?");
+            s.bind(1, ch.requestId);
+            seen = s.step();
+        }
+        if (seen == SQLITE_ROW) {
+            // A hold taken again under a settled id (a client retry) must not keep
+            // the money: return it, change nothing else.
+            if (!releaseIn(c, ch.requestId))
+                return false;
+            out.status = SettleStatus::AlreadySettled;
+            return true;
+        }
+        if (seen != SQLITE_DONE)
+            return false;
+        PoolFields held;
+        {
+            Stmt s = c.prepare("SELECT fromCredits, fromRefCredits, fromCreditsNew FROM holds WHERE requestId = ?");
+            s.bind(1, ch.requestId);
+            if (s.step() == SQLITE_ROW)
+                held = {s.integer(0), s.integer(1), s.integer(2)};
+        }
+        PoolFields bal;
+        bool userExists = readFields(c, ch.userId, bal);
+        if (!userExists)
+            bal = held; // only the hold can be accounted for
+        Settlement st = settleAgainst(ch.pool, ch.cost.nanos, held, bal);
+        std::int64_t tokensIn = ch.usage.totalInput();
+        if (userExists) {
+            bool isNew = ch.pool == Pool::CreditsNew;
+            Stmt up = c.prepare(
+                "UPDATE usersNew SET credits = ?, refCredits = ?, creditsNew = ?, creditsUsed = creditsUsed + ?, "
+                "creditsNewUsed = creditsNewUsed + ?, tokensUserNew = tokensUserNew + ?, "
+                "totalInputTokens = totalInputTokens + ?, totalOutputTokens = totalOutputTokens + ? WHERE id = ?");
+            up.bind(1, st.after.credits).bind(2, st.after.refCredits).bind(3, st.after.creditsNew);
+            up.bind(4, isNew ? 0 : st.charged).bind(5, isNew ? st.charged : 0);
+            up.bind(6, isNew ? tokensIn + ch.usage.output : 0).bind(7, tokensIn).bind(8, ch.usage.output);
+            up.bind(9, ch.userId);
+            if (up.step() != SQLITE_DONE)
+                return false;
+        }
+        Stmt del = c.prepare("DELETE FROM holds WHERE requestId = ?");
+        del.bind(1, ch.requestId);
+        if (del.step() != SQLITE_DONE)
+            return false;
+        LogEntry e{ch.requestId, ch.userId, ch.keyId, ch.model, ch.usage, Money{st.charged},
+                   Money{st.shortfall}, poolCreditType(ch.pool), ch.statusCode, ch.latencyMs, ch.success,
+                   ch.createdAtMs};
+        if (!insertLog(c, e, ch.pool, false))
+            return false;
+        if (st.shortfall > 0 && !addCounter(c, "shortfall", st.shortfall))
+            return false;
+        Stmt k = c.prepare("UPDATE user_keys SET tokensUsed = tokensUsed + ?, requestsCount = requestsCount + 1, "
+                               "lastUsedAt = ? WHERE id = ?");
+        k.bind(1, tokensIn + ch.usage.output).bind(2, ch.createdAtMs).bind(3, ch.keyId);
+        if (k.step() != SQLITE_DONE)
+            return false;
+        out.status = SettleStatus::Settled;
+        out.charged = Money{st.charged};
+        out.shortfall = Money{st.shortfall};
+        return true;
+    }
+
     static bool readFields(Connection& c, const std::string& user, PoolFields& f) {
         Stmt s = c.prepare("SELECT credits, refCredits, creditsNew FROM usersNew WHERE id = ?");
         s.bind(1, user);
@@ -339,6 +340,7 @@ private:
     }
 
     ConnectionPool pool_;
+    GroupCommit commits_;
 };
 
 } // namespace
