@@ -26,7 +26,9 @@ std::string ledgerUri() {
     if (env && *env)
         return env;
     static trollproxy::test::TempDir dir;
-    return "sqlite:" + dir.file("conformance.db");
+    // TROLLPROXY_TEST_SQLITE_QUERY: URI options, e.g. synchronous=full.
+    const char* query = std::getenv("TROLLPROXY_TEST_SQLITE_QUERY");
+    return "sqlite:" + dir.file("conformance.db") + (query && *query ? std::string("?") + query : "");
 }
 
 bool isMongo() {

@@ -81,6 +81,26 @@ struct Fixture {
 
 } // namespace
 
+TEST_CASE("sqlite URI options: synchronous=full opens the same file, unknown options are refused") {
+    std::string dir = tempDir();
+    std::string path = dir + "/ledger.db";
+    {
+        auto full = openLedger("sqlite:" + path + "?synchronous=full");
+        REQUIRE(full);
+        REQUIRE((*full)->addUser("u"));
+        REQUIRE((*full)->credit("u", "credits", Money{5}));
+    }
+    auto normal = openLedger("sqlite:" + path + "?synchronous=normal");
+    REQUIRE(normal);
+    auto b = (*normal)->balance("u");
+    REQUIRE(b);
+    CHECK(b->credits.nanos == 5);
+    auto bad = openLedger("sqlite:" + path + "?synchronous=off");
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().code == ErrorCode::InvalidArgument);
+    CHECK(bad.error().message.find("synchronous=off") != std::string::npos);
+}
+
 TEST_CASE("expiry, inactive users and migration") {
     Fixture f;
     REQUIRE(f.ledger->addUser("old"));

@@ -152,8 +152,9 @@ struct LedgerOptions {
     std::string writeConcern;          ///< MongoDB: "", "1" or "majority"
 };
 
-/// Opens a ledger from a URI: `sqlite:PATH` or `mongodb://...` (database from
-/// the URI path, else MONGODB_DB_NAME, else "fproxy").
+/// Opens a ledger from a URI: `sqlite:PATH` (add `?synchronous=full` for an
+/// fsync per commit) or `mongodb://...` (database from the URI path, else
+/// MONGODB_DB_NAME, else "fproxy").
 Result<std::unique_ptr<CreditLedger>> openLedger(std::string_view uri,
                                                  const LedgerOptions& options = {});
 

@@ -15,9 +15,19 @@ namespace trollproxy {
 Result<std::unique_ptr<CreditLedger>> openLedger(std::string_view uri, const LedgerOptions& options) {
     if (uri.rfind("sqlite:", 0) == 0) {
         std::string path(uri.substr(7));
+        bool fullSync = false;
+        if (auto q = path.find('?'); q != std::string::npos) {
+            std::string query = path.substr(q + 1);
+            path.resize(q);
+            if (query == "synchronous=full")
+                fullSync = true;
+            else if (query != "synchronous=normal")
+                return Error{ErrorCode::InvalidArgument, "sqlite: unknown option \"" + query +
+                                                             "\" (use ?synchronous=full or ?synchronous=normal)"};
+        }
         if (path.empty())
             return Error{ErrorCode::InvalidArgument, "sqlite: needs a file path (sqlite:PATH)"};
-        return internal::openSqliteLedger(path, options);
+        return internal::openSqliteLedger(path, options, fullSync);
     }
     if (uri.rfind("mongodb://", 0) == 0 || uri.rfind("mongodb+srv://", 0) == 0) {
 #ifdef TROLLPROXY_MONGO_BACKEND

@@ -125,8 +125,8 @@ std::string Connection::lastError() const {
     return sqlite3_errmsg(db_);
 }
 
-ConnectionPool::ConnectionPool(std::string path, std::int64_t busyTimeoutMs)
-    : path_(std::move(path)), busyTimeoutMs_(busyTimeoutMs) {
+ConnectionPool::ConnectionPool(std::string path, std::int64_t busyTimeoutMs, bool fullSync)
+    : path_(std::move(path)), busyTimeoutMs_(busyTimeoutMs), fullSync_(fullSync) {
     checkpointer_ = std::thread([this] { checkpointLoop(); });
 }
 
@@ -176,9 +176,10 @@ std::unique_ptr<ConnectionPool::Lease> ConnectionPool::take(std::string* error) 
     sqlite3_busy_timeout(db, static_cast<int>(busyTimeoutMs_));
     auto c = std::make_unique<Connection>(db, &writer_, busyTimeoutMs_);
     // WAL: readers never wait for the writer; NORMAL: no fsync per commit
-    // (the WAL is synced at checkpoints), durable across process crashes.
+    // (the WAL is synced at checkpoints), durable across process crashes;
+    // FULL: one fsync per commit (a group-commit batch), durable across power loss.
     c->exec("PRAGMA journal_mode=WAL");
-    c->exec("PRAGMA synchronous=NORMAL");
+    c->exec(fullSync_ ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
     // Checkpoints run on the pool's background thread; this is only a backstop
     // should the WAL grow past ~40 MB anyway.
     c->exec("PRAGMA wal_autocheckpoint=10000");

@@ -94,7 +94,9 @@ private:
 /// off the request path.
 class ConnectionPool {
 public:
-    ConnectionPool(std::string path, std::int64_t busyTimeoutMs);
+    /// `fullSync`: fsync the WAL at every commit (synchronous=FULL) instead of
+    /// only at checkpoints (NORMAL).
+    ConnectionPool(std::string path, std::int64_t busyTimeoutMs, bool fullSync = false);
     ~ConnectionPool();
     ConnectionPool(const ConnectionPool&) = delete;
     ConnectionPool& operator=(const ConnectionPool&) = delete;
@@ -120,6 +122,7 @@ private:
 
     std::string path_;
     std::int64_t busyTimeoutMs_;
+    bool fullSync_;
     std::mutex mutex_;
     std::vector<std::unique_ptr<Connection>> idle_;
     FairTimedMutex writer_;

@@ -57,8 +57,8 @@ Error unavailable(Connection& c) {
 
 class SqliteLedger final : public CreditLedger {
 public:
-    SqliteLedger(std::string path, const LedgerOptions& o)
-        : pool_(std::move(path), o.timeoutMs), commits_(pool_, std::chrono::milliseconds(o.timeoutMs)) {}
+    SqliteLedger(std::string path, const LedgerOptions& o, bool fullSync)
+        : pool_(std::move(path), o.timeoutMs, fullSync), commits_(pool_, std::chrono::milliseconds(o.timeoutMs)) {}
 
     Result<void> init() {
         std::string err;
@@ -345,8 +345,9 @@ private:
 
 } // namespace
 
-Result<std::unique_ptr<CreditLedger>> openSqliteLedger(const std::string& path, const LedgerOptions& options) {
-    auto l = std::make_unique<SqliteLedger>(path, options);
+Result<std::unique_ptr<CreditLedger>> openSqliteLedger(const std::string& path, const LedgerOptions& options,
+                                                       bool fullSync) {
+    auto l = std::make_unique<SqliteLedger>(path, options, fullSync);
     if (auto r = l->init(); !r)
         return r.error();
     return std::unique_ptr<CreditLedger>(std::move(l));

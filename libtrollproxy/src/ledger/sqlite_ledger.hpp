@@ -9,7 +9,8 @@
 namespace trollproxy::internal {
 
 /// Opens (and creates) the ledger in a SQLite file. Several processes may share it.
+/// `fullSync`: an fsync per commit (see ConnectionPool).
 Result<std::unique_ptr<CreditLedger>> openSqliteLedger(const std::string& path,
-                                                       const LedgerOptions& options);
+                                                       const LedgerOptions& options, bool fullSync = false);
 
 } // namespace trollproxy::internal
