@@ -62,7 +62,8 @@ run_tests() {
   skip=$(sed -n 's/^Skipped: *\([0-9]*\).*/\1/p' "$out" | tail -1)
   fail=$(( ${fail:-0} + ${timeout:-0} ))
   [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ] && fail=1
-  echo "${ok:-0} passed, ${fail} failed, ${skip:-0} skipped"
+  echo "${skip:-0} skipped"
+  echo "${ok:-0} passed, ${fail} failed"
   return "$rc"
 }
 
