@@ -130,12 +130,33 @@ TEST_CASE("an op still queued when its wait runs out never runs and reports fail
 
 TEST_CASE("another process holding the write lock: the batch fails as a whole within the wait") {
     TempDb db;
-    ConnectionPool pool(db.path.string(), 200);
+    // The connections' own busy timeout is long; the group commit's wait bounds the call.
+    ConnectionPool pool(db.path.string(), 3000);
     REQUIRE((*pool.take(nullptr))->exec("CREATE TABLE t (v INTEGER UNIQUE)") == SQLITE_OK);
     GroupCommit gc(pool, 200ms);
     sqlite3* other = nullptr;
     REQUIRE(sqlite3_open(db.path.c_str(), &other) == SQLITE_OK);
     REQUIRE(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);
+    // Several callers queue behind one blocked batch: none of them waits much past its own 200 ms.
+    std::atomic<int> failed{0};
+    std::atomic<std::int64_t> longestMs{0};
+    std::vector<std::thread> callers;
+    for (int i = 0; i < 8; ++i) {
+        callers.emplace_back([&, i] {
+            auto start = std::chrono::steady_clock::now();
+            if (!gc.run([&](Connection& c) { return insert(c, 100 + i); }))
+                ++failed;
+            auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+            std::int64_t prev = longestMs;
+            while (ms.count() > prev && !longestMs.compare_exchange_weak(prev, ms.count())) {
+            }
+        });
+        std::this_thread::sleep_for(20ms);
+    }
+    for (auto& t : callers)
+        t.join();
+    CHECK(failed == 8);
+    CHECK(longestMs < 1000); // the connections' 3 s busy timeout did not apply
     CHECK_FALSE(gc.run([](Connection& c) { return insert(c, 1); }));
     sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr);
     sqlite3_close(other);

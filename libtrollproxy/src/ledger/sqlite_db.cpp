@@ -1,6 +1,7 @@
 // sqlite3 plumbing for the embedded ledger.
 #include "ledger/sqlite_db.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <pthread.h>
@@ -192,13 +193,25 @@ void ConnectionPool::give(std::unique_ptr<Connection> c) {
         idle_.push_back(std::move(c));
 }
 
-Transaction::Transaction(Connection& c) : c_(c) {
+Transaction::Transaction(Connection& c) : Transaction(c, std::chrono::milliseconds(c.waitMs())) {}
+
+Transaction::Transaction(Connection& c, std::chrono::milliseconds wait) : c_(c) {
+    if (wait.count() <= 0)
+        return; // no time left: do not begin
+    auto start = std::chrono::steady_clock::now();
     if (c_.writer()) {
-        locked_ = c_.writer()->lockFor(std::chrono::milliseconds(c_.waitMs()));
+        locked_ = c_.writer()->lockFor(wait);
         if (!locked_)
             return; // began_ stays false: the ledger is too busy to answer in time
     }
+    // Another process may hold SQLite's write lock: wait for it only what is left.
+    auto left = wait - std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+    bool shorter = left.count() < c_.waitMs();
+    if (shorter)
+        sqlite3_busy_timeout(c_.handle(), static_cast<int>(std::max<std::int64_t>(left.count(), 1)));
     began_ = c_.exec("BEGIN IMMEDIATE") == SQLITE_OK;
+    if (shorter)
+        sqlite3_busy_timeout(c_.handle(), static_cast<int>(c_.waitMs()));
     if (!began_)
         unlockWriter();
 }

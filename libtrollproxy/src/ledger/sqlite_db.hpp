@@ -137,6 +137,8 @@ private:
 class Transaction {
 public:
     explicit Transaction(Connection& c);
+    /// Waits at most `wait` in all for the writer mutex and SQLite's write lock.
+    Transaction(Connection& c, std::chrono::milliseconds wait);
     ~Transaction();
     bool began() const { return began_; }
     bool commit();

@@ -12,15 +12,15 @@ namespace trollproxy::internal {
 bool GroupCommit::run(const Op& op) {
     Pending me;
     me.op = &op;
+    me.deadline = std::chrono::steady_clock::now() + wait_;
     std::unique_lock lock(m_);
     queue_.push_back(&me);
-    auto deadline = std::chrono::steady_clock::now() + wait_;
     while (!me.done) {
         if (!leading_) {
             lead(lock, me);
             continue;
         }
-        if (me.cv.wait_until(lock, deadline) == std::cv_status::timeout && !me.done) {
+        if (me.cv.wait_until(lock, me.deadline) == std::cv_status::timeout && !me.done) {
             auto it = std::find(queue_.begin(), queue_.end(), &me);
             if (it != queue_.end()) {
                 queue_.erase(it);
@@ -37,12 +37,26 @@ void GroupCommit::lead(std::unique_lock<std::mutex>& lock, Pending& me) {
     leading_ = true;
     while (!me.done && !queue_.empty()) {
         std::deque<Pending*> batch;
+        auto now = std::chrono::steady_clock::now();
+        auto deadline = std::chrono::steady_clock::time_point::max();
         while (!queue_.empty() && batch.size() < kMaxBatch) {
-            batch.push_back(queue_.front());
+            Pending* p = queue_.front();
             queue_.pop_front();
+            if (p->deadline <= now) {
+                // Its caller's time ran out while it waited: it fails without running.
+                p->ok = false;
+                p->done = true;
+                if (p != &me)
+                    p->cv.notify_one();
+                continue;
+            }
+            deadline = std::min(deadline, p->deadline);
+            batch.push_back(p);
         }
+        if (batch.empty())
+            continue;
         lock.unlock();
-        execute(batch);
+        execute(batch, deadline);
         lock.lock();
         // Each caller waits under m_ for `done`, so its Pending outlives this loop.
         for (Pending* p : batch) {
@@ -57,7 +71,7 @@ void GroupCommit::lead(std::unique_lock<std::mutex>& lock, Pending& me) {
         queue_.front()->cv.notify_one();
 }
 
-void GroupCommit::execute(std::deque<Pending*>& batch) {
+void GroupCommit::execute(std::deque<Pending*>& batch, std::chrono::steady_clock::time_point deadline) {
     auto failAll = [&] {
         for (Pending* p : batch)
             p->ok = false;
@@ -67,7 +81,8 @@ void GroupCommit::execute(std::deque<Pending*>& batch) {
     if (!lease)
         return;
     Connection& c = **lease;
-    Transaction tx(c);
+    auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    Transaction tx(c, left);
     if (!tx.began())
         return;
     for (Pending* p : batch) {

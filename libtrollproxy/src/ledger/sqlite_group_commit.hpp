@@ -31,11 +31,15 @@ public:
 
     /// Runs `op` in a committed transaction; false when it did not take effect:
     /// the database failed, or the queue did not reach `op` within the wait.
+    /// Returns within about the wait: an op whose time ran out while queued is
+    /// dropped, and a batch waits for the database only until the earliest
+    /// deadline among its ops.
     bool run(const Op& op);
 
 private:
     struct Pending {
         const Op* op;
+        std::chrono::steady_clock::time_point deadline;
         std::condition_variable cv;
         bool done = false;
         bool ok = false;
@@ -43,7 +47,7 @@ private:
     static constexpr std::size_t kMaxBatch = 128;
 
     void lead(std::unique_lock<std::mutex>& lock, Pending& me);
-    void execute(std::deque<Pending*>& batch);
+    void execute(std::deque<Pending*>& batch, std::chrono::steady_clock::time_point deadline);
 
     ConnectionPool& pool_;
     std::chrono::milliseconds wait_;
