@@ -146,7 +146,7 @@ int main(int argc, char** argv) {
     std::signal(SIGPIPE, SIG_IGN);
     if (ledgerUri.empty())
         ledgerUri = defaultLedgerUri();
-    auto ledger = openLedger(ledgerUri);
+    auto ledger = openLedger(ledgerUri, LedgerOptions{settings.ledgerTimeoutMs, ""});
     if (!ledger) {
         std::fprintf(stderr, "ledger: %s\n", ledger.error().message.c_str());
         return 1;

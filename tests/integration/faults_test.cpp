@@ -1,5 +1,8 @@
 // The proxy under upstream failures: retries, key rotation, timeouts, cuts and disconnects.
+#include <chrono>
 #include <thread>
+
+#include <sqlite3.h>
 
 #include <doctest/doctest.h>
 
@@ -157,4 +160,25 @@ TEST_CASE("rate limit per key: 429 with Retry-After and X-RateLimit headers") {
     CHECK(!r3.headers["retry-after"].empty());
     CHECK(r3.headers["x-ratelimit-remaining"] == "0");
     CHECK(!r3.headers["x-ratelimit-reset"].empty());
+}
+
+TEST_CASE("ledger_timeout_ms bounds a request's wait on a locked ledger: 503 in the caller's format, then served") {
+    std::string cfg = kConfig;
+    cfg.replace(cfg.find("\"first_byte_timeout_ms\""), 0, "\"ledger_timeout_ms\": 300, ");
+    Stack s(cfg);
+    std::string key = s.userWithKey("u", "0", "0", "10");
+    // Another process's write transaction: reads (authentication) go on, writes (the hold) wait.
+    sqlite3* other = nullptr;
+    REQUIRE(sqlite3_open((s.dir + "/ledger.db").c_str(), &other) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);
+    auto start = std::chrono::steady_clock::now();
+    RawResponse r = post(s.proxy->port(), "/v1/messages", msgs(false), h(key));
+    double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr);
+    sqlite3_close(other);
+    CHECK(r.status == 503);
+    CHECK(r.body.find("\"type\":\"error\"") != std::string::npos); // Anthropic's error shape
+    CHECK(waited < 2.0); // the default 3 s bound would not fit
+    CHECK(s.balance("u").creditsNew == kStart);
+    CHECK(post(s.proxy->port(), "/v1/messages", msgs(false), h(key)).status == 200);
 }

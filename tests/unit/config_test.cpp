@@ -119,12 +119,15 @@ TEST_CASE("unknown keys are warnings; _comment keys are ignored") {
 TEST_CASE("defaults and trollproxy settings") {
     auto r = parseConfig(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\"",
                                    "\"trollproxy\": {\"ledger_failure_mode\": \"fail_open\", "
-                                   "\"rate_limit_per_minute\": 5}"),
+                                   "\"rate_limit_per_minute\": 5, \"ledger_timeout_ms\": 750}"),
                          "s.json");
     REQUIRE(r.ok());
     CHECK(r->port == 8000);
     CHECK(r->settings.ledgerFailureMode == LedgerFailureMode::FailOpen);
     CHECK(r->settings.rateLimitPerMinute == 5);
+    CHECK(r->settings.ledgerTimeoutMs == 750);
+    CHECK(errorOf(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\"", "\"trollproxy\": {\"ledger_timeout_ms\": 0}"))
+              .find("trollproxy.ledger_timeout_ms") != std::string::npos);
     const ModelConfig* b = r->findModel("b");
     REQUIRE(b);
     CHECK(b->upstreamModelId == "b");

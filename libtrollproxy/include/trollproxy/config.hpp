@@ -73,6 +73,7 @@ struct ProxySettings {
     std::int64_t holdTtlSeconds = 900;
     std::int64_t shutdownGraceSeconds = 30;
     std::int64_t defaultMaxOutputTokens = 8192;
+    std::int64_t ledgerTimeoutMs = 3000; ///< bound on one ledger call (read when the ledger opens)
     std::string journalPath;
     std::string keyFile;
 };

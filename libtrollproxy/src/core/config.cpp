@@ -288,6 +288,7 @@ void ConfigReader::readSettings(od::value v, const std::string& path, ProxySetti
         {"hold_ttl_seconds", &ProxySettings::holdTtlSeconds, 1, 86'400 * 7},
         {"shutdown_grace_seconds", &ProxySettings::shutdownGraceSeconds, 0, 86'400},
         {"default_max_output_tokens", &ProxySettings::defaultMaxOutputTokens, 1, 10'000'000},
+        {"ledger_timeout_ms", &ProxySettings::ledgerTimeoutMs, 1, 600'000},
     };
     for (auto field : obj) {
         std::string_view key;
