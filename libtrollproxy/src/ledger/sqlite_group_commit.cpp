@@ -26,7 +26,8 @@ bool GroupCommit::run(const Op& op) {
                 queue_.erase(it);
                 return false; // never started: nothing happened
             }
-            // A leader is running it now; that ends within the database's own timeouts.
+            // A leader is running it now: its wait for the lock ends by the batch's
+            // earliest deadline (at or before this one), then only statements run.
             me.cv.wait(lock, [&] { return me.done; });
         }
     }
