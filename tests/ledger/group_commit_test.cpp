@@ -46,7 +46,8 @@ bool insert(Connection& c, std::int64_t v) {
 
 } // namespace
 
-TEST_CASE("ops from many threads all commit, a failed op rolls back alone, and batches run others' ops") {
+TEST_CASE(
+    "ops from many threads all commit, a failed op rolls back alone, and batches run others' ops") {
     TempDb db;
     ConnectionPool pool(db.path.string(), 3000);
     REQUIRE((*pool.take(nullptr))->exec("CREATE TABLE t (v INTEGER UNIQUE)") == SQLITE_OK);
@@ -146,7 +147,8 @@ TEST_CASE("another process holding the write lock: the batch fails as a whole wi
             auto start = std::chrono::steady_clock::now();
             if (!gc.run([&](Connection& c) { return insert(c, 100 + i); }))
                 ++failed;
-            auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+            auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                std::chrono::steady_clock::now() - start);
             std::int64_t prev = longestMs;
             while (ms.count() > prev && !longestMs.compare_exchange_weak(prev, ms.count())) {
             }

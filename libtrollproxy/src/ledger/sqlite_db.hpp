@@ -90,8 +90,8 @@ private:
 /// Connections to one database file, handed out one per caller. Write
 /// transactions of this process queue on one mutex (SQLite's own busy handler
 /// sleeps and retries without fairness); other processes still meet SQLite's
-/// write lock. WAL checkpoints (the only fsyncs) run on a background thread,
-/// off the request path.
+/// write lock. WAL checkpoints (the only fsyncs unless `fullSync`) run on a
+/// background thread, off the request path.
 class ConnectionPool {
 public:
     /// `fullSync`: fsync the WAL at every commit (synchronous=FULL) instead of

@@ -72,7 +72,8 @@ void GroupCommit::lead(std::unique_lock<std::mutex>& lock, Pending& me) {
         queue_.front()->cv.notify_one();
 }
 
-void GroupCommit::execute(std::deque<Pending*>& batch, std::chrono::steady_clock::time_point deadline) {
+void GroupCommit::execute(std::deque<Pending*>& batch,
+                          std::chrono::steady_clock::time_point deadline) {
     auto failAll = [&] {
         for (Pending* p : batch)
             p->ok = false;
@@ -82,7 +83,8 @@ void GroupCommit::execute(std::deque<Pending*>& batch, std::chrono::steady_clock
     if (!lease)
         return;
     Connection& c = **lease;
-    auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     Transaction tx(c, left);
     if (!tx.began())
         return;

@@ -272,7 +272,7 @@ private:
         if (st.shortfall > 0 && !addCounter(c, "shortfall", st.shortfall))
             return false;
         Stmt k = c.prepare("UPDATE user_keys SET tokensUsed = tokensUsed + ?, requestsCount = requestsCount + 1, "
-                               "lastUsedAt = ? WHERE id = ?");
+                           "lastUsedAt = ? WHERE id = ?");
         k.bind(1, tokensIn + ch.usage.output).bind(2, ch.createdAtMs).bind(3, ch.keyId);
         if (k.step() != SQLITE_DONE)
             return false;
