@@ -5,34 +5,17 @@
 // trollproxyPending); other fields are only ever changed by $set/$inc on that field.
 #include "ledger/mongo_ledger.hpp"
 
-#include <atomic>
-#include <chrono>
 #include <cstdio>
-#include <cstdlib>
-#include <functional>
-#include <mutex>
-#include <random>
-#include <thread>
-#include <unordered_map>
 
-#include <mongoc/mongoc.h>
+#include "ledger/mongo_ledger_impl.hpp"
 
-#include "ledger/mongo_doc.hpp"
-#include "ledger/pool_math.hpp"
-
-namespace trollproxy {
-
-namespace {
-
-using internal::Doc;
-using internal::PoolFields;
+namespace trollproxy::internal::mongo {
 
 std::int64_t nowMs() {
     using namespace std::chrono;
     return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
 }
 
-// Request ids become field names: keep them free of '.' and '$'.
 std::string fieldSafe(std::string_view id) {
     std::string s(id);
     for (char& c : s) {
@@ -42,14 +25,12 @@ std::string fieldSafe(std::string_view id) {
     return s;
 }
 
-const char* kBalanceFields[3] = {"credits", "refCredits", "creditsNew"};
 
 PoolFields readBalance(const bson_t* user) {
     auto get = [&](const char* f) { return internal::moneyField(user, f).value_or(Money{}).nanos; };
     return {get("credits"), get("refCredits"), get("creditsNew")};
 }
 
-// Appends $set entries for the balance fields that change.
 void setChangedBalances(bson_t* set, const PoolFields& before, const PoolFields& after) {
     std::int64_t b[3] = {before.credits, before.refCredits, before.creditsNew};
     std::int64_t a[3] = {after.credits, after.refCredits, after.creditsNew};
@@ -59,142 +40,6 @@ void setChangedBalances(bson_t* set, const PoolFields& before, const PoolFields&
     }
 }
 
-class MongoLedger final : public CreditLedger {
-public:
-    MongoLedger(mongoc_client_pool_t* pool, std::string db) : pool_(pool), db_(std::move(db)) {
-        const char* fp = std::getenv("TROLLPROXY_TEST_FAILPOINT");
-        crashAfterCharge_ = fp && std::string_view(fp) == "mongo-crash-after-charge";
-    }
-    ~MongoLedger() override { mongoc_client_pool_destroy(pool_); }
-
-    AuthOutcome authenticate(std::string_view apiKey) override;
-    ReserveStatus reserve(const HoldRequest& hold) override;
-    SettleOutcome settle(const Charge& charge) override;
-    Result<void> release(std::string_view requestId) override;
-    Result<std::int64_t> sweepExpiredHolds(std::int64_t nowMs) override;
-    Result<void> recordRequest(const LogEntry& entry) override;
-    bool ping() override;
-    Result<void> addUser(std::string_view name) override;
-    Result<std::string> addKey(std::string_view name) override;
-    Result<void> revokeKey(std::string_view apiKey) override;
-    Result<void> credit(std::string_view name, std::string_view field, Money amount) override;
-    Result<Balance> balance(std::string_view name) override;
-    Result<std::vector<LogEntry>> usage(std::string_view name, std::int64_t last) override;
-    Result<Money> totalShortfall() override;
-
-private:
-    // A client from the pool and one collection, returned on destruction.
-    class Coll {
-    public:
-        Coll(mongoc_client_pool_t* pool, const std::string& db, const char* name)
-            : pool_(pool), client_(mongoc_client_pool_pop(pool)),
-              coll_(mongoc_client_get_collection(client_, db.c_str(), name)) {}
-        ~Coll() {
-            mongoc_collection_destroy(coll_);
-            mongoc_client_pool_push(pool_, client_);
-        }
-        mongoc_collection_t* get() { return coll_; }
-        mongoc_client_t* client() { return client_; }
-
-    private:
-        mongoc_client_pool_t* pool_;
-        mongoc_client_t* client_;
-        mongoc_collection_t* coll_;
-    };
-
-    enum class Found { Yes, No, Error };
-
-    Found findOne(const char* collection, const bson_t* filter, Doc& out, const bson_t* opts = nullptr) {
-        Coll c(pool_, db_, collection);
-        Doc o;
-        if (opts)
-            bson_copy_to_excluding_noinit(opts, o.get(), "", nullptr);
-        BSON_APPEND_INT64(o.get(), "limit", 1);
-        mongoc_cursor_t* cur = mongoc_collection_find_with_opts(c.get(), filter, o.get(), nullptr);
-        const bson_t* d = nullptr;
-        Found r = Found::No;
-        if (mongoc_cursor_next(cur, &d)) {
-            bson_copy_to(d, out.get());
-            r = Found::Yes;
-        }
-        bson_error_t err;
-        if (mongoc_cursor_error(cur, &err))
-            r = Found::Error;
-        mongoc_cursor_destroy(cur);
-        return r;
-    }
-
-    // updateOne; returns matched count, or -1 on error.
-    int updateOne(const char* collection, const bson_t* filter, const bson_t* update, bool upsert = false,
-                  bson_error_t* errOut = nullptr) {
-        Coll c(pool_, db_, collection);
-        Doc opts, reply;
-        if (upsert)
-            BSON_APPEND_BOOL(opts.get(), "upsert", true);
-        bson_error_t err;
-        bson_destroy(reply.get());
-        bool ok = mongoc_collection_update_one(c.get(), filter, update, opts.get(), reply.get(), &err);
-        if (!ok) {
-            if (errOut)
-                *errOut = err;
-            return -1;
-        }
-        return static_cast<int>(internal::intField(reply.get(), "matchedCount") +
-                                internal::intField(reply.get(), "upsertedCount"));
-    }
-
-    Found findUser(const std::string& name, Doc& out) {
-        Doc f;
-        internal::appendUserId(f.get(), "_id", name);
-        return findOne("usersNew", f.get(), out);
-    }
-
-    enum class Cas { Applied, Refused, NotFound, Unavailable };
-
-    // Reads the user, lets `plan` build the update, and writes it only if the
-    // balance fields are still what was read. Retries on contention.
-    // plan(const bson_t* user, bson_t* filter, bson_t* update) -> bool
-    template <typename Plan> Cas casUser(const std::string& name, Plan&& plan) {
-        thread_local std::mt19937 rng{std::random_device{}()};
-        for (int attempt = 0; attempt < 200; ++attempt) {
-            Doc user;
-            Found f = findUser(name, user);
-            if (f == Found::Error)
-                return Cas::Unavailable;
-            if (f == Found::No)
-                return Cas::NotFound;
-            Doc filter, update;
-            internal::appendUserId(filter.get(), "_id", name);
-            for (const char* field : kBalanceFields)
-                internal::appendSameAs(filter.get(), field, user.get(), field);
-            if (!plan(user.get(), filter.get(), update.get()))
-                return Cas::Refused;
-            if (bson_empty(update.get()))
-                return Cas::Applied;
-            int n = updateOne("usersNew", filter.get(), update.get());
-            if (n < 0)
-                return Cas::Unavailable;
-            if (n > 0)
-                return Cas::Applied;
-            if (attempt > 2)
-                std::this_thread::sleep_for(std::chrono::microseconds(rng() % (200 * std::min(attempt, 20))));
-        }
-        return Cas::Unavailable;
-    }
-
-    enum class Write { Inserted, Existed, Failed };
-    void ensureIndexes();
-    Write writeLog(const bson_t* entry);
-    void unsetPending(const std::string& user, const std::string& id);
-    Cas releaseOn(const std::string& user, const std::string& id);
-
-    mongoc_client_pool_t* pool_;
-    std::string db_;
-    std::atomic<bool> indexed_{false};
-    bool crashAfterCharge_ = false; // TROLLPROXY_TEST_FAILPOINT, for the crash tests
-    std::mutex ownersMutex_;
-    std::unordered_map<std::string, std::string> holdOwner_; // request id -> user, for release()
-};
 
 AuthOutcome MongoLedger::authenticate(std::string_view apiKey) {
     std::string key(apiKey);
@@ -628,177 +473,12 @@ bool MongoLedger::ping() {
     return mongoc_client_command_simple(c.client(), "admin", cmd.get(), nullptr, reply.get(), &err);
 }
 
-// Administration.
+} // namespace trollproxy::internal::mongo
 
-Result<void> MongoLedger::addUser(std::string_view name) {
-    if (name.empty())
-        return Error{ErrorCode::InvalidArgument, "a user name must not be empty"};
-    Coll c(pool_, db_, "usersNew");
-    Doc doc;
-    internal::appendUserId(doc.get(), "_id", std::string(name));
-    BSON_APPEND_BOOL(doc.get(), "isActive", true);
-    BSON_APPEND_UTF8(doc.get(), "role", "user");
-    BSON_APPEND_BOOL(doc.get(), "migration", true);
-    for (const char* f : {"credits", "creditsUsed", "refCredits", "creditsNew", "creditsNewUsed"})
-        BSON_APPEND_DOUBLE(doc.get(), f, 0.0);
-    for (const char* f : {"tokensUserNew", "totalInputTokens", "totalOutputTokens"})
-        BSON_APPEND_INT64(doc.get(), f, 0);
-    BSON_APPEND_DATE_TIME(doc.get(), "createdAt", nowMs());
-    bson_error_t err;
-    if (!mongoc_collection_insert_one(c.get(), doc.get(), nullptr, nullptr, &err)) {
-        if (err.code == 11000)
-            return Error{ErrorCode::Conflict, "user " + std::string(name) + " already exists"};
-        return Error{ErrorCode::Unavailable, std::string("MongoDB: ") + err.message};
-    }
-    return {};
-}
+namespace trollproxy {
 
-Result<std::string> MongoLedger::addKey(std::string_view name) {
-    std::string user(name);
-    Doc doc;
-    Found f = findUser(user, doc);
-    if (f == Found::Error)
-        return Error{ErrorCode::Unavailable, "MongoDB is unavailable"};
-    if (f == Found::No)
-        return Error{ErrorCode::NotFound, "no user " + user};
-    std::string key = newApiKey();
-    if (internal::stringField(doc.get(), "apiKey").empty()) {
-        // The first key is the user's own apiKey, as production has it.
-        Doc filter, update;
-        internal::appendUserId(filter.get(), "_id", user);
-        bson_t set;
-        BSON_APPEND_DOCUMENT_BEGIN(update.get(), "$set", &set);
-        BSON_APPEND_UTF8(&set, "apiKey", key.c_str());
-        bson_append_document_end(update.get(), &set);
-        if (updateOne("usersNew", filter.get(), update.get()) <= 0)
-            return Error{ErrorCode::Unavailable, "MongoDB is unavailable"};
-        return key;
-    }
-    Coll c(pool_, db_, "user_keys");
-    Doc k;
-    BSON_APPEND_UTF8(k.get(), "_id", key.c_str());
-    BSON_APPEND_UTF8(k.get(), "name", user.c_str());
-    BSON_APPEND_BOOL(k.get(), "isActive", true);
-    BSON_APPEND_INT64(k.get(), "tokensUsed", 0);
-    BSON_APPEND_INT64(k.get(), "requestsCount", 0);
-    BSON_APPEND_DATE_TIME(k.get(), "createdAt", nowMs());
-    bson_error_t err;
-    if (!mongoc_collection_insert_one(c.get(), k.get(), nullptr, nullptr, &err))
-        return Error{ErrorCode::Unavailable, std::string("MongoDB: ") + err.message};
-    return key;
-}
+using internal::mongo::MongoLedger;
 
-Result<void> MongoLedger::revokeKey(std::string_view apiKey) {
-    std::string key(apiKey);
-    Doc kf, ku;
-    BSON_APPEND_UTF8(kf.get(), "_id", key.c_str());
-    bson_t set, unset, add;
-    BSON_APPEND_DOCUMENT_BEGIN(ku.get(), "$set", &set);
-    BSON_APPEND_BOOL(&set, "isActive", false);
-    bson_append_document_end(ku.get(), &set);
-    int n = updateOne("user_keys", kf.get(), ku.get());
-    if (n < 0)
-        return Error{ErrorCode::Unavailable, "MongoDB is unavailable"};
-    if (n > 0)
-        return {};
-    // A user's own apiKey: take it off the user, and remember it as revoked.
-    Doc uf, uu;
-    BSON_APPEND_UTF8(uf.get(), "apiKey", key.c_str());
-    BSON_APPEND_DOCUMENT_BEGIN(uu.get(), "$unset", &unset);
-    BSON_APPEND_UTF8(&unset, "apiKey", "");
-    bson_append_document_end(uu.get(), &unset);
-    BSON_APPEND_DOCUMENT_BEGIN(uu.get(), "$addToSet", &add);
-    BSON_APPEND_UTF8(&add, "trollproxyRevokedKeys", key.c_str());
-    bson_append_document_end(uu.get(), &add);
-    n = updateOne("usersNew", uf.get(), uu.get());
-    if (n < 0)
-        return Error{ErrorCode::Unavailable, "MongoDB is unavailable"};
-    if (n == 0)
-        return Error{ErrorCode::NotFound, "no such key"};
-    return {};
-}
-
-Result<void> MongoLedger::credit(std::string_view name, std::string_view field, Money amount) {
-    int index = field == "credits" ? 0 : field == "refCredits" ? 1 : field == "creditsNew" ? 2 : -1;
-    if (index < 0)
-        return Error{ErrorCode::InvalidArgument,
-                     "unknown pool \"" + std::string(field) + "\" (one of credits, refCredits, creditsNew)"};
-    if (amount.nanos < 0)
-        return Error{ErrorCode::InvalidArgument, "the amount must not be negative"};
-    Cas r = casUser(std::string(name), [&](const bson_t* user, bson_t*, bson_t* update) {
-        PoolFields bal = readBalance(user), after = bal;
-        std::int64_t* f[3] = {&after.credits, &after.refCredits, &after.creditsNew};
-        *f[index] += amount.nanos;
-        bson_t set;
-        BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
-        setChangedBalances(&set, bal, after);
-        bson_append_document_end(update, &set);
-        return true;
-    });
-    if (r == Cas::NotFound)
-        return Error{ErrorCode::NotFound, "no user " + std::string(name)};
-    if (r != Cas::Applied)
-        return Error{ErrorCode::Unavailable, "MongoDB is unavailable"};
-    return {};
-}
-
-Result<Balance> MongoLedger::balance(std::string_view name) {
-    Doc doc;
-    Found f = findUser(std::string(name), doc);
-    if (f == Found::Error)
-        return Error{ErrorCode::Unavailable, "MongoDB is unavailable"};
-    if (f == Found::No)
-        return Error{ErrorCode::NotFound, "no user " + std::string(name)};
-    auto m = [&](const char* k) { return internal::moneyField(doc.get(), k).value_or(Money{}); };
-    return Balance{m("credits"), m("creditsUsed"), m("refCredits"), m("creditsNew"), m("creditsNewUsed"),
-                   internal::intField(doc.get(), "tokensUserNew"), internal::intField(doc.get(), "totalInputTokens"),
-                   internal::intField(doc.get(), "totalOutputTokens")};
-}
-
-Result<std::vector<LogEntry>> MongoLedger::usage(std::string_view name, std::int64_t last) {
-    Coll c(pool_, db_, "request_logs");
-    Doc filter, opts;
-    BSON_APPEND_UTF8(filter.get(), "userId", std::string(name).c_str());
-    bson_t sort;
-    BSON_APPEND_DOCUMENT_BEGIN(opts.get(), "sort", &sort);
-    BSON_APPEND_INT32(&sort, "createdAt", -1);
-    bson_append_document_end(opts.get(), &sort);
-    BSON_APPEND_INT64(opts.get(), "limit", last);
-    mongoc_cursor_t* cur = mongoc_collection_find_with_opts(c.get(), filter.get(), opts.get(), nullptr);
-    std::vector<LogEntry> out;
-    const bson_t* d = nullptr;
-    while (mongoc_cursor_next(cur, &d))
-        out.push_back(internal::logEntryFrom(d));
-    bson_error_t err;
-    bool failed = mongoc_cursor_error(cur, &err);
-    mongoc_cursor_destroy(cur);
-    if (failed)
-        return Error{ErrorCode::Unavailable, std::string("MongoDB: ") + err.message};
-    return out;
-}
-
-Result<Money> MongoLedger::totalShortfall() {
-    // The log entries are the record; summing them keeps the total exact.
-    Coll c(pool_, db_, "request_logs");
-    Doc filter, opts;
-    bson_t cond;
-    BSON_APPEND_DOCUMENT_BEGIN(filter.get(), "shortfallNanos", &cond);
-    BSON_APPEND_INT64(&cond, "$gt", 0);
-    bson_append_document_end(filter.get(), &cond);
-    mongoc_cursor_t* cur = mongoc_collection_find_with_opts(c.get(), filter.get(), nullptr, nullptr);
-    Money total;
-    const bson_t* d = nullptr;
-    while (mongoc_cursor_next(cur, &d))
-        total += Money{internal::intField(d, "shortfallNanos")};
-    bson_error_t err;
-    bool failed = mongoc_cursor_error(cur, &err);
-    mongoc_cursor_destroy(cur);
-    if (failed)
-        return Error{ErrorCode::Unavailable, std::string("MongoDB: ") + err.message};
-    return total;
-}
-
-} // namespace
 
 Result<std::unique_ptr<CreditLedger>> openMongoLedger(std::string_view uriText, const LedgerOptions& options) {
     static std::once_flag once;

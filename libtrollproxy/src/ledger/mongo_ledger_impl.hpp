@@ -1,0 +1,172 @@
+// The MongoDB ledger's class and the helpers its two source files share
+// (mongo_ledger.cpp: the request path; mongo_admin.cpp: administration).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <functional>
+#include <mutex>
+#include <random>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+
+#include <mongoc/mongoc.h>
+
+#include "ledger/mongo_doc.hpp"
+#include "ledger/pool_math.hpp"
+#include "trollproxy/ledger.hpp"
+
+namespace trollproxy::internal::mongo {
+
+inline constexpr const char* kBalanceFields[3] = {"credits", "refCredits", "creditsNew"};
+
+std::int64_t nowMs();
+/// Request ids become field names: keep them free of '.' and '$'.
+std::string fieldSafe(std::string_view id);
+PoolFields readBalance(const bson_t* user);
+/// Appends $set entries for the balance fields that change.
+void setChangedBalances(bson_t* set, const PoolFields& before, const PoolFields& after);
+
+
+class MongoLedger final : public CreditLedger {
+public:
+    MongoLedger(mongoc_client_pool_t* pool, std::string db) : pool_(pool), db_(std::move(db)) {
+        const char* fp = std::getenv("TROLLPROXY_TEST_FAILPOINT");
+        crashAfterCharge_ = fp && std::string_view(fp) == "mongo-crash-after-charge";
+    }
+    ~MongoLedger() override { mongoc_client_pool_destroy(pool_); }
+
+    AuthOutcome authenticate(std::string_view apiKey) override;
+    ReserveStatus reserve(const HoldRequest& hold) override;
+    SettleOutcome settle(const Charge& charge) override;
+    Result<void> release(std::string_view requestId) override;
+    Result<std::int64_t> sweepExpiredHolds(std::int64_t nowMs) override;
+    Result<void> recordRequest(const LogEntry& entry) override;
+    bool ping() override;
+    Result<void> addUser(std::string_view name) override;
+    Result<std::string> addKey(std::string_view name) override;
+    Result<void> revokeKey(std::string_view apiKey) override;
+    Result<void> credit(std::string_view name, std::string_view field, Money amount) override;
+    Result<Balance> balance(std::string_view name) override;
+    Result<std::vector<LogEntry>> usage(std::string_view name, std::int64_t last) override;
+    Result<Money> totalShortfall() override;
+
+private:
+    // A client from the pool and one collection, returned on destruction.
+    class Coll {
+    public:
+        Coll(mongoc_client_pool_t* pool, const std::string& db, const char* name)
+            : pool_(pool), client_(mongoc_client_pool_pop(pool)),
+              coll_(mongoc_client_get_collection(client_, db.c_str(), name)) {}
+        ~Coll() {
+            mongoc_collection_destroy(coll_);
+            mongoc_client_pool_push(pool_, client_);
+        }
+        mongoc_collection_t* get() { return coll_; }
+        mongoc_client_t* client() { return client_; }
+
+    private:
+        mongoc_client_pool_t* pool_;
+        mongoc_client_t* client_;
+        mongoc_collection_t* coll_;
+    };
+
+    enum class Found { Yes, No, Error };
+
+    Found findOne(const char* collection, const bson_t* filter, Doc& out, const bson_t* opts = nullptr) {
+        Coll c(pool_, db_, collection);
+        Doc o;
+        if (opts)
+            bson_copy_to_excluding_noinit(opts, o.get(), "", nullptr);
+        BSON_APPEND_INT64(o.get(), "limit", 1);
+        mongoc_cursor_t* cur = mongoc_collection_find_with_opts(c.get(), filter, o.get(), nullptr);
+        const bson_t* d = nullptr;
+        Found r = Found::No;
+        if (mongoc_cursor_next(cur, &d)) {
+            bson_copy_to(d, out.get());
+            r = Found::Yes;
+        }
+        bson_error_t err;
+        if (mongoc_cursor_error(cur, &err))
+            r = Found::Error;
+        mongoc_cursor_destroy(cur);
+        return r;
+    }
+
+    // updateOne; returns matched count, or -1 on error.
+    int updateOne(const char* collection, const bson_t* filter, const bson_t* update, bool upsert = false,
+                  bson_error_t* errOut = nullptr) {
+        Coll c(pool_, db_, collection);
+        Doc opts, reply;
+        if (upsert)
+            BSON_APPEND_BOOL(opts.get(), "upsert", true);
+        bson_error_t err;
+        bson_destroy(reply.get());
+        bool ok = mongoc_collection_update_one(c.get(), filter, update, opts.get(), reply.get(), &err);
+        if (!ok) {
+            if (errOut)
+                *errOut = err;
+            return -1;
+        }
+        return static_cast<int>(internal::intField(reply.get(), "matchedCount") +
+                                internal::intField(reply.get(), "upsertedCount"));
+    }
+
+    Found findUser(const std::string& name, Doc& out) {
+        Doc f;
+        internal::appendUserId(f.get(), "_id", name);
+        return findOne("usersNew", f.get(), out);
+    }
+
+    enum class Cas { Applied, Refused, NotFound, Unavailable };
+
+    // Reads the user, lets `plan` build the update, and writes it only if the
+    // balance fields are still what was read. Retries on contention.
+    // plan(const bson_t* user, bson_t* filter, bson_t* update) -> bool
+    template <typename Plan> Cas casUser(const std::string& name, Plan&& plan) {
+        thread_local std::mt19937 rng{std::random_device{}()};
+        for (int attempt = 0; attempt < 200; ++attempt) {
+            Doc user;
+            Found f = findUser(name, user);
+            if (f == Found::Error)
+                return Cas::Unavailable;
+            if (f == Found::No)
+                return Cas::NotFound;
+            Doc filter, update;
+            internal::appendUserId(filter.get(), "_id", name);
+            for (const char* field : kBalanceFields)
+                internal::appendSameAs(filter.get(), field, user.get(), field);
+            if (!plan(user.get(), filter.get(), update.get()))
+                return Cas::Refused;
+            if (bson_empty(update.get()))
+                return Cas::Applied;
+            int n = updateOne("usersNew", filter.get(), update.get());
+            if (n < 0)
+                return Cas::Unavailable;
+            if (n > 0)
+                return Cas::Applied;
+            if (attempt > 2)
+                std::this_thread::sleep_for(std::chrono::microseconds(rng() % (200 * std::min(attempt, 20))));
+        }
+        return Cas::Unavailable;
+    }
+
+    enum class Write { Inserted, Existed, Failed };
+    void ensureIndexes();
+    Write writeLog(const bson_t* entry);
+    void unsetPending(const std::string& user, const std::string& id);
+    Cas releaseOn(const std::string& user, const std::string& id);
+
+    mongoc_client_pool_t* pool_;
+    std::string db_;
+    std::atomic<bool> indexed_{false};
+    bool crashAfterCharge_ = false; // TROLLPROXY_TEST_FAILPOINT, for the crash tests
+    std::mutex ownersMutex_;
+    std::unordered_map<std::string, std::string> holdOwner_; // request id -> user, for release()
+};
+
+} // namespace trollproxy::internal::mongo
