@@ -1,11 +1,12 @@
 // trollproxy-fake-upstream: a local LLM provider for tests, demos and benchmarks.
-// Speaks OpenAI, LiteLLM and Anthropic formats, streaming or not; request headers
-// (x-fake-*) choose latency, chunking, usage and failures; /_requests and /_stats
-// let tests see what it received and what it served.
+// Speaks OpenAI (chat and Responses), LiteLLM and Anthropic formats, streaming or not;
+// request headers (x-fake-*) choose latency, chunking, usage and failures; /_requests and
+// /_stats let tests see what it received and what it served.
 #include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <ctime>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -15,6 +16,7 @@
 #include <httplib.h>
 #include <simdjson.h>
 
+#include "responses_wire.hpp"
 #include "wire.hpp"
 
 using namespace fake;
@@ -40,6 +42,7 @@ struct Stats {
 
 Options options;
 Stats stats;
+ResponsesStore responses;
 httplib::Server* server = nullptr;
 
 std::string header(const httplib::Request& r, const char* name, const std::string& def = "") {
@@ -58,7 +61,8 @@ void record(const httplib::Request& r) {
         headers += (headers.size() > 1 ? "," : "") + quote(k) + ":" + quote(v);
     }
     headers += "}";
-    std::string json = "{\"method\":" + quote(r.method) + ",\"path\":" + quote(r.path) + ",\"headers\":" + headers +
+    std::string json = "{\"method\":" + quote(r.method) + ",\"path\":" + quote(r.path) +
+                       ",\"target\":" + quote(r.target) + ",\"headers\":" + headers +
                        ",\"body\":" + quote(r.body) + "}";
     std::lock_guard lock(stats.mutex);
     ++stats.count;
@@ -113,18 +117,19 @@ void readRequest(const std::string& body, Answer& a, bool& stream) {
     }
 }
 
-void handle(const httplib::Request& req, httplib::Response& res, bool anthropic) {
+// Records the request, checks its key and the failures it asks for; false: `res` holds the error.
+bool admit(const httplib::Request& req, httplib::Response& res, bool anthropic) {
     record(req);
     std::string auth = header(req, "Authorization");
     std::string key = auth.rfind("Bearer ", 0) == 0 ? auth.substr(7) : "";
     if (key.empty() || (!options.keys.empty() && !options.keys.count(key))) {
         sendError(res, anthropic, "401", 1);
-        return;
+        return false;
     }
     int retryAfter = intHeader(req, "x-fake-retry-after", 1);
     if (auto it = options.failKeys.find(key); it != options.failKeys.end()) {
         sendError(res, anthropic, it->second, retryAfter);
-        return;
+        return false;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(intHeader(req, "x-fake-latency-ms", options.latencyMs)));
     std::string status = header(req, "x-fake-status");
@@ -139,23 +144,36 @@ void handle(const httplib::Request& req, httplib::Response& res, bool anthropic)
         }
         if (fail) {
             sendError(res, anthropic, status, retryAfter);
-            return;
+            return false;
         }
     }
+    return true;
+}
+
+// x-fake-usage: "input,output,cacheWrite,cacheRead", else `def`.
+Tokens fakeUsage(const httplib::Request& req, Tokens def) {
+    if (!req.has_header("x-fake-usage"))
+        return def;
+    long long v[4] = {0, 0, 0, 0};
+    std::sscanf(req.get_header_value("x-fake-usage").c_str(), "%lld,%lld,%lld,%lld", &v[0], &v[1],
+                &v[2], &v[3]);
+    return Tokens{v[0], v[1], v[2], v[3]};
+}
+
+void handle(const httplib::Request& req, httplib::Response& res, bool anthropic) {
+    if (!admit(req, res, anthropic))
+        return;
     Answer a;
     bool stream = false;
     a.model = "unknown";
     readRequest(req.body, a, stream);
+    if (header(req, "x-fake-tool-call") == "0")
+        a.toolName.clear(); // a text answer even with tools (an agent then finishes in one turn)
     a.chunks = std::max(1, intHeader(req, "x-fake-chunks", options.chunks));
     a.style = header(req, "x-fake-usage-style") == "litellm" ? UsageStyle::LiteLLM : UsageStyle::OpenAI;
     a.reportUsage = header(req, "x-fake-no-usage") != "1";
-    a.tokens.input = static_cast<std::int64_t>(req.body.size() / 4);
-    a.tokens.output = a.chunks * 3;
-    if (req.has_header("x-fake-usage")) {
-        long long v[4] = {0, 0, 0, 0};
-        std::sscanf(req.get_header_value("x-fake-usage").c_str(), "%lld,%lld,%lld,%lld", &v[0], &v[1], &v[2], &v[3]);
-        a.tokens = Tokens{v[0], v[1], v[2], v[3]};
-    }
+    a.tokens =
+        fakeUsage(req, Tokens{static_cast<std::int64_t>(req.body.size() / 4), a.chunks * 3, 0, 0});
     if (!stream) {
         res.set_content(anthropic ? anthropicMessage(a) : openaiCompletion(a), "application/json");
         served(a.tokens);
@@ -183,6 +201,80 @@ void handle(const httplib::Request& req, httplib::Response& res, bool anthropic)
         }
         return ok;
     });
+}
+
+// POST /v1/responses: text (or a function call when x-fake-tool-call is 1), after a reasoning
+// item when the request has "reasoning"; x-fake-reasoning-tokens counts within output_tokens.
+void handleResponses(const httplib::Request& req, httplib::Response& res) {
+    if (!admit(req, res, false))
+        return;
+    ResponsesAnswer a;
+    bool stream = false;
+    std::string function;
+    readResponsesRequest(req.body, a, stream, function);
+    a.id = responses.newId();
+    a.createdAt = static_cast<std::int64_t>(std::time(nullptr));
+    if (header(req, "x-fake-tool-call") == "1")
+        a.toolName = function;
+    a.incomplete = header(req, "x-fake-incomplete") == "1";
+    a.chunks = std::max(1, intHeader(req, "x-fake-chunks", options.chunks));
+    a.reportUsage = header(req, "x-fake-no-usage") != "1";
+    a.reasoningTokens =
+        std::max(0, intHeader(req, "x-fake-reasoning-tokens", a.reasoning ? a.chunks * 2 : 0));
+    a.tokens = fakeUsage(req, Tokens{static_cast<std::int64_t>(req.body.size() / 4),
+                                     a.chunks * 3 + a.reasoningTokens, 0, 0});
+    a.tokens.cacheWrite = 0; // the Responses API reports no cache writes
+    a.reasoningTokens = std::min(a.reasoningTokens, a.tokens.output);
+    Tokens reported = a.reportUsage ? a.tokens : Tokens{};
+    if (!stream) {
+        std::string whole = responsesObject(a, true);
+        if (a.store)
+            responses.put(a.id, whole);
+        res.set_content(whole, "application/json");
+        served(reported);
+        return;
+    }
+    int delay = intHeader(req, "x-fake-chunk-delay-ms", options.chunkDelayMs);
+    int cutAfter = intHeader(req, "x-fake-cut-after", -1);
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream", [a, delay, cutAfter, reported](std::size_t, httplib::DataSink& sink) {
+            ResponsesEvents events = responsesEvents(a);
+            auto send = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
+            bool ok = send(events.head);
+            for (int i = 0; ok && i < a.chunks; ++i) {
+                if (i == cutAfter)
+                    return false; // drop the connection mid-stream
+                if (delay > 0)
+                    std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+                ok = send(events.deltas[static_cast<std::size_t>(i)]);
+            }
+            if (cutAfter >= a.chunks)
+                return false;
+            ok = ok && send(events.tail);
+            if (ok) {
+                if (a.store)
+                    responses.put(a.id, responsesObject(a, true));
+                served(reported);
+                sink.done();
+            }
+            return ok;
+        });
+}
+
+// GET and DELETE /v1/responses/{id}: only the ids this upstream stored.
+void storedResponse(const httplib::Request& req, httplib::Response& res, bool remove) {
+    if (!admit(req, res, false))
+        return;
+    std::string id = req.matches[1], json;
+    bool found = remove ? responses.remove(id) : responses.get(id, json);
+    if (!found) {
+        res.status = 404;
+        res.set_content(openaiError(404, "Response with id '" + id + "' not found."),
+                        "application/json");
+        return;
+    }
+    res.set_content(remove ? responsesDeleted(id) : json, "application/json");
 }
 
 void onSignal(int) {
@@ -236,6 +328,16 @@ int main(int argc, char** argv) {
     svr.set_payload_max_length(256 * 1024 * 1024);
     svr.Post("/v1/chat/completions", [](const httplib::Request& q, httplib::Response& r) { handle(q, r, false); });
     svr.Post("/v1/messages", [](const httplib::Request& q, httplib::Response& r) { handle(q, r, true); });
+    svr.Post("/v1/messages/count_tokens", [](const httplib::Request& q, httplib::Response& r) {
+        if (admit(q, r, true))
+            r.set_content(countTokensAnswer(q.body), "application/json");
+    });
+    for (const char* path : {"/v1/responses", "/responses"})
+        svr.Post(path, handleResponses);
+    svr.Get(R"(/(?:v1/)?responses/([^/]+))",
+            [](const httplib::Request& q, httplib::Response& r) { storedResponse(q, r, false); });
+    svr.Delete(R"(/(?:v1/)?responses/([^/]+))",
+               [](const httplib::Request& q, httplib::Response& r) { storedResponse(q, r, true); });
     svr.Get("/v1/models", [](const httplib::Request&, httplib::Response& r) {
         r.set_content(R"({"object":"list","data":[{"id":"fake-model","object":"model","created":0,"owned_by":"fake"}]})",
                       "application/json");
