@@ -35,7 +35,8 @@ install_apt() {
 }
 
 install_npm() {
-  for script in tests/sdk/install.sh tests/mongo/install.sh tests/openspec/install.sh; do
+  for script in tests/sdk/install.sh tests/mongo/install.sh tests/openspec/install.sh \
+      tests/agents/install.sh; do
     if [ -x "$script" ]; then
       log "npm packages: $script"
       "$script" || log "warning: $script failed; the tests that need it will be skipped"
