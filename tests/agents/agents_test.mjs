@@ -238,35 +238,49 @@ if (which === 'claude') {
 }
 
 if (which === 'codex') {
-  // codex exec on each pool, through a custom provider speaking the Responses API.
-  for (const [model, usage] of [[CODEX_MAX, '3456,789,0,543'], [GPT, '4567,890,0,654']]) {
-    test(`Codex CLI: codex exec on ${model.id} (${model.billing_upstream}) answers and is charged exactly`,
-      keepLogsOnFailure(async () => {
-        const home = tempDir(`codex-home-${model.id}`);
-        const codexHome = tempDir(`codex-home-${model.id}/.codex`);
-        const work = tempDir(`codex-home-${model.id}/work`);
-        fs.writeFileSync(path.join(codexHome, 'config.toml'), [
-          `model = "${model.id}"`,
-          'model_provider = "trollproxy"',
-          'approval_policy = "never"',
-          'sandbox_mode = "read-only"',
-          '',
-          '[model_providers.trollproxy]',
-          'name = "trollproxy"',
-          `base_url = "${stack.url}/v1"`,
-          'env_key = "TROLLPROXY_API_KEY"',
-          'wire_api = "responses"',
-          `http_headers = { "x-fake-usage" = "${usage}", "x-fake-reasoning-tokens" = "123" }`,
-          '',
-        ].join('\n'));
-        const { result } = await expectExactCharges(`codex ${model.id}`, () =>
-          runProgram(bin('codex'), ['exec', '--skip-git-repo-check', '-s', 'read-only', 'say hi'], {
-            cwd: work,
-            env: agentEnv(home, { CODEX_HOME: codexHome, TROLLPROXY_API_KEY: userKey }),
-          }));
-        assert.equal(result.code, 0, `codex exited ${result.code}: ${result.stderr.slice(-3000)}`);
-        assert.match(result.stdout, /Hello word1/, `codex printed the answer: ${result.stderr.slice(-2000)}`);
-      }));
+  // codex exec on each pool, through a custom provider speaking the Responses API; then a turn
+  // with a tool call (the upstream calls the first function tool, Codex sends its output back).
+  const cases = [
+    { model: CODEX_MAX, usage: '3456,789,0,543', requests: 1 },
+    { model: GPT, usage: '4567,890,0,654', requests: 1 },
+    { model: GPT, usage: '5678,901,0,765', requests: 2, tool: true },
+  ];
+  for (const { model, usage, requests, tool } of cases) {
+    const name = `codex exec on ${model.id} (${model.billing_upstream})${tool ? ' with a tool call' : ''}`;
+    test(`Codex CLI: ${name} answers and is charged exactly`, keepLogsOnFailure(async () => {
+      const home = tempDir(`codex-${model.id}${tool ? '-tool' : ''}`);
+      const codexHome = tempDir(`codex-${model.id}${tool ? '-tool' : ''}/.codex`);
+      const work = tempDir(`codex-${model.id}${tool ? '-tool' : ''}/work`);
+      const headers = { 'x-fake-usage': usage, 'x-fake-reasoning-tokens': '123', ...(tool ? { 'x-fake-tool-call': '1' } : {}) };
+      fs.writeFileSync(path.join(codexHome, 'config.toml'), [
+        `model = "${model.id}"`,
+        'model_provider = "trollproxy"',
+        'approval_policy = "never"',
+        'sandbox_mode = "read-only"',
+        '',
+        '[model_providers.trollproxy]',
+        'name = "trollproxy"',
+        `base_url = "${stack.url}/v1"`,
+        'env_key = "TROLLPROXY_API_KEY"',
+        'wire_api = "responses"',
+        `http_headers = { ${Object.entries(headers).map(([k, v]) => `"${k}" = "${v}"`).join(', ')} }`,
+        '',
+      ].join('\n'));
+      const { result, reqs } = await expectExactCharges(name, () =>
+        runProgram(bin('codex'), ['exec', '--skip-git-repo-check', '-s', 'read-only', 'say hi'], {
+          cwd: work,
+          env: agentEnv(home, { CODEX_HOME: codexHome, TROLLPROXY_API_KEY: userKey }),
+        }));
+      assert.equal(result.code, 0, `codex exited ${result.code}: ${result.stderr.slice(-3000)}`);
+      assert.match(result.stdout, /Hello word1/, `codex printed the answer: ${result.stderr.slice(-2000)}`);
+      const turns = reqs.filter((r) => r.path === '/v1/responses');
+      assert.equal(turns.length, requests, 'requests Codex made');
+      if (tool) {
+        const input = JSON.parse(turns[1].body).input;
+        assert.deepEqual(input.slice(-3).map((i) => i.type), ['reasoning', 'function_call', 'function_call_output'],
+          'the second turn sends the reasoning item, the call and its output back');
+      }
+    }));
   }
 }
 

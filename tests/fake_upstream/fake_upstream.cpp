@@ -214,7 +214,7 @@ void handleResponses(const httplib::Request& req, httplib::Response& res) {
     readResponsesRequest(req.body, a, stream, function);
     a.id = responses.newId();
     a.createdAt = static_cast<std::int64_t>(std::time(nullptr));
-    if (header(req, "x-fake-tool-call") == "1")
+    if (header(req, "x-fake-tool-call") == "1" && !a.afterToolOutput)
         a.toolName = function;
     a.incomplete = header(req, "x-fake-incomplete") == "1";
     a.chunks = std::max(1, intHeader(req, "x-fake-chunks", options.chunks));

@@ -128,6 +128,11 @@ bool readResponsesRequest(const std::string& body, ResponsesAnswer& a, bool& str
     if (!doc["include"].get_array().get(list))
         for (simdjson::dom::element inc : list)
             a.encryptedReasoning |= !inc.get_string().get(s) && s == "reasoning.encrypted_content";
+    if (!doc["input"].get_array().get(list) && list.size() > 0) {
+        std::string_view type;
+        a.afterToolOutput = !list.at(list.size() - 1)["type"].get_string().get(type) &&
+                            type == "function_call_output";
+    }
     if (!doc["tools"].get_array().get(list))
         for (simdjson::dom::element t : list) {
             std::string_view type, name;

@@ -25,12 +25,14 @@ struct ResponsesAnswer {
     bool reasoning = false;          ///< the request had "reasoning": a reasoning item comes first
     bool encryptedReasoning = false; ///< "include" asked for reasoning.encrypted_content
     bool store = true;
-    std::string toolName; ///< non-empty: a function call instead of a message
+    bool afterToolOutput = false; ///< the input ends with a function_call_output
+    std::string toolName;         ///< non-empty: a function call instead of a message
     std::string echo; ///< request settings the response object repeats, as `"key":value,` members
 };
 
 /// The request fields an answer depends on. `firstFunction` gets the name of the first
-/// function tool (a call is made only when the test asks). False: not a JSON object.
+/// function tool (called only when the test asks, and not right after a tool's output, so an
+/// agent's tool turn ends). False: not a JSON object.
 bool readResponsesRequest(const std::string& body, ResponsesAnswer& a, bool& stream,
                           std::string& firstFunction);
 
