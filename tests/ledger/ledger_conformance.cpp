@@ -35,6 +35,22 @@ bool isMongo() {
     return ledgerUri().rfind("mongodb", 0) == 0;
 }
 
+bool isHexDigest(const std::string& s) {
+    return s.size() == 64 && s.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
+// A key id as a charge carries it: digest-shaped, so every backend stores it as it is.
+std::string keyIdOf(const std::string& user) {
+    static const char kHex[] = "0123456789abcdef";
+    std::string id;
+    for (unsigned char ch : user) {
+        id += kHex[ch >> 4];
+        id += kHex[ch & 15];
+    }
+    id.resize(64, '0');
+    return id;
+}
+
 // CongoDB, the MongoDB-protocol test server, cannot store a string `_id` (only
 // ObjectIds): its runner sets TROLLPROXY_TEST_OBJECTID_IDS=1. Then users are named
 // "oid:<24 hex>" (how the backend names an ObjectId `_id`), and the part needing
@@ -101,7 +117,7 @@ Charge charge(const std::string& id, const std::string& user, Pool pool, const c
     Charge c;
     c.requestId = id;
     c.userId = user;
-    c.keyId = "key-of-" + user;
+    c.keyId = keyIdOf(user);
     c.model = "test-model";
     c.pool = pool;
     c.usage = usage;
@@ -131,7 +147,14 @@ TEST_CASE("authenticate: valid, unknown, second key, revoked") {
     AuthOutcome a = l->authenticate(*key);
     CHECK(a.status == AuthStatus::Authorized);
     CHECK(a.account.userId == user);
-    CHECK(a.account.keyId == *key);
+    if (isMongo()) {
+        CHECK(a.account.keyId == *key); // production's documents hold the key itself
+    } else {
+        // The embedded ledger keeps only the key's SHA-256: that is the key id.
+        CHECK(isHexDigest(a.account.keyId));
+        CHECK(a.account.keyId.find(key->substr(12)) == std::string::npos);
+        CHECK(l->authenticate(*key).account.keyId == a.account.keyId);
+    }
     CHECK_FALSE(a.account.admin);
 
     CHECK(l->authenticate("sk-trollllm-" + std::string(64, '0')).status == AuthStatus::KeyInvalid);
@@ -146,6 +169,7 @@ TEST_CASE("authenticate: valid, unknown, second key, revoked") {
         AuthOutcome b = l->authenticate(*second);
         CHECK(b.status == AuthStatus::Authorized);
         CHECK(b.account.userId == user);
+        CHECK(b.account.keyId != a.account.keyId);
 
         REQUIRE(l->revokeKey(*second));
         CHECK(l->authenticate(*second).status == AuthStatus::KeyRevoked);
@@ -225,7 +249,7 @@ TEST_CASE("settle, credits pool: hold pays credits then refCredits, rest returne
     REQUIRE(log.size() == 1);
     CHECK(log[0].requestId == id);
     CHECK(log[0].userId == user);
-    CHECK(log[0].keyId == "key-of-" + user);
+    CHECK(log[0].keyId == keyIdOf(user));
     CHECK(log[0].model == "test-model");
     CHECK(log[0].usage == u);
     CHECK_MONEY(log[0].cost, usd("1.2"), 1);
@@ -403,6 +427,100 @@ TEST_CASE("sweepExpiredHolds releases only expired holds") {
     REQUIRE(s.status == SettleStatus::Settled);
     CHECK(s.shortfall.nanos == 0);
     CHECK_MONEY(balanceOf(*l, user).creditsNew, usd("0.5"), 5);
+}
+
+TEST_CASE("renewHold: a sweep between the old and the new expiry keeps the hold") {
+    auto l = openTestLedger();
+    std::string user = makeUser(*l, "renew");
+    give(*l, user, "creditsNew", "1.0");
+    std::string id = uniqueName("req");
+    std::int64_t t = nowMs();
+    REQUIRE(l->reserve(hold(id + "-stream", user, Pool::CreditsNew, "0.4", t + 60'000)) ==
+            ReserveStatus::Reserved);
+    REQUIRE(l->reserve(hold(id + "-other", user, Pool::CreditsNew, "0.1", t + 60'000)) ==
+            ReserveStatus::Reserved);
+    Balance before = balanceOf(*l, user);
+    CHECK_MONEY(before.creditsNew, usd("0.5"), 3);
+
+    auto r = l->renewHold(id + "-stream", t + 600'000);
+    REQUIRE_MESSAGE(r, r.error().message);
+    REQUIRE(l->renewHold(id + "-stream", t + 600'000)); // the same expiry again is fine
+    Balance renewed = balanceOf(*l, user);
+    CHECK(renewed.creditsNew == before.creditsNew);
+    CHECK(renewed.credits == before.credits);
+    CHECK(renewed.refCredits == before.refCredits);
+    CHECK(renewed.creditsNewUsed == before.creditsNewUsed);
+
+    // Past the old expiry, before the new one: only the hold that was not renewed goes back.
+    auto swept = l->sweepExpiredHolds(t + 120'000);
+    REQUIRE_MESSAGE(swept, swept.error().message);
+    CHECK(*swept >= 1);
+    CHECK_MONEY(balanceOf(*l, user).creditsNew, usd("0.6"), 4);
+    CHECK(l->reserve(hold(id + "-second", user, Pool::CreditsNew, "0.7")) ==
+          ReserveStatus::InsufficientCredits);
+
+    // The stream ends: its hold pays.
+    SettleOutcome s = l->settle(charge(id + "-stream", user, Pool::CreditsNew, "0.3"));
+    REQUIRE(s.status == SettleStatus::Settled);
+    CHECK_MONEY(s.charged, usd("0.3"), 1);
+    CHECK(s.shortfall.nanos == 0);
+    Balance settled = balanceOf(*l, user);
+    CHECK_MONEY(settled.creditsNew, usd("0.7"), 6);
+    CHECK_MONEY(settled.creditsNewUsed, usd("0.3"), 1);
+
+    // Settled: nothing to renew, and nothing changes.
+    auto late = l->renewHold(id + "-stream", t + 900'000);
+    REQUIRE_FALSE(late);
+    CHECK(late.error().code == ErrorCode::NotFound);
+    Balance after = balanceOf(*l, user);
+    CHECK(after.creditsNew == settled.creditsNew);
+    CHECK(after.creditsNewUsed == settled.creditsNewUsed);
+}
+
+TEST_CASE("renewHold: the sweep goes by the new expiry; gone or unknown ids are NotFound") {
+    auto l = openTestLedger();
+    std::string user = makeUser(*l, "renew-gone");
+    give(*l, user, "credits", "0.3");
+    give(*l, user, "refCredits", "0.5");
+    std::string id = uniqueName("req");
+    std::int64_t t = nowMs();
+    Balance start = balanceOf(*l, user);
+
+    REQUIRE(l->reserve(hold(id + "-a", user, Pool::Credits, "0.5", t + 60'000)) ==
+            ReserveStatus::Reserved);
+    Balance held = balanceOf(*l, user);
+    REQUIRE(l->renewHold(id + "-a", t + 300'000));
+    auto kept = l->sweepExpiredHolds(t + 300'000 - 1);
+    REQUIRE(kept);
+    Balance stillHeld = balanceOf(*l, user);
+    CHECK(stillHeld.credits == held.credits);
+    CHECK(stillHeld.refCredits == held.refCredits);
+    auto swept = l->sweepExpiredHolds(t + 300'000 + 1);
+    REQUIRE(swept);
+    CHECK(*swept >= 1);
+    Balance back = balanceOf(*l, user);
+    CHECK_MONEY(back.credits, start.credits, 3);
+    CHECK_MONEY(back.refCredits, start.refCredits, 3);
+    auto gone = l->renewHold(id + "-a", t + 900'000);
+    REQUIRE_FALSE(gone);
+    CHECK(gone.error().code == ErrorCode::NotFound);
+
+    REQUIRE(l->reserve(hold(id + "-b", user, Pool::Credits, "0.4")) == ReserveStatus::Reserved);
+    REQUIRE(l->release(id + "-b"));
+    auto released = l->renewHold(id + "-b", t + 900'000);
+    REQUIRE_FALSE(released);
+    CHECK(released.error().code == ErrorCode::NotFound);
+
+    auto unknown = l->renewHold(uniqueName("never-held"), t + 900'000);
+    REQUIRE_FALSE(unknown);
+    CHECK(unknown.error().code == ErrorCode::NotFound);
+
+    Balance end = balanceOf(*l, user);
+    CHECK(end.credits == back.credits);
+    CHECK(end.refCredits == back.refCredits);
+    CHECK(end.creditsUsed.nanos == 0);
+    CHECK(end.creditsNew.nanos == 0);
+    CHECK(logOf(*l, user).empty());
 }
 
 TEST_CASE("recordRequest logs without money, once") {

@@ -111,7 +111,7 @@ TEST_CASE("expiry, inactive users and migration") {
     CHECK(f.ledger->authenticate(key).status == AuthStatus::MigrationRequired);
     sql(f.path, "UPDATE usersNew SET role = 'admin' WHERE id = 'old'");
     CHECK(f.ledger->authenticate(key).status == AuthStatus::Authorized);
-    sql(f.path, "UPDATE user_keys SET expiresAt = 1000 WHERE id = '" + extra + "'");
+    sql(f.path, "UPDATE user_keys SET expiresAt = 1000 WHERE name = 'old'"); // the extra key's row
     CHECK(f.ledger->authenticate(extra).status == AuthStatus::KeyExpired);
     sql(f.path, "UPDATE usersNew SET expiresAt = 1000 WHERE id = 'old'");
     CHECK(f.ledger->authenticate(key).status == AuthStatus::KeyExpired);

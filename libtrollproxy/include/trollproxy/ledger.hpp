@@ -17,7 +17,7 @@ namespace trollproxy {
 /// Who a key belongs to.
 struct Account {
     std::string userId;  ///< the user's name (production: `usersNew._id`)
-    std::string keyId;   ///< the key as stored (`user_keys._id` or `usersNew.apiKey`)
+    std::string keyId;   ///< the key as stored: SQLite its SHA-256 (hex), MongoDB the key itself
     bool admin = false;
 };
 
@@ -122,6 +122,10 @@ public:
     /// Returns a hold to the pool unspent (the upstream failed, nothing served).
     virtual Result<void> release(std::string_view requestId) = 0;
 
+    /// Moves an outstanding hold's expiry to `expiresAtMs` (a running stream keeps its
+    /// hold). NotFound when the request holds nothing (settled, released or swept).
+    virtual Result<void> renewHold(std::string_view requestId, std::int64_t expiresAtMs) = 0;
+
     /// Releases holds whose expiry is before nowMs. Returns how many.
     virtual Result<std::int64_t> sweepExpiredHolds(std::int64_t nowMs) = 0;
 
@@ -133,7 +137,8 @@ public:
 
     // Administration.
     virtual Result<void> addUser(std::string_view name) = 0;
-    /// Creates a new `sk-trollllm-` + 64 hex key for the user and returns it.
+    /// Creates a new `sk-trollllm-` + 64 hex key for the user and returns it (the
+    /// only time it is shown: the SQLite ledger stores its SHA-256 only).
     virtual Result<std::string> addKey(std::string_view name) = 0;
     virtual Result<void> revokeKey(std::string_view apiKey) = 0;
     /// Adds a non-negative amount to a pool field: "credits", "refCredits" or
@@ -152,9 +157,9 @@ struct LedgerOptions {
     std::string writeConcern;          ///< MongoDB: "", "1" or "majority"
 };
 
-/// Opens a ledger from a URI: `sqlite:PATH` (add `?synchronous=full` for an
-/// fsync per commit) or `mongodb://...` (database from the URI path, else
-/// MONGODB_DB_NAME, else "fproxy").
+/// Opens a ledger from a URI: `sqlite:PATH` (created mode 0600; add
+/// `?synchronous=full` for an fsync per commit) or `mongodb://...` (database
+/// from the URI path, else MONGODB_DB_NAME, else "fproxy").
 Result<std::unique_ptr<CreditLedger>> openLedger(std::string_view uri,
                                                  const LedgerOptions& options = {});
 

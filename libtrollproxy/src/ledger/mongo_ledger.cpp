@@ -381,6 +381,32 @@ Result<void> MongoLedger::release(std::string_view requestId) {
     return {};
 }
 
+Result<void> MongoLedger::renewHold(std::string_view requestId, std::int64_t expiresAtMs) {
+    std::string id(requestId), user;
+    {
+        std::lock_guard lock(ownersMutex_);
+        if (auto it = holdOwner_.find(id); it != holdOwner_.end())
+            user = it->second;
+    }
+    // Only the expiry changes, so no compare-and-set on the balances: the filter
+    // requires the hold to exist, and the update touches nothing else.
+    std::string holdKey = "trollproxyHolds." + fieldSafe(id);
+    Doc filter, update;
+    if (!user.empty())
+        internal::appendUserId(filter.get(), "_id", user);
+    appendExists(filter.get(), holdKey, true); // without the owner (another process's hold): a scan
+    bson_t set;
+    BSON_APPEND_DOCUMENT_BEGIN(update.get(), "$set", &set);
+    BSON_APPEND_INT64(&set, (holdKey + ".expiresAt").c_str(), expiresAtMs);
+    bson_append_document_end(update.get(), &set);
+    int n = updateOne("usersNew", filter.get(), update.get());
+    if (n < 0)
+        return Error{ErrorCode::Unavailable, "MongoDB is unavailable"};
+    if (n == 0)
+        return Error{ErrorCode::NotFound, "request " + id + " holds nothing"};
+    return {};
+}
+
 Result<std::int64_t> MongoLedger::sweepExpiredHolds(std::int64_t now) {
     // Also finishes settlements whose money moved but whose log entry a crashed
     // process never wrote (the pending marker holds the whole entry). A marker

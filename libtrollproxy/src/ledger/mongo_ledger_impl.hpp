@@ -44,6 +44,7 @@ public:
     ReserveStatus reserve(const HoldRequest& hold) override;
     SettleOutcome settle(const Charge& charge) override;
     Result<void> release(std::string_view requestId) override;
+    Result<void> renewHold(std::string_view requestId, std::int64_t expiresAtMs) override;
     Result<std::int64_t> sweepExpiredHolds(std::int64_t nowMs) override;
     Result<void> recordRequest(const LogEntry& entry) override;
     bool ping() override;

@@ -11,6 +11,7 @@
 #include "ledger/pool_math.hpp"
 #include "ledger/sqlite_db.hpp"
 #include "ledger/sqlite_group_commit.hpp"
+#include "ledger/sqlite_secrets.hpp"
 
 namespace trollproxy::internal {
 
@@ -67,14 +68,16 @@ public:
             return Error{ErrorCode::Unavailable, err};
         if ((*c)->exec(kSchema) != SQLITE_OK)
             return Error{ErrorCode::Unavailable, "cannot create the ledger schema: " + (*c)->lastError()};
-        return {};
+        return migrateKeysToDigests(**c);
     }
 
     AuthOutcome authenticate(std::string_view apiKey) override {
         auto c = pool_.take(nullptr);
         if (!c)
             return {AuthStatus::LedgerUnavailable, {}};
-        std::string key(apiKey);
+        if (apiKey.empty())
+            return {AuthStatus::KeyInvalid, {}};
+        std::string key = keyDigest(apiKey); // only digests are stored
         std::int64_t now = nowMs();
         Account acct;
         acct.keyId = key;
@@ -138,6 +141,24 @@ public:
         std::string id(requestId);
         if (!commits_.run([&](Connection& c) { return releaseIn(c, id); }))
             return Error{ErrorCode::Unavailable, "ledger database: the release was not written"};
+        return {};
+    }
+
+    Result<void> renewHold(std::string_view requestId, std::int64_t expiresAtMs) override {
+        std::string id(requestId);
+        bool held = false;
+        bool ok = commits_.run([&](Connection& c) {
+            Stmt s = c.prepare("UPDATE holds SET expiresAtMs = ? WHERE requestId = ?");
+            s.bind(1, expiresAtMs).bind(2, id);
+            if (s.step() != SQLITE_DONE)
+                return false;
+            held = sqlite3_changes(c.handle()) > 0;
+            return true;
+        });
+        if (!ok)
+            return Error{ErrorCode::Unavailable, "ledger database: the renewal was not written"};
+        if (!held)
+            return Error{ErrorCode::NotFound, "request " + id + " holds nothing"};
         return {};
     }
 
@@ -273,7 +294,8 @@ private:
             return false;
         Stmt k = c.prepare("UPDATE user_keys SET tokensUsed = tokensUsed + ?, requestsCount = requestsCount + 1, "
                            "lastUsedAt = ? WHERE id = ?");
-        k.bind(1, tokensIn + ch.usage.output).bind(2, ch.createdAtMs).bind(3, ch.keyId);
+        k.bind(1, tokensIn + ch.usage.output).bind(2, ch.createdAtMs);
+        k.bind(3, storedKeyId(ch.keyId));
         if (k.step() != SQLITE_DONE)
             return false;
         out.status = SettleStatus::Settled;
@@ -319,7 +341,7 @@ private:
         Stmt s = c.prepare(ignoreDuplicate
                                ? "INSERT OR IGNORE INTO request_logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                                : "INSERT INTO request_logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
-        s.bind(1, e.requestId).bind(2, e.userId).bind(3, e.keyId).bind(4, e.model);
+        s.bind(1, e.requestId).bind(2, e.userId).bind(3, storedKeyId(e.keyId)).bind(4, e.model);
         s.bind(5, e.usage.uncachedInput).bind(6, e.usage.output).bind(7, e.usage.cacheWrite);
         s.bind(8, e.usage.cacheRead).bind(9, e.cost.nanos).bind(10, e.shortfall.nanos);
         s.bind(11, e.usage.totalInput() + e.usage.output).bind(12, e.statusCode).bind(13, e.latencyMs);
@@ -347,6 +369,9 @@ private:
 
 Result<std::unique_ptr<CreditLedger>> openSqliteLedger(const std::string& path, const LedgerOptions& options,
                                                        bool fullSync) {
+    // Before any connection: SQLite creates -wal and -shm with the database's mode.
+    if (auto r = makeDatabasePrivate(path); !r)
+        return r.error();
     auto l = std::make_unique<SqliteLedger>(path, options, fullSync);
     if (auto r = l->init(); !r)
         return r.error();
@@ -407,10 +432,10 @@ Result<std::string> SqliteLedger::addKey(std::string_view name) {
     // go to user_keys.
     Stmt s = (*c)->prepare(hasPrimary ? "INSERT INTO user_keys (id, name, createdAt) VALUES (?, ?, ?)"
                                       : "UPDATE usersNew SET apiKey = ?1 WHERE id = ?2 AND ?3 IS NOT NULL");
-    s.bind(1, key).bind(2, std::string(name)).bind(3, nowMs());
+    s.bind(1, keyDigest(key)).bind(2, std::string(name)).bind(3, nowMs());
     if (s.step() != SQLITE_DONE || !tx.commit())
         return unavailable(**c);
-    return key;
+    return key; // the only time the plain key exists: the file keeps its digest
 }
 
 Result<void> SqliteLedger::revokeKey(std::string_view apiKey) {
@@ -420,7 +445,7 @@ Result<void> SqliteLedger::revokeKey(std::string_view apiKey) {
     Transaction tx(**c);
     if (!tx.began())
         return unavailable(**c);
-    std::string key(apiKey);
+    std::string key = keyDigest(apiKey);
     std::string owner;
     {
         Stmt s = (*c)->prepare("SELECT id FROM usersNew WHERE apiKey = ?");

@@ -8,7 +8,8 @@
 
 namespace trollproxy::internal {
 
-/// Opens (and creates) the ledger in a SQLite file. Several processes may share it.
+/// Opens (and creates, mode 0600) the ledger in a SQLite file, converting plain keys
+/// an older version stored to digests. Several processes may share it.
 /// `fullSync`: an fsync per commit (see ConnectionPool).
 Result<std::unique_ptr<CreditLedger>> openSqliteLedger(const std::string& path,
                                                        const LedgerOptions& options, bool fullSync = false);
