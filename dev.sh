@@ -117,7 +117,7 @@ MSG
 cmd_fuzz() {
   install_apt
   local secs=${1:-600} failed=()
-  for t in sse usage config; do
+  for t in sse usage config request; do
     tests/fuzz/run.sh "$t" "$secs" || failed+=("$t")
   done
   if [ ${#failed[@]} -gt 0 ]; then

@@ -20,7 +20,8 @@ const char kUsage[] =
     "  balance NAME\n"
     "  usage NAME [--last N]\n"
     "  journal replay [--journal PATH]\n"
-    "  quote --config FILE --model ID --input N --output N [--cache-write N] [--cache-read N]\n"
+    "  quote --config FILE --model ID --input N --output N [--cache-write N] [--cache-write-1h N]\n"
+    "        [--cache-read N]   (--cache-write: 5-minute writes; --cache-write-1h: 1-hour writes)\n"
     "--ledger defaults to $MONGODB_URI, else sqlite:trollproxy.db.\n";
 
 int fail(const std::string& msg) {
@@ -37,8 +38,8 @@ bool parseCount(const std::string& s, std::int64_t& out) {
 
 int quote(const std::vector<std::string>& args) {
     std::string config, model;
-    std::int64_t counts[4] = {-1, -1, 0, 0}; // input, output, cache write, cache read
-    const char* names[4] = {"--input", "--output", "--cache-write", "--cache-read"};
+    std::int64_t counts[5] = {-1, -1, 0, 0, 0}; // input, output, cache write (5 min), cache read, (1 h)
+    const char* names[5] = {"--input", "--output", "--cache-write", "--cache-read", "--cache-write-1h"};
     for (std::size_t i = 0; i < args.size(); i += 2) {
         if (i + 1 >= args.size())
             return fail(args[i] + " needs a value");
@@ -52,7 +53,7 @@ int quote(const std::vector<std::string>& args) {
             model = v;
             known = true;
         }
-        for (int n = 0; n < 4; ++n) {
+        for (int n = 0; n < 5; ++n) {
             if (k == names[n]) {
                 known = true;
                 if (!parseCount(v, counts[n]))
@@ -70,7 +71,7 @@ int quote(const std::vector<std::string>& args) {
     const ModelConfig* m = cfg->findModel(model);
     if (!m)
         return fail("no model \"" + model + "\" in " + config);
-    Usage u{counts[0], counts[2], counts[3], counts[1], false};
+    Usage u{counts[0], counts[2] + counts[4], counts[3], counts[1], false, counts[4]};
     std::printf("%s\n", priceUsage(m->prices, u).toString().c_str());
     return 0;
 }

@@ -105,7 +105,9 @@ DrillStack::DrillStack(const std::string& settings, std::string uri, std::vector
     upstream = std::make_unique<harness::Process>(args);
     config = kConfig;
     replaceAll(config, "PRICES", modelPrices.empty() ? kPrices : modelPrices);
-    replaceAll(config, "SETTINGS", settings);
+    // The test upstream is steered by x-fake-* request headers.
+    replaceAll(config, "SETTINGS",
+               std::string("\"forward_headers\": [\"x-fake-*\"]") + (settings.empty() ? "" : ", ") + settings);
     replaceAll(config, "UPSTREAM", "http://127.0.0.1:" + std::to_string(upstream->port()));
     harness::writeFile(dir + "/config.json", config);
     auto cfg = parseConfig(config, "drill");

@@ -1,4 +1,5 @@
 // Drill: many concurrent requests from one key whose balance covers only some of them.
+#include <algorithm>
 #include <latch>
 #include <thread>
 
@@ -11,7 +12,8 @@ namespace drills {
 namespace {
 
 // One round: `n` requests at once, a balance that covers `covers` holds; the
-// upstream reports `num/den` of the hold's tokens (1/1 exact, 1/2 under, 2/1 over).
+// upstream reports `num/den` of the hold's tokens (1/1 exact, 1/2 under, 2/1 over; output
+// at most max_tokens).
 bool round(Verdict& v, DrillStack& s, const Options& o, const std::string& user, int num, int den) {
     const int n = o.overspendRequests;
     const int maxTokens = 100;
@@ -19,7 +21,9 @@ bool round(Verdict& v, DrillStack& s, const Options& o, const std::string& user,
     // Hold = (bytes/2 + 1) input tokens at the dearest input price + max_tokens output.
     Usage holdUsage{static_cast<std::int64_t>(bodyBytes / 2 + 1), 0, 0, maxTokens, false};
     Money hold = priceUsage(s.prices, holdUsage);
-    Usage actual{holdUsage.uncachedInput * num / den, 0, 0, holdUsage.output * num / den, false};
+    // Output never exceeds max_tokens (the proxy charges no more); "over" is more input than the estimate.
+    Usage actual{holdUsage.uncachedInput * num / den, 0, 0, std::min<std::int64_t>(holdUsage.output * num / den, maxTokens),
+                 false};
     Money cost = priceUsage(s.prices, actual);
     Money start{hold.nanos * o.overspendCovers};
     std::string key = s.userWithKey(user, start);

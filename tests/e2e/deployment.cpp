@@ -34,6 +34,9 @@ std::string pointAtUpstream(const std::string& sourcePath, const std::string& di
     std::map<std::string, std::string> repl{
         {kProductionUpstream, "http://127.0.0.1:" + std::to_string(upstreamPort)}};
     std::string text = substituteAll(readFile(sourcePath), repl);
+    // The test upstream is steered by x-fake-* request headers, which the
+    // production configs do not forward.
+    text.insert(text.find('{') + 1, "\n  \"trollproxy\": {\"forward_headers\": [\"x-fake-*\"]},");
     std::string out = dir + "/" + sourcePath.substr(sourcePath.rfind('/') + 1);
     harness::writeFile(out, text);
     return out;

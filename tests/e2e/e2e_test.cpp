@@ -44,7 +44,7 @@ const char* pathOf(Format f) {
 
 // The same body suits both formats: both need model, max_tokens and messages.
 std::string requestBody(const std::string& model, bool stream) {
-    std::string b = R"({"model":")" + model + R"(","max_tokens":256,"messages":[{"role":"user","content":"Hello"}])";
+    std::string b = R"({"model":")" + model + R"(","max_tokens":4096,"messages":[{"role":"user","content":"Hello"}])";
     return b + (stream ? R"(,"stream":true})" : "}");
 }
 

@@ -43,7 +43,7 @@ TEST_CASE("both production configs load without warnings") {
         CAPTURE(name);
         Config cfg = load(name);
         CHECK(cfg.warnings.empty());
-        CHECK(cfg.endpoints.size() == 2);
+        CHECK(cfg.endpoints.size() == 3); // chat completions, messages, responses
     }
 }
 
@@ -119,4 +119,24 @@ TEST_CASE("the two production configs differ only in port and pool") {
     CHECK(chat2.settings.rateLimitPerMinute == chat.settings.rateLimitPerMinute);
     CHECK(chat2.settings.maxBodyBytes == chat.settings.maxBodyBytes);
     CHECK(chat2.port != chat.port);
+}
+
+TEST_CASE("both serve the Responses API and the dateless Claude names coding agents send") {
+    for (const char* name : {"config-openhands-prod.json", "config-ohmygpt-prod.json"}) {
+        CAPTURE(name);
+        Config cfg = load(name);
+        bool responses = false;
+        for (const auto& ep : cfg.endpoints)
+            responses |= ep.baseUrl == "https://llm-proxy.app.all-hands.dev/v1/responses";
+        CHECK(responses);
+        for (auto [alias, id] : {std::pair{"claude-sonnet-4-5", "claude-sonnet-4-5-20250929"},
+                                 {"claude-opus-4-5", "claude-opus-4-5-20251101"},
+                                 {"claude-haiku-4-5", "claude-haiku-4-5-20251001"}}) {
+            CAPTURE(alias);
+            const ModelConfig* m = cfg.findModel(alias);
+            REQUIRE(m);
+            CHECK(m->id == id);
+        }
+        CHECK(cfg.findModel("gpt-5.1-codex-max"));
+    }
 }

@@ -92,6 +92,13 @@ void sendError(httplib::Response& res, bool anthropic, const std::string& what, 
     res.status = status;
     if (status == 429)
         res.set_header("Retry-After", std::to_string(retryAfter));
+    if (what == "400budget") {
+        // LiteLLM's key budget error (ProxyErrorTypes.budget_exceeded), on every route.
+        res.set_content("{\"error\":{\"message\":" + quote(msg) +
+                            ",\"type\":\"budget_exceeded\",\"param\":null,\"code\":\"400\"}}",
+                        "application/json");
+        return;
+    }
     res.set_content(anthropic ? anthropicError(status, msg) : openaiError(status, msg), "application/json");
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds one libFuzzer target in a clang build directory (once) and fuzzes it for a while.
-#   tests/fuzz/run.sh sse|usage|config [SECONDS]     (default 600 s)
+#   tests/fuzz/run.sh sse|usage|config|request [SECONDS]     (default 600 s)
 # The build directory is $TROLLPROXY_FUZZ_BUILD_DIR, else build-fuzz at the top of the
 # tree; new corpus inputs and crashes go to BUILD/tests/fuzz/fuzz-work/TARGET/.
 set -euo pipefail
@@ -9,7 +9,7 @@ ROOT=$PWD
 target=${1:-}
 secs=${2:-600}
 case "$target" in
-  sse|usage|config) ;;
+  sse|usage|config|request) ;;
   *) sed -n '2,5p' "$0" >&2; exit 2 ;;
 esac
 BUILD=${TROLLPROXY_FUZZ_BUILD_DIR:-$ROOT/build-fuzz}

@@ -23,7 +23,7 @@ const char* kConfig = R"({
     {"id": "m", "type": "openhands", "upstream": "openhands", "billing_upstream": "openhands",
      "billing_multiplier": 1, "input_price_per_mtok": 1, "output_price_per_mtok": 2}
   ],
-  "trollproxy": {"first_byte_timeout_ms": 1500, "idle_timeout_ms": 1500}
+  "trollproxy": {"forward_headers": ["x-fake-*"], "first_byte_timeout_ms": 1500, "idle_timeout_ms": 1500}
 })";
 
 std::string chat(bool stream) {
@@ -31,7 +31,7 @@ std::string chat(bool stream) {
            (stream ? R"(,"stream":true})" : "}");
 }
 std::string msgs(bool stream) {
-    return std::string(R"({"model":"m","max_tokens":100,"messages":[{"role":"user","content":"x"}])") +
+    return std::string(R"({"model":"m","max_tokens":2000,"messages":[{"role":"user","content":"x"}])") +
            (stream ? R"(,"stream":true})" : "}");
 }
 

@@ -13,13 +13,13 @@ namespace {
 
 std::string config(const std::string& models) {
     return R"({"port": 8000, "endpoints": [{"name": "ant", "base_url": "UPSTREAM/v1/messages"}],
-               "models": [)" + models + R"(], "trollproxy": {"shutdown_grace_seconds": 20}})";
+               "models": [)" + models + R"(], "trollproxy": {"forward_headers": ["x-fake-*"], "shutdown_grace_seconds": 20}})";
 }
 const char* kModelA = R"({"id": "a", "billing_upstream": "openhands", "output_price_per_mtok": 1})";
 const char* kModelB = R"({"id": "b", "billing_upstream": "openhands", "output_price_per_mtok": 1})";
 
 std::string body(const char* model, bool stream = false) {
-    return std::string(R"({"model":")") + model + R"(","max_tokens":10,"messages":[])" +
+    return std::string(R"({"model":")") + model + R"(","max_tokens":1000000,"messages":[])" +
            (stream ? R"(,"stream":true})" : "}");
 }
 

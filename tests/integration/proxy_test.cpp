@@ -33,7 +33,7 @@ const char* kConfig = R"({
   ],
   "system_prompt": "",
   "user_agent": "openhands-cli/1.0.0",
-  "trollproxy": {"first_byte_timeout_ms": 3000, "idle_timeout_ms": 3000, "rate_limit_per_minute": 100000}
+  "trollproxy": {"forward_headers": ["x-fake-*"], "first_byte_timeout_ms": 3000, "idle_timeout_ms": 3000, "rate_limit_per_minute": 100000}
 })";
 
 // Sonnet prices x 1.1, computed independently of the library: at $3/Mtok one
@@ -49,7 +49,7 @@ std::string chatBody(const std::string& model, bool stream, const std::string& e
 }
 
 std::string messagesBody(const std::string& model, bool stream, const std::string& extra = "") {
-    return R"({"model":")" + model + R"(","max_tokens":256,"messages":[{"role":"user","content":"Hello"}])" +
+    return R"({"model":")" + model + R"(","max_tokens":4096,"messages":[{"role":"user","content":"Hello"}])" +
            (stream ? R"(,"stream":true)" : "") + extra + "}";
 }
 

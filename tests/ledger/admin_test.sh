@@ -39,6 +39,10 @@ check "journal replay (none)" 0 "$ADMIN" $L journal replay --journal "$dir/none.
 check "quote" 0 "$ADMIN" quote --config "$SRC/configs/goproxy/config-ohmygpt-prod.json" --model claude-sonnet-4-5-20250929 \
   --input 1000 --output 500 --cache-write 2000 --cache-read 10000
 expect "quote value" "^0.023100000$"
+# 1-hour cache writes at 2 x input (3 USD/Mtok) = 6 USD/Mtok, x 1.1; 5-minute writes at 3.75.
+check "quote 1h writes" 0 "$ADMIN" quote --config "$SRC/configs/goproxy/config-ohmygpt-prod.json" --model claude-sonnet-4-5-20250929 \
+  --input 0 --output 0 --cache-write 1000000 --cache-write-1h 1000000
+expect "quote 1h value" "^10.725000000$"
 check "quote unknown model" 1 "$ADMIN" quote --config "$SRC/configs/goproxy/config-ohmygpt-prod.json" --model nope --input 1 --output 1
 check "quote bad count" 1 "$ADMIN" quote --config "$SRC/configs/goproxy/config-ohmygpt-prod.json" --model claude-sonnet-4-5 --input -1 --output 1
 check "no command" 1 "$ADMIN" $L

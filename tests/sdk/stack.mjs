@@ -90,6 +90,7 @@ export class Stack {
       user_agent: 'trollproxy-sdk-test/1.0',
       trollproxy: {
         rate_limit_per_minute: 100000,
+        forward_headers: ['x-fake-*'],
         ledger_failure_mode: 'fail_closed',
         journal_path: path.join(this.dir, 'journal'),
       },

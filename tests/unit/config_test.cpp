@@ -139,3 +139,34 @@ TEST_CASE("defaults and trollproxy settings") {
                                       "\"endpoints\": [{\"base_url\": \"https://h/v1/messages\", \"api_key\": \"sk\"}]"),
                             "s.json"));
 }
+
+TEST_CASE("trollproxy.metrics_listen: HOST:PORT, off or empty") {
+    auto with = [](const std::string& value) {
+        return withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\"",
+                         "\"trollproxy\": {\"metrics_listen\": " + value + "}");
+    };
+    auto defaults = parseConfig(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\""), "s.json");
+    REQUIRE(defaults.ok());
+    CHECK(defaults->settings.metricsListen == "127.0.0.1:9464");
+    for (auto [value, expected] : {std::pair{"\"0.0.0.0:9100\"", "0.0.0.0:9100"}, {"\"127.0.0.1:0\"", "127.0.0.1:0"},
+                                   {"\"off\"", ""}, {"\"\"", ""}}) {
+        auto r = parseConfig(with(value), "s.json");
+        REQUIRE(r.ok());
+        CHECK(r->settings.metricsListen == expected);
+    }
+    for (const char* bad : {"\"9464\"", "\":9464\"", "\"localhost:70000\"", "\"localhost:x\"", "9464"})
+        CHECK(errorOf(with(bad)).find("trollproxy.metrics_listen") != std::string::npos);
+}
+
+TEST_CASE("trollproxy.forward_headers: names and prefixes, never credentials") {
+    auto with = [](const std::string& value) {
+        return withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\"",
+                         "\"trollproxy\": {\"forward_headers\": " + value + "}");
+    };
+    auto ok = parseConfig(with(R"(["X-Fake-*", "x-request-tag"])"), "s.json");
+    REQUIRE(ok.ok());
+    CHECK(ok->settings.forwardHeaders == std::vector<std::string>{"x-fake-*", "x-request-tag"});
+    for (const char* bad : {R"("x-a")", R"(["*"])", R"(["Authorization"])", R"(["x-api-key"])", R"(["cookie"])",
+                            R"(["a b"])", R"(["x-*-y"])", R"([""])", R"([1])"})
+        CHECK(errorOf(with(bad)).find("trollproxy.forward_headers") != std::string::npos);
+}

@@ -51,7 +51,7 @@ TEST_CASE("the fields the proxy reads are validated") {
     for (const char* bad : {"", "[]", "{", R"({"model":1})", R"({"model":""})", R"({"model":"m","stream":1})",
                             R"({"model":"m","max_tokens":-1})", R"({"model":"m","max_tokens":1.5})",
                             R"({"model":"m","stream_options":[]})", R"({"model":"m","model":"n"})",
-                            R"({"mod\u0065l":"m"})"}) {
+                            R"({"model":"m","n":0})", R"({"model":"m","n":129})", R"({"model":"m","n":"2"})"}) {
         CAPTURE(bad);
         CHECK_FALSE(parseClientRequest(ApiFormat::OpenAI, bad));
     }
@@ -62,6 +62,36 @@ TEST_CASE("the fields the proxy reads are validated") {
     auto where = parseClientRequest(ApiFormat::OpenAI, "{\"model\":\n\"m\",}");
     REQUIRE_FALSE(where);
     CHECK(where.error().message.find("line 2") != std::string::npos);
+}
+
+TEST_CASE("one meaning: keys compare after escapes are decoded, and duplicates are refused") {
+    const char* dups[] = {
+        R"({"model":"cheap","mod\u0065l":"dear"})",
+        R"({"mod\u0065l":"cheap","model":"dear"})",
+        R"({"model":"m","stream":false,"str\u0065am":true})",
+        R"({"model":"m","max_tokens":1,"max_tokens":100000})",
+        R"({"model":"m","max_tokens":1,"max_tok\u0065ns":100000})",
+        R"({"model":"m","n":1,"\u006e":50})",
+        R"({"model":"m","messages":[],"messages":[]})",
+        R"({"model":"m","stream":true,"stream_options":{"include_usage":true,"include_\u0075sage":false}})",
+        R"({"model":"m","\ud83d\ude00":1,"\ud83d\ude00":2})",
+    };
+    for (const char* body : dups) {
+        CAPTURE(body);
+        auto r = parseClientRequest(ApiFormat::OpenAI, body);
+        REQUIRE_FALSE(r);
+        CHECK(r.error().message.find("duplicate key") != std::string::npos);
+    }
+    // An escaped spelling alone is the same key, read and rewritten as such.
+    auto req = parseClientRequest(ApiFormat::OpenAI, R"({"mod\u0065l":"m","\u006e":3,"max_tok\u0065ns":7})");
+    REQUIRE(req);
+    CHECK(req->model == "m");
+    CHECK(req->choices == 3);
+    CHECK(req->maxOutputTokens == 7);
+    CHECK(rewrite(ApiFormat::OpenAI, R"({"mod\u0065l":"m"})", "up") == R"({"mod\u0065l":"up"})");
+    // The largest output limit present bounds the answer.
+    CHECK(parseClientRequest(ApiFormat::OpenAI, R"({"model":"m","max_tokens":5,"max_completion_tokens":9})")
+              ->maxOutputTokens == 9);
 }
 
 TEST_CASE("usage-only chunks are recognised") {

@@ -30,6 +30,9 @@ struct PriceTable {
     Money cacheWrite;
     Money cacheRead;
     Factor multiplier;
+    /// 1-hour cache writes (`cache_write_1h_price_per_mtok`); the config
+    /// loader defaults it to 2 × input.
+    std::optional<Money> cacheWrite1h = std::nullopt;
 };
 
 /// One entry of `models[]`.
@@ -74,8 +77,13 @@ struct ProxySettings {
     std::int64_t shutdownGraceSeconds = 30;
     std::int64_t defaultMaxOutputTokens = 8192;
     std::int64_t ledgerTimeoutMs = 3000; ///< bound on one ledger call (read when the ledger opens)
+    /// Where /metrics is served, "HOST:PORT" (port 0: any free port); "" when off.
+    std::string metricsListen = "127.0.0.1:9464";
     std::string journalPath;
     std::string keyFile;
+    /// Client headers forwarded upstream beyond the built-in allow-list
+    /// (lower case; a trailing '*' matches a prefix).
+    std::vector<std::string> forwardHeaders;
 };
 
 /// A loaded, validated configuration.

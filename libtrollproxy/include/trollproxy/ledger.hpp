@@ -59,6 +59,9 @@ struct Charge {
     std::int64_t latencyMs = 0;
     bool success = true;
     std::int64_t createdAtMs = 0;
+    /// Responses API: the id of the response this request created ("" for
+    /// other routes); recorded so that only this user can reach it later.
+    std::string responseId;
 };
 
 enum class SettleStatus {
@@ -99,6 +102,7 @@ struct LogEntry {
     std::int64_t latencyMs = 0;
     bool success = false;
     std::int64_t createdAtMs = 0;
+    std::string responseId; ///< Responses API: the response the request created
 };
 
 /// The money store. All operations are safe to call from many threads, and
@@ -128,6 +132,10 @@ public:
 
     /// Releases holds whose expiry is before nowMs. Returns how many.
     virtual Result<std::int64_t> sweepExpiredHolds(std::int64_t nowMs) = 0;
+
+    /// Responses API: the user whose settled request created `responseId`.
+    /// NotFound when no request recorded it.
+    virtual Result<std::string> responseOwner(std::string_view responseId) = 0;
 
     /// Writes a log entry for a request that was not charged (refused, failed).
     virtual Result<void> recordRequest(const LogEntry& entry) = 0;

@@ -7,9 +7,10 @@
 
 namespace trollproxy {
 
-/// cost = (uncached × input + output × output + cacheWrite × write + cacheRead ×
-/// read) / 1e6 × multiplier, computed exactly and rounded once, half up, to the
-/// nano-dollar. Exact for up to 10^9 tokens of each kind.
+/// cost = (uncached × input + output × output + 5-minute cache writes × write +
+/// 1-hour cache writes × write_1h + cacheRead × read) / 1e6 × multiplier,
+/// computed exactly and rounded once, half up, to the nano-dollar. Exact for up
+/// to 10^9 tokens of each kind.
 Money priceUsage(const PriceTable& prices, const Usage& usage);
 
 } // namespace trollproxy

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -20,6 +21,9 @@ struct HttpRequest {
     HeaderList headers;
     std::string body;
     std::string remoteAddr;
+    /// The caller admit() authenticated from this request's head; when set,
+    /// handle() does not look the key up again.
+    std::shared_ptr<const Account> admitted;
 };
 
 /// Where a streamed answer goes.
@@ -41,6 +45,16 @@ struct HttpResponse {
     std::function<void(ResponseWriter&)> stream;
 };
 
+/// What admit() decided from a request's line and headers alone.
+struct Admission {
+    /// Set when the request is refused before its body is read. The server
+    /// sends it and closes the connection (the unread body follows).
+    std::optional<HttpResponse> refusal;
+    /// The authenticated caller of a billed route; pass it on in
+    /// HttpRequest::admitted.
+    std::shared_ptr<const Account> account;
+};
+
 /// Where upstream keys come from: TROLLPROXY_UPSTREAM_KEYS, an endpoint's
 /// `api_key_env` variable, or the settings' key file. Keys are never logged.
 struct KeySource {
@@ -58,8 +72,17 @@ public:
                                                         const KeySource& keys = {});
     virtual ~ProxyService() = default;
 
+    /// Checks what the head of a request shows (route, method, header values,
+    /// declared Content-Length, the API key) before its body is read, so that
+    /// unauthenticated or oversized bodies cost nothing. `head.body` is empty.
+    virtual Admission admit(const HttpRequest& head) = 0;
+
     /// Serves one request (any route).
     virtual HttpResponse handle(const HttpRequest& request) = 0;
+
+    /// The service's metrics in Prometheus text format, for a listener of
+    /// the embedder's choosing (not served by handle()).
+    virtual std::string metricsText() const = 0;
 
     /// Swaps in a new config; requests in flight keep the old one.
     virtual Result<void> reload(Config config) = 0;

@@ -20,11 +20,12 @@ struct UpstreamSettings {
     std::int64_t idleTimeoutMs = 300'000;      ///< between two pieces of the body
 };
 
-/// One POST to send.
+/// One request to send: a POST unless `method` says otherwise (GET sends no body).
 struct UpstreamRequest {
     std::string url;
     HeaderList headers;
     std::string body;
+    std::string method = "POST";
 };
 
 /// An answer being received. Use it on the thread that started it.

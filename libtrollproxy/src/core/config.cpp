@@ -225,6 +225,8 @@ void ConfigReader::readModel(od::value v, const std::string& path, ModelConfig& 
             m.prices.output = price(val, p).value_or(Money{});
         } else if (k == "cache_write_price_per_mtok") {
             m.prices.cacheWrite = price(val, p).value_or(Money{});
+        } else if (k == "cache_write_1h_price_per_mtok") {
+            m.prices.cacheWrite1h = price(val, p);
         } else if (k == "cache_hit_price_per_mtok") {
             m.prices.cacheRead = price(val, p).value_or(Money{});
         } else if (k == "batch_input_price_per_mtok") {
@@ -260,6 +262,9 @@ void ConfigReader::readModel(od::value v, const std::string& path, ModelConfig& 
         error(path + ".billing_upstream", "is missing (one of openhands, ohmygpt)");
     if (!hasMultiplier)
         m.prices.multiplier = Factor{Money::kNanosPerUsd};
+    // Anthropic's published rule: a 1-hour cache write costs twice the input price.
+    if (!m.prices.cacheWrite1h)
+        m.prices.cacheWrite1h = Money{m.prices.input.nanos * 2};
     if (m.upstreamModelId.empty())
         m.upstreamModelId = m.id;
     if (m.name.empty())
@@ -314,7 +319,19 @@ void ConfigReader::readSettings(od::value v, const std::string& path, ProxySetti
         }
         if (known)
             continue;
-        if (k == "ledger_failure_mode") {
+        if (k == "metrics_listen") {
+            auto addr = str(val, p).value_or("");
+            auto colon = addr.rfind(':');
+            std::string port = colon == std::string::npos ? "" : addr.substr(colon + 1);
+            bool digits = !port.empty() && port.size() <= 5 &&
+                          port.find_first_not_of("0123456789") == std::string::npos;
+            if (addr.empty() || addr == "off")
+                s.metricsListen.clear();
+            else if (colon == 0 || !digits || std::stoi(port) > 65535)
+                error(p, "\"" + addr + "\" is not HOST:PORT (port 0-65535), \"\" or \"off\"");
+            else
+                s.metricsListen = addr;
+        } else if (k == "ledger_failure_mode") {
             auto mode = str(val, p).value_or("");
             if (mode == "fail_closed")
                 s.ledgerFailureMode = LedgerFailureMode::FailClosed;
@@ -326,6 +343,37 @@ void ConfigReader::readSettings(od::value v, const std::string& path, ProxySetti
             s.journalPath = str(val, p).value_or("");
         } else if (k == "key_file") {
             s.keyFile = str(val, p).value_or("");
+        } else if (k == "forward_headers") {
+            od::array arr;
+            if (val.get_array().get(arr)) {
+                error(p, "must be an array of header names");
+                continue;
+            }
+            std::size_t i = 0;
+            for (auto item : arr) {
+                std::string ip = p + "[" + std::to_string(i++) + "]";
+                auto name = str(item.value(), ip);
+                if (!name)
+                    continue;
+                std::string lowered;
+                bool ok = !name->empty();
+                for (std::size_t c = 0; c < name->size(); ++c) {
+                    char ch = (*name)[c];
+                    bool last = c + 1 == name->size();
+                    ok &= std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' ||
+                          (ch == '*' && last && c > 0);
+                    lowered += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+                }
+                static const std::set<std::string> kNever{"authorization", "x-api-key", "proxy-authorization",
+                                                          "cookie", "host", "content-length",
+                                                          "transfer-encoding", "connection"};
+                if (!ok)
+                    error(ip, "\"" + *name + "\" is not a header name (letters, digits, '-', '_', and an optional trailing '*')");
+                else if (kNever.count(lowered) || lowered == "*")
+                    error(ip, "\"" + *name + "\" can never be forwarded");
+                else
+                    s.forwardHeaders.push_back(lowered);
+            }
         } else {
             warn(p, "unknown key (ignored)");
         }

@@ -3,6 +3,7 @@
 
 #include "core/int128.hpp"
 
+#include <algorithm>
 #include <limits>
 #include <utility>
 
@@ -36,9 +37,12 @@ Money priceUsage(const PriceTable& p, const Usage& u) {
     // Σ tokens × nano-USD per Mtok: ≤ 4 × 1e9 × ~1e13 = 4e22 for real usages; absurd
     // counts (an upstream's garbage) saturate rather than overflow.
     Int128 perMtok = 0;
+    const std::int64_t writes1h = std::min(std::max<std::int64_t>(u.cacheWrite1h, 0), u.cacheWrite);
+    const std::int64_t price1h = p.cacheWrite1h ? p.cacheWrite1h->nanos : 2 * p.input.nanos;
     for (auto [tokens, price] :
          {std::pair{u.uncachedInput, p.input.nanos}, std::pair{u.output, p.output.nanos},
-          std::pair{u.cacheWrite, p.cacheWrite.nanos}, std::pair{u.cacheRead, p.cacheRead.nanos}})
+          std::pair{u.cacheWrite - writes1h, p.cacheWrite.nanos}, std::pair{writes1h, price1h},
+          std::pair{u.cacheRead, p.cacheRead.nanos}})
         perMtok = clampToCap(perMtok + mulSat(tokens, price));
     // × multiplier (billionths) / (1e6 tokens per Mtok × 1e9 billionths).
     Int128 numerator = mulSat(perMtok, p.multiplier.billionths);

@@ -58,7 +58,12 @@ std::string encodeCharge(const Charge& c) {
       << ",\"output\":" << c.usage.output << ",\"estimated\":" << (c.usage.estimated ? "true" : "false")
       << ",\"costNanos\":" << c.cost.nanos << ",\"statusCode\":" << c.statusCode
       << ",\"latencyMs\":" << c.latencyMs << ",\"success\":" << (c.success ? "true" : "false")
-      << ",\"createdAtMs\":" << c.createdAtMs << "}";
+      << ",\"createdAtMs\":" << c.createdAtMs;
+    if (c.usage.cacheWrite1h > 0)
+        o << ",\"cacheWrite1h\":" << c.usage.cacheWrite1h;
+    if (!c.responseId.empty())
+        o << ",\"responseId\":" << jsonQuote(c.responseId);
+    o << "}";
     return o.str();
 }
 
@@ -89,6 +94,8 @@ Result<Charge> decodeCharge(std::string_view line) {
         !num("costNanos", c.cost.nanos) || !num("statusCode", status) || !num("latencyMs", c.latencyMs) ||
         d["success"].get_bool().get(ok) || !num("createdAtMs", c.createdAtMs))
         return Error{ErrorCode::ParseError, "journal line is missing a field"};
+    (void)num("cacheWrite1h", c.usage.cacheWrite1h); // optional: older lines have none
+    (void)str("responseId", c.responseId);           // optional
     c.pool = pool == "credits" ? Pool::Credits : Pool::CreditsNew;
     c.usage.estimated = est;
     c.success = ok;

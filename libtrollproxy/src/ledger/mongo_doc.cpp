@@ -143,6 +143,8 @@ void appendLogEntry(bson_t* s, const LogEntry& e, const char* pool) {
         BSON_APPEND_UTF8(s, "pool", pool);
     BSON_APPEND_BOOL(s, "estimated", e.usage.estimated);
     BSON_APPEND_DATE_TIME(s, "createdAt", e.createdAtMs);
+    if (!e.responseId.empty())
+        BSON_APPEND_UTF8(s, "responseId", e.responseId.c_str());
 }
 
 LogEntry logEntryFrom(const bson_t* d) {
@@ -162,6 +164,7 @@ LogEntry logEntryFrom(const bson_t* d) {
     e.latencyMs = intField(d, "latencyMs");
     e.success = boolField(d, "isSuccess").value_or(false);
     e.createdAtMs = timeField(d, "createdAt").value_or(0);
+    e.responseId = stringField(d, "responseId");
     return e;
 }
 

@@ -157,6 +157,19 @@ void MongoLedger::ensureIndexes() {
     bson_append_document_end(&partial, &cond);
     bson_append_document_end(&index, &partial);
     bson_append_document_end(&indexes, &index);
+    // Responses API: responseOwner() looks entries up by the response's id.
+    bson_t rindex, rkey, rpartial, rcond;
+    BSON_APPEND_DOCUMENT_BEGIN(&indexes, "1", &rindex);
+    BSON_APPEND_DOCUMENT_BEGIN(&rindex, "key", &rkey);
+    BSON_APPEND_INT32(&rkey, "responseId", 1);
+    bson_append_document_end(&rindex, &rkey);
+    BSON_APPEND_UTF8(&rindex, "name", "trollproxy_responseId");
+    BSON_APPEND_DOCUMENT_BEGIN(&rindex, "partialFilterExpression", &rpartial);
+    BSON_APPEND_DOCUMENT_BEGIN(&rpartial, "responseId", &rcond);
+    BSON_APPEND_UTF8(&rcond, "$type", "string");
+    bson_append_document_end(&rpartial, &rcond);
+    bson_append_document_end(&rindex, &rpartial);
+    bson_append_document_end(&indexes, &rindex);
     bson_append_array_end(cmd.get(), &indexes);
     bson_destroy(reply.get());
     bson_error_t err;
@@ -249,7 +262,8 @@ SettleOutcome MongoLedger::settle(const Charge& ch) {
         return out;
     }
     LogEntry entry{ch.requestId, ch.userId, ch.keyId, ch.model, ch.usage, Money{}, ch.cost,
-                   poolCreditType(ch.pool), ch.statusCode, ch.latencyMs, ch.success, ch.createdAtMs};
+                   poolCreditType(ch.pool), ch.statusCode, ch.latencyMs, ch.success, ch.createdAtMs,
+                   ch.responseId};
     Doc record; // the log entry, as stored in the pending marker and then in request_logs
     Cas r = casUser(ch.userId, [&](const bson_t* user, bson_t* filter, bson_t* update) {
         bool hasHold = hasField(user, holdKey);
@@ -480,6 +494,21 @@ Result<std::int64_t> MongoLedger::sweepExpiredHolds(std::int64_t now) {
             ++n;
     }
     return n;
+}
+
+Result<std::string> MongoLedger::responseOwner(std::string_view responseId) {
+    ensureIndexes();
+    Doc filter, doc;
+    BSON_APPEND_UTF8(filter.get(), "responseId", std::string(responseId).c_str());
+    switch (findOne("request_logs", filter.get(), doc)) {
+    case Found::Yes:
+        return internal::stringField(doc.get(), "userId");
+    case Found::No:
+        return Error{ErrorCode::NotFound, "no request created this response"};
+    case Found::Error:
+        break;
+    }
+    return Error{ErrorCode::Unavailable, "cannot read request_logs"};
 }
 
 Result<void> MongoLedger::recordRequest(const LogEntry& e) {

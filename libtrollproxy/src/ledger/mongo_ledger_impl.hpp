@@ -46,6 +46,7 @@ public:
     Result<void> release(std::string_view requestId) override;
     Result<void> renewHold(std::string_view requestId, std::int64_t expiresAtMs) override;
     Result<std::int64_t> sweepExpiredHolds(std::int64_t nowMs) override;
+    Result<std::string> responseOwner(std::string_view responseId) override;
     Result<void> recordRequest(const LogEntry& entry) override;
     bool ping() override;
     Result<void> addUser(std::string_view name) override;

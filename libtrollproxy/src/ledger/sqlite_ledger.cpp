@@ -68,6 +68,8 @@ public:
             return Error{ErrorCode::Unavailable, err};
         if ((*c)->exec(kSchema) != SQLITE_OK)
             return Error{ErrorCode::Unavailable, "cannot create the ledger schema: " + (*c)->lastError()};
+        if (auto r = addResponseIdColumn(**c); !r)
+            return r;
         return migrateKeysToDigests(**c);
     }
 
@@ -185,6 +187,20 @@ public:
         return static_cast<std::int64_t>(expired.size());
     }
 
+    Result<std::string> responseOwner(std::string_view responseId) override {
+        auto c = pool_.take(nullptr);
+        if (!c)
+            return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
+        Stmt s = (*c)->prepare("SELECT userId FROM request_logs WHERE responseId = ? LIMIT 1");
+        s.bind(1, std::string(responseId));
+        int rc = s.step();
+        if (rc == SQLITE_DONE)
+            return Error{ErrorCode::NotFound, "no request created this response"};
+        if (rc != SQLITE_ROW)
+            return unavailable(**c);
+        return s.text(0);
+    }
+
     Result<void> recordRequest(const LogEntry& e) override {
         auto c = pool_.take(nullptr);
         if (!c || !insertLog(**c, e, std::nullopt, true))
@@ -287,7 +303,7 @@ private:
             return false;
         LogEntry e{ch.requestId, ch.userId, ch.keyId, ch.model, ch.usage, Money{st.charged},
                    Money{st.shortfall}, poolCreditType(ch.pool), ch.statusCode, ch.latencyMs, ch.success,
-                   ch.createdAtMs};
+                   ch.createdAtMs, ch.responseId};
         if (!insertLog(c, e, ch.pool, false))
             return false;
         if (st.shortfall > 0 && !addCounter(c, "shortfall", st.shortfall))
@@ -337,10 +353,29 @@ private:
         return del.step() == SQLITE_DONE;
     }
 
+    // Responses API ids came after the first schema: databases made before get the
+    // column (NULL for their rows) and its index.
+    static Result<void> addResponseIdColumn(Connection& c) {
+        bool has = false;
+        {
+            Stmt s = c.prepare("SELECT 1 FROM pragma_table_info('request_logs') WHERE name = 'responseId'");
+            int rc = s.step();
+            if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+                return Error{ErrorCode::Unavailable, "cannot read the ledger schema: " + c.lastError()};
+            has = rc == SQLITE_ROW;
+        }
+        if (!has && c.exec("ALTER TABLE request_logs ADD COLUMN responseId TEXT") != SQLITE_OK)
+            return Error{ErrorCode::Unavailable, "cannot add request_logs.responseId: " + c.lastError()};
+        if (c.exec("CREATE INDEX IF NOT EXISTS request_logs_response ON request_logs (responseId) "
+                   "WHERE responseId IS NOT NULL") != SQLITE_OK)
+            return Error{ErrorCode::Unavailable, "cannot index request_logs.responseId: " + c.lastError()};
+        return {};
+    }
+
     static bool insertLog(Connection& c, const LogEntry& e, std::optional<Pool> pool, bool ignoreDuplicate) {
         Stmt s = c.prepare(ignoreDuplicate
-                               ? "INSERT OR IGNORE INTO request_logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                               : "INSERT INTO request_logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+                               ? "INSERT OR IGNORE INTO request_logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                               : "INSERT INTO request_logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
         s.bind(1, e.requestId).bind(2, e.userId).bind(3, storedKeyId(e.keyId)).bind(4, e.model);
         s.bind(5, e.usage.uncachedInput).bind(6, e.usage.output).bind(7, e.usage.cacheWrite);
         s.bind(8, e.usage.cacheRead).bind(9, e.cost.nanos).bind(10, e.shortfall.nanos);
@@ -351,6 +386,10 @@ private:
         else
             s.bindNull(16);
         s.bind(17, e.usage.estimated ? 1 : 0).bind(18, e.createdAtMs);
+        if (e.responseId.empty())
+            s.bindNull(19);
+        else
+            s.bind(19, e.responseId);
         return s.step() == SQLITE_DONE;
     }
 

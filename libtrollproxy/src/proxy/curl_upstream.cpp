@@ -75,11 +75,20 @@ public:
         // No "Expect: 100-continue" round trip for large bodies.
         headerList_ = curl_slist_append(headerList_, "Expect:");
         curl_easy_setopt(easy_, CURLOPT_URL, req.url.c_str());
-        curl_easy_setopt(easy_, CURLOPT_POST, 1L);
-        curl_easy_setopt(easy_, CURLOPT_POSTFIELDS, body_.data());
-        curl_easy_setopt(easy_, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body_.size()));
+        if (req.method == "GET") {
+            curl_easy_setopt(easy_, CURLOPT_HTTPGET, 1L);
+        } else {
+            curl_easy_setopt(easy_, CURLOPT_POST, 1L);
+            curl_easy_setopt(easy_, CURLOPT_POSTFIELDS, body_.data());
+            curl_easy_setopt(easy_, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body_.size()));
+            if (req.method != "POST")
+                curl_easy_setopt(easy_, CURLOPT_CUSTOMREQUEST, req.method.c_str());
+        }
         curl_easy_setopt(easy_, CURLOPT_HTTPHEADER, headerList_);
         curl_easy_setopt(easy_, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
+        // Ask for the body as is; an upstream that compresses anyway is decoded
+        // (libcurl decodes only with this set), so usage and relay see plain bytes.
+        curl_easy_setopt(easy_, CURLOPT_ACCEPT_ENCODING, "identity");
         curl_easy_setopt(easy_, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(easy_, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(settings.connectTimeoutMs));
         curl_easy_setopt(easy_, CURLOPT_TCP_KEEPALIVE, 1L);

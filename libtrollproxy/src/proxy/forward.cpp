@@ -1,7 +1,10 @@
 // Forwarding: tries endpoints and keys in order, then answers whole or as a stream, and bills.
 #include <algorithm>
 #include <cctype>
+#include <optional>
 #include <set>
+
+#include <simdjson.h>
 
 #include "trollproxy/pricing.hpp"
 #include "trollproxy/sse.hpp"
@@ -23,34 +26,33 @@ std::string lower(std::string_view s) {
     return out;
 }
 
-HeaderList upstreamHeaders(const RequestContext& ctx, const std::string& key) {
-    static const std::set<std::string> kDrop{
-        "authorization", "x-api-key", "host", "content-length", "connection", "keep-alive",
-        "proxy-authorization", "proxy-authenticate", "proxy-connection", "te", "trailer", "trailers",
-        "transfer-encoding", "upgrade", "accept-encoding", "cookie", "expect", "forwarded",
-        "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-real-ip",
-        "http2-settings"};
-    const Config& cfg = *ctx.routing->config;
-    std::set<std::string> named; // hop-by-hop headers named in Connection
-    for (const auto& [k, v] : ctx.http->headers) {
-        if (lower(k) != "connection")
-            continue;
-        std::size_t p = 0;
-        while (p < v.size()) {
-            std::size_t e = v.find(',', p);
-            std::string tok = lower(v.substr(p, e == std::string::npos ? std::string::npos : e - p));
-            tok.erase(0, tok.find_first_not_of(" \t"));
-            tok.erase(tok.find_last_not_of(" \t") + 1);
-            named.insert(tok);
-            p = e == std::string::npos ? v.size() : e + 1;
-        }
+// Whether a client header may reach the upstream: an allow-list, so that no
+// header the upstream honours (routing, budgets, tags) is the client's to set.
+bool forwardable(const std::string& name, const Config& cfg) {
+    static const std::set<std::string> kAllowed{"content-type", "accept", "anthropic-version",
+                                                "anthropic-beta", "openai-beta"};
+    if (kAllowed.count(name))
+        return true;
+    if (name == "user-agent")
+        return cfg.userAgent.empty();
+    for (const std::string& allowed : cfg.settings.forwardHeaders) {
+        if (allowed.back() == '*' ? name.compare(0, allowed.size() - 1, allowed, 0, allowed.size() - 1) == 0
+                                  : name == allowed)
+            return true;
     }
+    return false;
+}
+
+} // namespace
+
+HeaderList upstreamHeaders(const RequestContext& ctx, const std::string& key) {
+    const Config& cfg = *ctx.routing->config;
     HeaderList out;
     bool hasVersion = false;
     bool hasType = false;
     for (const auto& [k, v] : ctx.http->headers) {
         std::string l = lower(k);
-        if (kDrop.count(l) || named.count(l) || (l == "user-agent" && !cfg.userAgent.empty()))
+        if (!forwardable(l, cfg))
             continue;
         hasVersion |= l == "anthropic-version";
         hasType |= l == "content-type";
@@ -66,6 +68,19 @@ HeaderList upstreamHeaders(const RequestContext& ctx, const std::string& key) {
     return out;
 }
 
+// An upstream error body with every key of the pool replaced, so that an
+// upstream echoing its credentials cannot leak them to a client.
+std::string redactKeys(std::string body, const KeyPool& keys) {
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+        const std::string& k = keys.key(i);
+        if (k.size() < 4)
+            continue;
+        for (std::size_t p = body.find(k); p != std::string::npos; p = body.find(k, p + 10))
+            body.replace(p, k.size(), "[redacted]");
+    }
+    return body;
+}
+
 // Reads the rest of a transfer into `body`, up to a bound.
 Result<void> readAll(UpstreamTransfer& t, std::string& body) {
     for (;;) {
@@ -79,11 +94,38 @@ Result<void> readAll(UpstreamTransfer& t, std::string& body) {
     }
 }
 
-bool isKeyTrouble(int status, const std::string& body) {
-    if (status == 401 || status == 402 || status == 403)
-        return true;
-    return status == 400 && lower(body).find("budget") != std::string::npos;
+// Decided on structured signals only (status, and the error object's type or
+// code), never on free text, which a client can influence (an upstream echoing
+// a bad value). 403 (no access to this model) tries the next key.
+KeyVerdict keyVerdict(int status, const std::string& body) {
+    if (status == 401 || status == 402)
+        return KeyVerdict::SetAside;
+    if (status == 403)
+        return KeyVerdict::NextKey;
+    if (status != 400 && status != 429)
+        return KeyVerdict::Fine;
+    thread_local simdjson::dom::parser parser;
+    simdjson::dom::element doc;
+    if (parser.parse(body).get(doc))
+        return KeyVerdict::Fine;
+    simdjson::dom::element error;
+    if (doc["error"].get(error) || !error.is_object())
+        return KeyVerdict::Fine;
+    std::string_view type, code;
+    if (error["type"].get_string().get(type))
+        type = {};
+    if (error["code"].get_string().get(code))
+        code = {};
+    // LiteLLM: a key's budget (400, type budget_exceeded); OpenAI: quota
+    // (429, insufficient_quota); Anthropic: billing_error.
+    for (std::string_view v : {type, code}) {
+        if (v == "budget_exceeded" || v == "insufficient_quota" || v == "billing_error")
+            return KeyVerdict::SetAside;
+    }
+    return KeyVerdict::Fine;
 }
+
+namespace {
 
 std::int64_t retryAfterMs(const UpstreamTransfer& t) {
     std::string ra = t.header("retry-after");
@@ -102,15 +144,35 @@ std::int64_t ceilDiv(std::int64_t a, std::int64_t b) {
     return (a + b - 1) / b;
 }
 
-// Usage for a stream that ended early: what was reported, with the output at
-// least what the client was sent.
-Usage partialUsage(const RequestContext& ctx, const StreamUsage& su) {
-    Usage u = su.usage();
-    if (!su.reported())
-        u.uncachedInput = ceilDiv(ctx.promptBytes, 4);
-    u.output = std::max(u.output, ceilDiv(su.textChars(), 4));
+// The usage when nothing believable was reported: input from the request's
+// bytes, output from what was served (4 bytes or characters a token).
+Usage estimatedUsage(const RequestContext& ctx, std::int64_t outputChars) {
+    Usage u;
+    u.uncachedInput = ceilDiv(ctx.promptBytes, 4);
+    u.output = ceilDiv(outputChars, 4);
     u.estimated = true;
     return u;
+}
+
+// Usage for a stream that ended early or whose usage was not final: what was
+// reported, plus the text served after it; never less than the text served.
+Usage partialUsage(const RequestContext& ctx, const StreamUsage& su) {
+    if (!su.reported() || su.invalid())
+        return estimatedUsage(ctx, su.textChars());
+    Usage u = su.usage();
+    u.output = std::max(u.output + ceilDiv(su.charsAfterUsage(), 4), ceilDiv(su.textChars(), 4));
+    u.estimated = true;
+    return u;
+}
+
+// The upstream's refusal of the request, as the client gets it.
+HttpResponse relayRefusal(const UpstreamTransfer& t, int status, std::string body) {
+    HttpResponse r;
+    r.status = status;
+    r.body = std::move(body);
+    std::string ct = t.header("content-type");
+    r.contentType = ct.empty() ? "application/json" : ct;
+    return r;
 }
 
 } // namespace
@@ -123,6 +185,8 @@ HttpResponse ProxyServiceImpl::forward(RequestContext& ctx) {
     ErrorCode lastError = ErrorCode::Unavailable;
     std::int64_t soonest = 0;
     bool anyEndpoint = false;
+    bool setAsideOne = false;
+    std::optional<HttpResponse> refused;
     for (const EndpointRoute& ep : ctx.routing->endpoints) {
         if (ep.format != ctx.format)
             continue;
@@ -157,9 +221,18 @@ HttpResponse ProxyServiceImpl::forward(RequestContext& ctx) {
                 lastStatus = 429;
                 continue;
             }
-            if (isKeyTrouble(status, errBody)) {
-                ep.keys->setAside(k, steadyMs() + kSetAsideMs);
+            KeyVerdict verdict = keyVerdict(status, errBody);
+            if (verdict == KeyVerdict::SetAside) {
+                // One request sets aside at most one key: a refusal that
+                // follows the request from key to key is about the request.
+                if (!setAsideOne)
+                    ep.keys->setAside(k, steadyMs() + kSetAsideMs);
+                setAsideOne = true;
                 lastStatus = 503;
+                continue;
+            } else if (verdict == KeyVerdict::NextKey) {
+                refused = relayRefusal(*t, status, redactKeys(std::move(errBody), *ep.keys));
+                lastStatus = status;
                 continue;
             }
             if (status >= 500) {
@@ -168,14 +241,15 @@ HttpResponse ProxyServiceImpl::forward(RequestContext& ctx) {
             }
             // The upstream refused the request itself: the client should see why.
             releaseHold(ctx);
-            finishLog(ctx, status, nullptr, Money{}, "upstream refused the request");
-            HttpResponse r;
-            r.status = status;
-            r.body = std::move(errBody);
-            std::string ct = t->header("content-type");
-            r.contentType = ct.empty() ? "application/json" : ct;
-            return r;
+            finishLog(ctx, status, nullptr, nullptr, "upstream refused the request");
+            return relayRefusal(*t, status, redactKeys(std::move(errBody), *ep.keys));
         }
+    }
+    if (refused && lastStatus == refused->status) {
+        // Every key was refused access (403): the client sees the upstream's answer.
+        releaseHold(ctx);
+        finishLog(ctx, refused->status, nullptr, nullptr, "upstream refused the request");
+        return std::move(*refused);
     }
     releaseHold(ctx);
     HttpResponse r;
@@ -192,7 +266,7 @@ HttpResponse ProxyServiceImpl::forward(RequestContext& ctx) {
     } else {
         r = apiError(ctx.format, 502, "the upstream failed to answer", "upstream_error");
     }
-    finishLog(ctx, r.status, nullptr, Money{}, "upstream failed");
+    finishLog(ctx, r.status, nullptr, nullptr, "upstream failed");
     return r;
 }
 
@@ -200,30 +274,39 @@ HttpResponse ProxyServiceImpl::wholeAnswer(RequestContext& ctx, UpstreamTransfer
     std::string body;
     if (auto r = readAll(t, body); !r) {
         releaseHold(ctx);
-        finishLog(ctx, 502, nullptr, Money{}, "upstream answer broke");
+        finishLog(ctx, 502, nullptr, nullptr, "upstream answer broke");
         return apiError(ctx.format, 502, "the upstream answer broke off: " + r.error().message, "upstream_error");
     }
     auto reported = usageFromBody(ctx.format, body);
+    if (ctx.format == ApiFormat::Responses)
+        ctx.responseId = responseIdFromBody(body);
     Usage usage;
+    std::string note;
     if (reported) {
         usage = *reported;
     } else {
-        usage.uncachedInput = ceilDiv(ctx.promptBytes, 4);
-        usage.output = ceilDiv(static_cast<std::int64_t>(body.size()), 4);
-        usage.estimated = true;
+        // Missing or unbelievable usage: never free once the answer is served.
+        usage = estimatedUsage(ctx, static_cast<std::int64_t>(body.size()));
+        note = reported.error().code == ErrorCode::InvalidArgument
+                   ? "upstream " + reported.error().message + "; usage estimated"
+                   : "no usage in the answer; usage estimated";
     }
-    Money cost;
-    if (!bill(ctx, usage, t.status(), cost)) {
-        finishLog(ctx, 503, &usage, cost, "charge could not be recorded; answer withheld");
+    Billed billed = bill(ctx, usage, t.status());
+    if (!billed.recorded) {
+        finishLog(ctx, 503, &usage, nullptr, "charge could not be recorded; answer withheld");
         return apiError(ctx.format, 503, "billing is temporarily unavailable; retry later", "ledger_unavailable");
     }
-    finishLog(ctx, t.status(), &usage, cost);
+    if (billed.capped)
+        note += note.empty() ? "output capped at the client's limit" : "; output capped at the client's limit";
+    finishLog(ctx, t.status(), &usage, &billed, note);
     HttpResponse r;
     r.status = t.status();
     std::string ct = t.header("content-type");
     r.contentType = ct.empty() ? "application/json" : ct;
     r.body = std::move(body);
-    r.headers.emplace_back("x-trollproxy-cost", cost.toString());
+    r.headers.emplace_back("x-trollproxy-cost", billed.charged.toString());
+    if (billed.shortfall.nanos > 0)
+        r.headers.emplace_back("x-trollproxy-shortfall", billed.shortfall.toString());
     return r;
 }
 
@@ -260,7 +343,8 @@ void ProxyServiceImpl::pumpStream(RequestContext& ctx, UpstreamTransfer& t, Resp
     bool clientGone = false;
     bool sentAny = false;
     bool strip = ctx.format == ApiFormat::OpenAI && !ctx.request.clientAskedUsage;
-    std::string whole; // non-SSE answers: kept for usage
+    std::string whole;           // non-SSE answers: kept for usage
+    std::int64_t wholeBytes = 0; // non-SSE answers: bytes served
     SseParser parser([&](const SseEvent& ev) {
         bool hadUsage = su.onEvent(ev.name, ev.data);
         if (strip && hadUsage && isUsageOnlyChunk(ev.data))
@@ -270,6 +354,10 @@ void ProxyServiceImpl::pumpStream(RequestContext& ctx, UpstreamTransfer& t, Resp
             sentAny = true;
         }
     });
+    // A stream may outlive hold_ttl_seconds: its hold is renewed while it runs,
+    // so the sweep never frees money this answer is still spending.
+    const std::int64_t ttlMs = ctx.routing->config->settings.holdTtlSeconds * 1000;
+    std::int64_t renewAtMs = steadyMs() + ttlMs / 3;
     bool broke = false;
     std::string buf;
     for (;;) {
@@ -289,12 +377,18 @@ void ProxyServiceImpl::pumpStream(RequestContext& ctx, UpstreamTransfer& t, Resp
         } else {
             if (whole.size() < kMaxUpstreamBody)
                 whole += buf;
+            wholeBytes += static_cast<std::int64_t>(buf.size());
             clientGone = !w.write(buf);
             sentAny = true;
         }
         if (clientGone || shuttingDownPastGrace()) {
             t.cancel();
             break;
+        }
+        if (ctx.held && steadyMs() >= renewAtMs) {
+            renewAtMs = steadyMs() + ttlMs / 3;
+            if (!ledger_->renewHold(ctx.requestId, wallMs() + ttlMs))
+                metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "renew"}}));
         }
     }
     if (isSse && !clientGone && !broke) {
@@ -306,29 +400,45 @@ void ProxyServiceImpl::pumpStream(RequestContext& ctx, UpstreamTransfer& t, Resp
 
     bool complete = !broke && !clientGone && !shuttingDownPastGrace();
     Usage usage;
-    const char* note = "";
+    std::string note;
     if (!isSse) {
+        // A "stream" that is not SSE: billed like a whole answer, from its bytes
+        // when its usage is missing or unbelievable.
         auto u = usageFromBody(ctx.format, whole);
-        usage = u ? *u : partialUsage(ctx, su);
-    } else if (complete && su.reported()) {
+        if (u && complete) {
+            usage = *u;
+        } else {
+            usage = estimatedUsage(ctx, wholeBytes);
+            note = "answer to a stream request was not SSE; usage estimated";
+        }
+    } else if (complete && su.reported() && !su.invalid() && su.charsAfterUsage() == 0) {
         usage = su.usage();
     } else {
         // An upstream that broke before any content served nothing: no charge.
         // A client that left was being served: it pays for what was reported.
         if (!sentAny || (!complete && !clientGone && su.textChars() == 0)) {
             releaseHold(ctx);
-            finishLog(ctx, 502, nullptr, Money{}, "stream broke before any content");
+            finishLog(ctx, 502, nullptr, nullptr, "stream broke before any content");
             return;
         }
         usage = partialUsage(ctx, su);
-        note = clientGone ? "client disconnected; usage estimated" : "stream cut; usage estimated";
-        if (complete)
+        if (su.invalid())
+            note = "upstream " + su.invalidReason() + "; usage estimated";
+        else if (!complete)
+            note = clientGone ? "client disconnected; usage estimated" : "stream cut; usage estimated";
+        else if (su.reported())
+            note = "content after the usage event; output estimated";
+        else
             note = "stream ended without usage; usage estimated";
     }
-    Money cost;
-    if (!bill(ctx, usage, t.status(), cost))
+    if (ctx.format == ApiFormat::Responses)
+        ctx.responseId = isSse ? su.responseId() : responseIdFromBody(whole);
+    Billed billed = bill(ctx, usage, t.status());
+    if (!billed.recorded)
         note = "charge could not be recorded";
-    finishLog(ctx, t.status(), &usage, cost, note);
+    else if (billed.capped)
+        note += note.empty() ? "output capped at the client's limit" : "; output capped at the client's limit";
+    finishLog(ctx, t.status(), &usage, &billed, note);
 }
 
 } // namespace trollproxy::internal

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <random>
 
 #include "trollproxy/pricing.hpp"
@@ -11,6 +12,14 @@
 #include "proxy/api_errors.hpp"
 
 namespace trollproxy::internal {
+
+bool hasEndpoint(const Routing& routing, ApiFormat format) {
+    for (const auto& ep : routing.endpoints) {
+        if (ep.format == format)
+            return true;
+    }
+    return false;
+}
 
 std::int64_t wallMs() {
     using namespace std::chrono;
@@ -76,6 +85,28 @@ std::string journalPathFor(const Config& cfg) {
     return "trollproxy-" + std::to_string(cfg.port) + ".journal";
 }
 
+// The API format of a billed route; nullopt for every other path.
+std::optional<ApiFormat> billedRouteFormat(std::string_view path) {
+    if (path == "/v1/chat/completions")
+        return ApiFormat::OpenAI;
+    if (path == "/v1/messages")
+        return ApiFormat::Anthropic;
+    if (path == "/v1/responses")
+        return ApiFormat::Responses;
+    return std::nullopt;
+}
+
+constexpr std::string_view kCountTokensPath = "/v1/messages/count_tokens";
+constexpr std::string_view kResponsesPrefix = "/v1/responses/";
+
+// The id in /v1/responses/{id}, or "".
+std::string_view responseIdInPath(std::string_view path) {
+    if (path.substr(0, kResponsesPrefix.size()) != kResponsesPrefix)
+        return {};
+    std::string_view id = path.substr(kResponsesPrefix.size());
+    return id.find('/') == std::string_view::npos ? id : std::string_view{};
+}
+
 HttpResponse jsonResponse(int status, std::string body) {
     HttpResponse r;
     r.status = status;
@@ -97,12 +128,17 @@ Result<std::shared_ptr<const Routing>> ProxyServiceImpl::buildRouting(
     for (const auto& ep : config.endpoints) {
         std::string path = ep.baseUrl.substr(0, ep.baseUrl.find('?'));
         ApiFormat format;
-        if (path.size() >= 17 && path.compare(path.size() - 17, 17, "/chat/completions") == 0)
+        auto endsWith = [&path](std::string_view tail) {
+            return path.size() >= tail.size() && path.compare(path.size() - tail.size(), tail.size(), tail) == 0;
+        };
+        if (endsWith("/chat/completions"))
             format = ApiFormat::OpenAI;
-        else if (path.size() >= 9 && path.compare(path.size() - 9, 9, "/messages") == 0)
+        else if (endsWith("/messages"))
             format = ApiFormat::Anthropic;
+        else if (endsWith("/responses"))
+            format = ApiFormat::Responses;
         else
-            continue; // serves neither route
+            continue; // serves no route
         std::string source = ep.apiKeyEnv.empty() ? "TROLLPROXY_UPSTREAM_KEYS" : ep.apiKeyEnv;
         std::vector<std::string> list = splitKeys(getenv(source));
         if (list.empty() && ep.apiKeyEnv.empty() && !config.settings.keyFile.empty()) {
@@ -166,13 +202,20 @@ HttpResponse ProxyServiceImpl::handle(const HttpRequest& request) {
     std::string route = request.path;
     HttpResponse resp;
     try {
-        if (request.path == "/v1/chat/completions" || request.path == "/v1/messages") {
-            ApiFormat format = request.path == "/v1/messages" ? ApiFormat::Anthropic : ApiFormat::OpenAI;
+        if (auto format = billedRouteFormat(request.path)) {
             if (request.method != "POST") {
-                resp = apiError(format, 405, "use POST");
+                resp = apiError(*format, 405, "use POST");
             } else {
-                resp = serveCompletion(request, format, route);
+                resp = serveCompletion(request, *format, route);
             }
+        } else if (request.path == kCountTokensPath) {
+            resp = request.method == "POST" ? serveCountTokens(request)
+                                            : apiError(ApiFormat::Anthropic, 405, "use POST");
+        } else if (auto id = responseIdInPath(request.path); !id.empty()) {
+            route = "/v1/responses/{id}";
+            resp = request.method == "GET" || request.method == "DELETE"
+                       ? serveResponseLookup(request, std::string(id))
+                       : apiError(ApiFormat::Responses, 405, "use GET or DELETE");
         } else if (request.method == "GET" && request.path == "/v1/models") {
             resp = listModels();
         } else if (request.method == "GET" && request.path == "/health") {
@@ -181,16 +224,13 @@ HttpResponse ProxyServiceImpl::handle(const HttpRequest& request) {
             bool ok = ready_.load();
             resp = jsonResponse(ok ? 200 : 503, ok ? "{\"status\":\"ready\"}"
                                                    : "{\"status\":\"ledger unavailable\"}");
-        } else if (request.method == "GET" && request.path == "/metrics") {
-            resp.contentType = "text/plain; version=0.0.4";
-            resp.body = metrics_.render();
         } else {
             route = "other";
             resp = apiError(ApiFormat::OpenAI, 404, "no route for " + request.method + " " + request.path);
         }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "{\"level\":\"error\",\"msg\":%s}\n", jsonQuote(e.what()).c_str());
-        resp = apiError(request.path == "/v1/messages" ? ApiFormat::Anthropic : ApiFormat::OpenAI, 500,
+        resp = apiError(request.path.rfind("/v1/messages", 0) == 0 ? ApiFormat::Anthropic : ApiFormat::OpenAI, 500,
                         "internal error");
     }
     metrics_.add(Metrics::series("trollproxy_requests_total",
@@ -222,35 +262,31 @@ Money ProxyServiceImpl::holdEstimate(const RequestContext& ctx) const {
     worst.input = std::max({p.input, p.cacheWrite, p.cacheRead});
     Usage u;
     u.uncachedInput = static_cast<std::int64_t>(ctx.http->body.size() / 2 + 1);
-    u.output = ctx.request.maxOutputTokens >= 0 ? ctx.request.maxOutputTokens
-                                                : ctx.routing->config->settings.defaultMaxOutputTokens;
+    // Every one of the n answers may be as long as the limit allows. Bounded
+    // so the price cannot overflow; a hold that large is refused anyway.
+    constexpr std::int64_t kMaxHoldTokens = 1'000'000'000;
+    std::int64_t perAnswer = ctx.request.maxOutputTokens >= 0 ? ctx.request.maxOutputTokens
+                                                              : ctx.routing->config->settings.defaultMaxOutputTokens;
+    perAnswer = std::min(perAnswer, kMaxHoldTokens);
+    u.output = std::min(perAnswer * ctx.request.choices, kMaxHoldTokens);
+    u.uncachedInput = std::min(u.uncachedInput, kMaxHoldTokens);
     return priceUsage(worst, u);
 }
 
-HttpResponse ProxyServiceImpl::serveCompletion(const HttpRequest& http, ApiFormat format,
-                                               const std::string& route) {
-    RequestContext ctx;
-    ctx.http = &http;
-    ctx.routing = routing();
-    ctx.format = format;
-    ctx.route = route;
-    ctx.requestId = newRequestId();
-    ctx.start = std::chrono::steady_clock::now();
-    ctx.promptBytes = static_cast<std::int64_t>(http.body.size());
-    const Config& cfg = *ctx.routing->config;
-    const ProxySettings& settings = cfg.settings;
-
+Result<Account> ProxyServiceImpl::authenticateCaller(const HttpRequest& http, ApiFormat format,
+                                                     HttpResponse& refusal) {
+    auto refuse = [&](HttpResponse r) {
+        refusal = std::move(r);
+        return Error{ErrorCode::InvalidArgument, "refused"};
+    };
+    const ProxySettings& settings = routing()->config->settings;
     for (const auto& [k, v] : http.headers) {
         if (v.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)
-            return apiError(format, 400, "header " + k + " contains a control character");
+            return refuse(apiError(format, 400, "header " + k + " contains a control character"));
     }
-    if (static_cast<std::int64_t>(http.body.size()) > settings.maxBodyBytes)
-        return apiError(format, 413, "request body is larger than " + std::to_string(settings.maxBodyBytes) + " bytes");
-
-    // Authenticate.
     std::string key = clientKey(http);
     if (key.empty())
-        return apiError(format, 401, "missing API key (Authorization: Bearer KEY or x-api-key)", "invalid_api_key");
+        return refuse(apiError(format, 401, "missing API key (Authorization: Bearer KEY or x-api-key)", "invalid_api_key"));
     AuthOutcome auth = ledger_->authenticate(key);
     if (auth.status == AuthStatus::LedgerUnavailable) {
         metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "authenticate"}}));
@@ -267,22 +303,85 @@ HttpResponse ProxyServiceImpl::serveCompletion(const HttpRequest& http, ApiForma
     case AuthStatus::Authorized:
         break;
     case AuthStatus::KeyInvalid:
-        return apiError(format, 401, "invalid API key", "invalid_api_key");
+        return refuse(apiError(format, 401, "invalid API key", "invalid_api_key"));
     case AuthStatus::KeyRevoked:
-        return apiError(format, 401, "this API key has been revoked", "invalid_api_key");
+        return refuse(apiError(format, 401, "this API key has been revoked", "invalid_api_key"));
     case AuthStatus::KeyExpired:
-        return apiError(format, 401, "this API key has expired", "invalid_api_key");
+        return refuse(apiError(format, 401, "this API key has expired", "invalid_api_key"));
     case AuthStatus::MigrationRequired:
-        return apiError(format, 403, "account migration required", "migration_required");
+        return refuse(apiError(format, 403, "account migration required", "migration_required"));
     case AuthStatus::LedgerUnavailable:
-        return apiError(format, 503, "billing is temporarily unavailable; retry later", "ledger_unavailable");
+        return refuse(apiError(format, 503, "billing is temporarily unavailable; retry later", "ledger_unavailable"));
     }
     if (settings.ledgerFailureMode == LedgerFailureMode::FailOpen) {
         std::lock_guard lock(authCacheMutex_);
         if (authCache_.size() < 100'000)
             authCache_[key] = auth.account;
     }
-    ctx.account = auth.account;
+    return auth.account;
+}
+
+Admission ProxyServiceImpl::admit(const HttpRequest& head) {
+    Admission out;
+    auto format = billedRouteFormat(head.path);
+    bool lookup = !responseIdInPath(head.path).empty();
+    if (head.path == kCountTokensPath)
+        format = ApiFormat::Anthropic;
+    else if (lookup)
+        format = ApiFormat::Responses;
+    if (!format)
+        return out; // served (or refused) by handle()
+    auto refuse = [&](HttpResponse r) {
+        metrics_.add(Metrics::series("trollproxy_requests_total",
+                                     {{"route", head.path}, {"status", std::to_string(r.status)}}));
+        out.refusal = std::move(r);
+        return out;
+    };
+    if (lookup ? head.method != "GET" && head.method != "DELETE" : head.method != "POST")
+        return refuse(apiError(*format, 405, lookup ? "use GET or DELETE" : "use POST"));
+    const std::int64_t maxBody = routing()->config->settings.maxBodyBytes;
+    std::string length = header(head, "content-length");
+    if (!length.empty()) {
+        bool digits = length.size() <= 18 &&
+                      std::all_of(length.begin(), length.end(), [](char c) { return c >= '0' && c <= '9'; });
+        if (!digits)
+            return refuse(apiError(*format, 400, "invalid Content-Length"));
+        if (std::stoll(length) > maxBody)
+            return refuse(apiError(*format, 413, "request body is larger than " + std::to_string(maxBody) + " bytes"));
+    }
+    HttpResponse refusal;
+    auto account = authenticateCaller(head, *format, refusal);
+    if (!account)
+        return refuse(std::move(refusal));
+    out.account = std::make_shared<const Account>(std::move(*account));
+    return out;
+}
+
+HttpResponse ProxyServiceImpl::serveCompletion(const HttpRequest& http, ApiFormat format,
+                                               const std::string& route) {
+    RequestContext ctx;
+    ctx.http = &http;
+    ctx.routing = routing();
+    ctx.format = format;
+    ctx.route = route;
+    ctx.requestId = newRequestId();
+    ctx.start = std::chrono::steady_clock::now();
+    ctx.promptBytes = static_cast<std::int64_t>(http.body.size());
+    const Config& cfg = *ctx.routing->config;
+    const ProxySettings& settings = cfg.settings;
+
+    if (static_cast<std::int64_t>(http.body.size()) > settings.maxBodyBytes)
+        return apiError(format, 413, "request body is larger than " + std::to_string(settings.maxBodyBytes) + " bytes");
+    if (http.admitted) {
+        ctx.account = *http.admitted;
+    } else {
+        HttpResponse refusal;
+        auto account = authenticateCaller(http, format, refusal);
+        if (!account)
+            return refusal;
+        ctx.account = std::move(*account);
+    }
+    const std::string& key = ctx.account.keyId;
 
     // Rate limit.
     RateDecision rate = ctx.routing->rateLimiter->check(key, steadyMs());
@@ -304,9 +403,28 @@ HttpResponse ProxyServiceImpl::serveCompletion(const HttpRequest& http, ApiForma
     ctx.model = cfg.findModel(ctx.request.model);
     if (!ctx.model)
         return apiError(format, 404, "model \"" + ctx.request.model + "\" does not exist", "model_not_found");
+    if (format == ApiFormat::Responses) {
+        if (!hasEndpoint(*ctx.routing, ApiFormat::Responses))
+            return apiError(format, 404,
+                            "this proxy serves no /v1/responses: its config has no endpoint whose base_url ends in "
+                            "/responses",
+                            "responses_endpoint_missing");
+        // A user continues only responses this user created through the proxy.
+        if (!ctx.request.previousResponseId.empty()) {
+            auto owner = ledger_->responseOwner(ctx.request.previousResponseId);
+            if (!owner && owner.error().code != ErrorCode::NotFound)
+                return apiError(format, 503, "billing is temporarily unavailable; retry later", "ledger_unavailable");
+            if (!owner || *owner != ctx.account.userId)
+                return apiError(format, 404,
+                                "Previous response with id '" + ctx.request.previousResponseId + "' not found.",
+                                "previous_response_not_found");
+        }
+    }
 
     // Hold the estimated maximum cost before anything reaches the upstream.
-    HoldRequest hold{ctx.requestId, ctx.account.userId, ctx.model->pool, holdEstimate(ctx),
+    ctx.holdAmount = holdEstimate(ctx);
+    ctx.holdBounds = ctx.request.maxOutputTokens >= 0;
+    HoldRequest hold{ctx.requestId, ctx.account.userId, ctx.model->pool, ctx.holdAmount,
                      wallMs() + settings.holdTtlSeconds * 1000};
     switch (ledger_->reserve(hold)) {
     case ReserveStatus::Reserved:
@@ -317,7 +435,7 @@ HttpResponse ProxyServiceImpl::serveCompletion(const HttpRequest& http, ApiForma
                                   std::string("insufficient credits in the ") + poolName(ctx.model->pool) +
                                       " balance for this request (needs up to " + hold.amount.toString() + " USD)",
                                   "insufficient_credits");
-        finishLog(ctx, 402, nullptr, Money{});
+        finishLog(ctx, 402, nullptr, nullptr);
         return r;
     }
     case ReserveStatus::LedgerUnavailable:
@@ -344,15 +462,29 @@ void ProxyServiceImpl::releaseHold(RequestContext& ctx) {
     ctx.held = false;
 }
 
-bool ProxyServiceImpl::bill(RequestContext& ctx, const Usage& usage, int status, Money& cost) {
-    cost = priceUsage(ctx.model->prices, usage);
+Billed ProxyServiceImpl::bill(RequestContext& ctx, const Usage& usage, int status) {
+    Billed billed;
+    // The client's own output limit bounds what the upstream was allowed to
+    // produce: output beyond n × the limit is not believed. (The input part of
+    // the hold is an estimate from the body's size; images by URL, earlier
+    // responses and the upstream's own prompts can legitimately exceed it.)
+    Usage priced = usage;
+    if (ctx.holdBounds) {
+        std::int64_t limit = std::min<std::int64_t>(ctx.request.maxOutputTokens, 1'000'000'000) * ctx.request.choices;
+        if (priced.output > limit) {
+            priced.output = limit;
+            billed.capped = true;
+        }
+    }
+    billed.cost = priceUsage(ctx.model->prices, priced);
+    const Money cost = billed.cost;
     Charge ch;
     ch.requestId = ctx.requestId;
     ch.userId = ctx.account.userId;
     ch.keyId = ctx.account.keyId;
     ch.model = ctx.model->id;
     ch.pool = ctx.model->pool;
-    ch.usage = usage;
+    ch.usage = priced;
     ch.cost = cost;
     ch.statusCode = status;
     ch.latencyMs = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -360,32 +492,38 @@ bool ProxyServiceImpl::bill(RequestContext& ctx, const Usage& usage, int status,
                        .count();
     ch.success = status >= 200 && status < 300;
     ch.createdAtMs = wallMs();
+    ch.responseId = ctx.responseId;
     SettleOutcome out = ledger_->settle(ch);
     ctx.held = false;
     std::string pool = poolName(ctx.model->pool);
+    billed.charged = cost;
     if (out.status == SettleStatus::LedgerUnavailable) {
         metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "settle"}}));
         if (auto j = journal_.append(ch); !j) {
             metrics_.add("trollproxy_unrecorded_charges_total");
             std::fprintf(stderr, "{\"level\":\"critical\",\"msg\":\"charge not recorded\",\"request_id\":\"%s\",\"cost\":\"%s\",\"error\":%s}\n",
                          ctx.requestId.c_str(), cost.toString().c_str(), jsonQuote(j.error().message).c_str());
-            return false;
+            return billed;
         }
         metrics_.add("trollproxy_journalled_charges_total");
+    } else if (out.status == SettleStatus::Settled) {
+        billed.charged = out.charged;
+        billed.shortfall = out.shortfall;
     }
+    billed.recorded = true;
     if (out.shortfall.nanos > 0)
         metrics_.add(Metrics::series("trollproxy_shortfall_usd_total", {{"pool", pool}}), out.shortfall.toUsdDouble());
     const std::string& model = ctx.model->id;
     metrics_.add(Metrics::series("trollproxy_cost_usd_total", {{"model", model}, {"pool", pool}}), cost.toUsdDouble());
-    for (auto [kind, n] : {std::pair{"input", usage.uncachedInput}, {"output", usage.output},
-                           {"cache_write", usage.cacheWrite}, {"cache_read", usage.cacheRead}})
+    for (auto [kind, n] : {std::pair{"input", priced.uncachedInput}, {"output", priced.output},
+                           {"cache_write", priced.cacheWrite}, {"cache_read", priced.cacheRead}})
         metrics_.add(Metrics::series("trollproxy_tokens_total", {{"model", model}, {"pool", pool}, {"kind", kind}}),
                      static_cast<double>(n));
-    return true;
+    return billed;
 }
 
-void ProxyServiceImpl::finishLog(const RequestContext& ctx, int status, const Usage* usage, Money cost,
-                                 const char* note) {
+void ProxyServiceImpl::finishLog(const RequestContext& ctx, int status, const Usage* usage, const Billed* billed,
+                                 std::string_view note) {
     double latency = std::chrono::duration<double>(std::chrono::steady_clock::now() - ctx.start).count();
     std::string line = "{\"ts\":" + std::to_string(wallMs()) + ",\"request_id\":\"" + ctx.requestId +
                        "\",\"user\":" + jsonQuote(ctx.account.userId) + ",\"model\":" +
@@ -397,10 +535,12 @@ void ProxyServiceImpl::finishLog(const RequestContext& ctx, int status, const Us
                 ",\"cache_read\":" + std::to_string(usage->cacheRead) +
                 ",\"estimated\":" + (usage->estimated ? "true" : "false");
     }
-    line += ",\"cost\":\"" + cost.toString() + "\",\"pool\":\"" +
-            (ctx.model ? poolName(ctx.model->pool) : "") + "\",\"latency_ms\":" +
+    line += ",\"cost\":\"" + (billed ? billed->charged : Money{}).toString() + "\"";
+    if (billed && billed->shortfall.nanos > 0)
+        line += ",\"shortfall\":\"" + billed->shortfall.toString() + "\"";
+    line += ",\"pool\":\"" + std::string(ctx.model ? poolName(ctx.model->pool) : "") + "\",\"latency_ms\":" +
             std::to_string(static_cast<std::int64_t>(latency * 1000));
-    if (*note)
+    if (!note.empty())
         line += ",\"note\":" + jsonQuote(note);
     line += "}\n";
     std::fputs(line.c_str(), stderr);

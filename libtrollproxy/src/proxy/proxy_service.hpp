@@ -31,6 +31,15 @@ struct Routing {
     std::shared_ptr<RateLimiter> rateLimiter;
 };
 
+/// What bill() did with one request's usage.
+struct Billed {
+    bool recorded = false; ///< false: the charge could be recorded nowhere
+    Money cost;            ///< the price of the usage, output capped at the client's limit
+    Money charged;         ///< what the balance gave (cost − shortfall)
+    Money shortfall;       ///< cost the balance could not cover
+    bool capped = false;   ///< reported output exceeded n × the client's output limit
+};
+
 /// Everything one request carries through the path.
 struct RequestContext {
     const HttpRequest* http = nullptr;
@@ -42,7 +51,12 @@ struct RequestContext {
     Account account;
     ClientRequest request;
     bool held = false;
+    /// The hold's amount, and whether the client set an output limit (which
+    /// then bounds the output charged).
+    Money holdAmount;
+    bool holdBounds = false;
     std::int64_t promptBytes = 0;
+    std::string responseId; ///< Responses API: the id the upstream gave the answer
     std::chrono::steady_clock::time_point start;
 };
 
@@ -55,7 +69,9 @@ public:
         Config config, const KeySource& keys,
         const std::map<std::string, std::shared_ptr<KeyPool>>& previous);
 
+    Admission admit(const HttpRequest& head) override;
     HttpResponse handle(const HttpRequest& request) override;
+    std::string metricsText() const override { return metrics_.render(); }
     Result<void> reload(Config config) override;
     void tick() override;
     void beginShutdown(std::int64_t graceMs) override;
@@ -68,17 +84,29 @@ public:
     HttpResponse streamAnswer(RequestContext& ctx, std::unique_ptr<UpstreamTransfer> transfer);
     void pumpStream(RequestContext& ctx, UpstreamTransfer& transfer, ResponseWriter& writer, bool isSse);
     void releaseHold(RequestContext& ctx);
-    /// Prices and settles; journals when the ledger is down. False when the
-    /// charge could not be recorded anywhere.
-    bool bill(RequestContext& ctx, const Usage& usage, int status, Money& cost);
-    void finishLog(const RequestContext& ctx, int status, const Usage* usage, Money cost,
-                   const char* note = "");
+    /// Prices and settles; journals when the ledger is down.
+    Billed bill(RequestContext& ctx, const Usage& usage, int status);
+    void finishLog(const RequestContext& ctx, int status, const Usage* usage, const Billed* billed,
+                   std::string_view note = "");
     bool shuttingDownPastGrace() const;
     Metrics& metrics() { return metrics_; }
     Upstream& upstream() { return *upstream_; }
 
 private:
     HttpResponse serveCompletion(const HttpRequest& request, ApiFormat format, const std::string& route);
+    /// Anthropic's count_tokens: authenticated, rate limited, forwarded, never charged.
+    HttpResponse serveCountTokens(const HttpRequest& request);
+    /// GET or DELETE /v1/responses/{id}: only for the user who created it; never charged.
+    HttpResponse serveResponseLookup(const HttpRequest& request, const std::string& id);
+    /// The caller and rate limit of a free route; a refusal, or nothing when it may go on.
+    std::optional<HttpResponse> admitFree(RequestContext& ctx);
+    /// Sends a request that is never charged to the endpoints of `format`
+    /// (`urlSuffix` appended to their base_url), rotating keys as forward() does,
+    /// and relays the answer.
+    HttpResponse relayFree(RequestContext& ctx, ApiFormat format, const std::string& upstreamName,
+                           const std::string& urlSuffix, const std::string& method, const std::string& body);
+    /// The caller of a billed route, or the refusal to send.
+    Result<Account> authenticateCaller(const HttpRequest& request, ApiFormat format, HttpResponse& refusal);
     HttpResponse listModels() const;
     Money holdEstimate(const RequestContext& ctx) const;
     std::shared_ptr<const Routing> routing() const;
@@ -88,7 +116,7 @@ private:
     std::unique_ptr<CreditLedger> ledger_;
     std::unique_ptr<Upstream> upstream_;
     KeySource keySource_;
-    Metrics metrics_;
+    mutable Metrics metrics_;
     ChargeJournal journal_;
     std::atomic<bool> ready_{false};
     std::atomic<std::int64_t> shutdownDeadlineMs_{0};
@@ -99,5 +127,21 @@ private:
 
 std::int64_t wallMs();
 std::int64_t steadyMs();
+bool hasEndpoint(const Routing& routing, ApiFormat format);
+
+/// The headers sent upstream: the client's allowed ones and the upstream key.
+HeaderList upstreamHeaders(const RequestContext& ctx, const std::string& key);
+/// An upstream body with every key of the pool replaced by "[redacted]".
+std::string redactKeys(std::string body, const KeyPool& keys);
+
+/// What an upstream refusal says about the key that was used.
+enum class KeyVerdict {
+    Fine,     ///< the request itself was refused: relay it
+    NextKey,  ///< try another key, leave this one in the pool
+    SetAside, ///< the key is invalid or spent: out of the pool for a while
+};
+KeyVerdict keyVerdict(int status, const std::string& body);
+/// Reads the rest of a transfer into `body`, up to a bound.
+Result<void> readAll(UpstreamTransfer& t, std::string& body);
 
 } // namespace trollproxy::internal

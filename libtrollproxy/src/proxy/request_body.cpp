@@ -12,9 +12,9 @@ namespace trollproxy::internal {
 
 namespace {
 
-// Byte range of one member of the top-level object.
+// Byte range of one member of an object, and its key with escapes decoded.
 struct Member {
-    std::string_view key; // raw, without quotes (escapes left as written)
+    std::string key;
     std::size_t valueBegin;
     std::size_t valueEnd;
 };
@@ -62,18 +62,82 @@ std::size_t skipValue(std::string_view s, std::size_t p) {
     return p;
 }
 
+unsigned hex4(std::string_view s, std::size_t p) {
+    unsigned v = 0;
+    for (std::size_t i = p; i < p + 4 && i < s.size(); ++i) {
+        char c = s[i];
+        v = v * 16 + static_cast<unsigned>(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+    }
+    return v;
+}
+
+void appendUtf8(std::string& out, unsigned cp) {
+    if (cp < 0x80) {
+        out += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+        out += static_cast<char>(0xc0 | (cp >> 6));
+        out += static_cast<char>(0x80 | (cp & 0x3f));
+    } else if (cp < 0x10000) {
+        out += static_cast<char>(0xe0 | (cp >> 12));
+        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+        out += static_cast<char>(0x80 | (cp & 0x3f));
+    } else {
+        out += static_cast<char>(0xf0 | (cp >> 18));
+        out += static_cast<char>(0x80 | ((cp >> 12) & 0x3f));
+        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+        out += static_cast<char>(0x80 | (cp & 0x3f));
+    }
+}
+
+// Decodes the escapes of a JSON string's text (without its quotes), in a
+// document already validated, so the key reads as any JSON parser reads it.
+std::string unescape(std::string_view raw) {
+    if (raw.find('\\') == std::string_view::npos)
+        return std::string(raw);
+    std::string out;
+    for (std::size_t p = 0; p < raw.size(); ++p) {
+        if (raw[p] != '\\') {
+            out += raw[p];
+            continue;
+        }
+        char e = raw[++p];
+        switch (e) {
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'n': out += '\n'; break;
+        case 'r': out += '\r'; break;
+        case 't': out += '\t'; break;
+        case 'u': {
+            unsigned cp = hex4(raw, p + 1);
+            p += 4;
+            if (cp >= 0xd800 && cp < 0xdc00 && p + 6 < raw.size() && raw.substr(p + 1, 2) == "\\u") {
+                unsigned lo = hex4(raw, p + 3);
+                if (lo >= 0xdc00 && lo < 0xe000) {
+                    cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                    p += 6;
+                }
+            }
+            appendUtf8(out, cp);
+            break;
+        }
+        default: out += e; break; // '"', '\\', '/'
+        }
+    }
+    return out;
+}
+
 // Members of the object starting at `open` (which must be '{'), in a valid document.
 std::vector<Member> members(std::string_view s, std::size_t open, std::size_t* close = nullptr) {
     std::vector<Member> out;
     std::size_t p = skipWs(s, open + 1);
     while (p < s.size() && s[p] == '"') {
         std::size_t keyEnd = skipString(s, p);
-        std::string_view key = s.substr(p + 1, keyEnd - p - 2);
+        std::string key = unescape(s.substr(p + 1, keyEnd - p - 2));
         p = skipWs(s, keyEnd);
         p = skipWs(s, p + 1); // ':'
         std::size_t vb = p;
         std::size_t ve = skipValue(s, p);
-        out.push_back({key, vb, ve});
+        out.push_back({std::move(key), vb, ve});
         p = skipWs(s, ve);
         if (p < s.size() && s[p] == ',')
             p = skipWs(s, p + 1);
@@ -81,13 +145,6 @@ std::vector<Member> members(std::string_view s, std::size_t open, std::size_t* c
     if (close)
         *close = p; // the '}'
     return out;
-}
-
-int countKey(const std::vector<Member>& ms, std::string_view key) {
-    int n = 0;
-    for (const auto& m : ms)
-        n += m.key == key;
-    return n;
 }
 
 const Member* findKey(const std::vector<Member>& ms, std::string_view key) {
@@ -102,9 +159,23 @@ Error invalid(std::string msg) {
     return Error{ErrorCode::InvalidArgument, std::move(msg)};
 }
 
+// A duplicate key, as a parser sees keys (escapes decoded), makes an object
+// ambiguous: one parser reads the first copy, another the last. Refused.
+Result<void> rejectDuplicates(simdjson::dom::object obj, std::string_view where) {
+    std::vector<std::string_view> keys;
+    keys.reserve(obj.size());
+    for (auto field : obj)
+        keys.push_back(field.key);
+    std::sort(keys.begin(), keys.end());
+    auto dup = std::adjacent_find(keys.begin(), keys.end());
+    if (dup != keys.end())
+        return invalid(std::string("duplicate key ") + jsonQuote(*dup) + std::string(where));
+    return {};
+}
+
 } // namespace
 
-Result<ClientRequest> parseClientRequest(ApiFormat format, std::string_view body) {
+Result<ClientRequest> parseClientRequest(ApiFormat format, std::string_view body, BodyPurpose purpose) {
     thread_local simdjson::dom::parser parser;
     simdjson::padded_string padded(body);
     simdjson::dom::element doc;
@@ -121,14 +192,8 @@ Result<ClientRequest> parseClientRequest(ApiFormat format, std::string_view body
     if (doc.get_object().get(obj))
         return invalid("the body must be a JSON object");
 
-    // Keys the proxy acts on must be unambiguous: an upstream might read the
-    // other copy than we did.
-    std::size_t open = skipWs(body, 0);
-    auto ms = members(body, open);
-    for (const char* key : {"model", "stream", "stream_options"}) {
-        if (countKey(ms, key) > 1)
-            return invalid(std::string("duplicate key \"") + key + "\"");
-    }
+    if (auto r = rejectDuplicates(obj, ""); !r)
+        return r.error();
 
     ClientRequest req;
     simdjson::dom::element v;
@@ -138,8 +203,6 @@ Result<ClientRequest> parseClientRequest(ApiFormat format, std::string_view body
     if (v.get_string().get(model) || model.empty())
         return invalid("\"model\" must be a non-empty string");
     req.model = std::string(model);
-    if (!findKey(ms, "model"))
-        return invalid("\"model\" must be written without escapes");
 
     if (!obj["stream"].get(v) && !v.is_null()) {
         if (v.get_bool().get(req.stream))
@@ -149,6 +212,8 @@ Result<ClientRequest> parseClientRequest(ApiFormat format, std::string_view body
         simdjson::dom::object so;
         if (v.get_object().get(so))
             return invalid("\"stream_options\" must be an object");
+        if (auto r = rejectDuplicates(so, " in \"stream_options\""); !r)
+            return r.error();
         simdjson::dom::element iu;
         if (!so["include_usage"].get(iu) && !iu.is_null()) {
             if (iu.get_bool().get(req.clientAskedUsage))
@@ -163,7 +228,19 @@ Result<ClientRequest> parseClientRequest(ApiFormat format, std::string_view body
             return invalid(std::string("\"") + key + "\" must be a non-negative integer");
         req.maxOutputTokens = std::max(req.maxOutputTokens, n);
     }
-    if (format == ApiFormat::Anthropic && req.maxOutputTokens < 0)
+    if (format == ApiFormat::OpenAI && !obj["n"].get(v) && !v.is_null()) {
+        std::int64_t n = 0;
+        if (v.get_int64().get(n) || n < 1 || n > kMaxChoices)
+            return invalid("\"n\" must be an integer from 1 to " + std::to_string(kMaxChoices));
+        req.choices = n;
+    }
+    if (format == ApiFormat::Responses && !obj["previous_response_id"].get(v) && !v.is_null()) {
+        std::string_view prev;
+        if (v.get_string().get(prev))
+            return invalid("\"previous_response_id\" must be a string");
+        req.previousResponseId = std::string(prev);
+    }
+    if (format == ApiFormat::Anthropic && purpose == BodyPurpose::Generate && req.maxOutputTokens < 0)
         return invalid("missing required field \"max_tokens\"");
     return req;
 }

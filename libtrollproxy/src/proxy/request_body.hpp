@@ -16,14 +16,29 @@ struct ClientRequest {
     bool stream = false;
     /// OpenAI: the client itself asked for stream_options.include_usage.
     bool clientAskedUsage = false;
-    /// max_tokens / max_completion_tokens / max_output_tokens; -1 when absent.
+    /// The largest of max_tokens / max_completion_tokens / max_output_tokens;
+    /// -1 when none is present.
     std::int64_t maxOutputTokens = -1;
+    /// OpenAI's `n`: how many answers the upstream will generate.
+    std::int64_t choices = 1;
+    /// Responses API: the earlier response this one continues, or "".
+    std::string previousResponseId;
 };
 
+/// What a body asks for: an answer, or only a count of its tokens
+/// (Anthropic's count_tokens takes no max_tokens).
+enum class BodyPurpose { Generate, CountTokens };
+
+/// The largest `n` accepted.
+inline constexpr std::int64_t kMaxChoices = 128;
+
 /// Validates the body (JSON object, UTF-8, types of the fields read) and reads
-/// those fields. Errors are InvalidArgument / ParseError with a client-facing
-/// message.
-Result<ClientRequest> parseClientRequest(ApiFormat format, std::string_view body);
+/// those fields. A duplicate key in the top-level object or in stream_options,
+/// compared with escapes decoded, is refused: the proxy and the upstream must
+/// read the same request. Errors are InvalidArgument / ParseError with a
+/// client-facing message.
+Result<ClientRequest> parseClientRequest(ApiFormat format, std::string_view body,
+                                         BodyPurpose purpose = BodyPurpose::Generate);
 
 /// The body for the upstream: byte-for-byte the client's, except `model`
 /// becomes `upstreamModel` and an OpenAI stream gets
