@@ -161,7 +161,7 @@ Result<std::shared_ptr<const Routing>> ProxyServiceImpl::buildRouting(
                 same = old->second->key(i) == list[i];
             pool = same ? old->second : std::make_shared<KeyPool>(list);
         }
-        routing->endpoints.push_back({ep, format, pool});
+        routing->endpoints.push_back({ep, format, pool, source});
     }
     routing->rateLimiter = std::make_shared<RateLimiter>(config.settings.rateLimitPerMinute);
     routing->config = std::make_shared<const Config>(std::move(config));
@@ -188,7 +188,7 @@ std::shared_ptr<const Config> ProxyServiceImpl::config() const {
 Result<void> ProxyServiceImpl::reload(Config config) {
     std::map<std::string, std::shared_ptr<KeyPool>> previous;
     for (const auto& r : routing()->endpoints)
-        previous[r.endpoint.apiKeyEnv.empty() ? "TROLLPROXY_UPSTREAM_KEYS" : r.endpoint.apiKeyEnv] = r.keys;
+        previous[r.keySource] = r.keys;
     auto next = buildRouting(std::move(config), keySource_, previous);
     if (!next)
         return next.error();

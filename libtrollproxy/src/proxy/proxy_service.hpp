@@ -22,6 +22,9 @@ struct EndpointRoute {
     EndpointConfig endpoint;
     ApiFormat format;
     std::shared_ptr<KeyPool> keys;
+    /// Where the keys came from ("TROLLPROXY_UPSTREAM_KEYS", an api_key_env
+    /// variable, or "file:PATH"): a reload keeps the pool's state per source.
+    std::string keySource;
 };
 
 /// A config with its endpoints resolved; swapped as a whole on reload.
