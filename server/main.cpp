@@ -3,14 +3,17 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
-#include <httplib.h>
-
+#include "http_server.hpp"
+#include "routes.hpp"
 #include "trollproxy/trollproxy.hpp"
 
 using namespace trollproxy;
@@ -18,12 +21,18 @@ using namespace trollproxy;
 namespace {
 
 const char kUsage[] =
-    "usage: trollproxy --config FILE [--ledger URI] [--listen HOST:PORT] [--journal PATH]\n"
+    "usage: trollproxy --config FILE [--ledger URI] [--listen HOST:PORT] [--metrics-listen "
+    "HOST:PORT]\n"
+    "                  [--journal PATH]\n"
     "       trollproxy --check-config FILE\n"
-    "  --ledger   sqlite:PATH or mongodb://... (default: $MONGODB_URI, else sqlite:trollproxy.db)\n"
-    "  --listen   address to serve on (default 0.0.0.0 and the config's port; port 0 picks one)\n"
-    "  --journal  file for charges the ledger could not take yet (default: the config's\n"
-    "             trollproxy.journal_path, else trollproxy-PORT.journal)\n";
+    "  --ledger          sqlite:PATH or mongodb://... (default: $MONGODB_URI, else "
+    "sqlite:trollproxy.db)\n"
+    "  --listen          address to serve on (default 0.0.0.0 and the config's port; port 0 picks "
+    "one)\n"
+    "  --metrics-listen  address for GET /metrics, or off (default: the config's\n"
+    "                    trollproxy.metrics_listen, else 127.0.0.1:9464)\n"
+    "  --journal         file for charges the ledger could not take yet (default: the config's\n"
+    "                    trollproxy.journal_path, else trollproxy-PORT.journal)\n";
 
 int checkConfig(const std::string& path) {
     auto cfg = loadConfigFile(path);
@@ -34,60 +43,121 @@ int checkConfig(const std::string& path) {
     for (const auto& w : cfg->warnings)
         std::fprintf(stderr, "warning: %s\n", w.c_str());
     for (const auto& m : cfg->models) {
-        std::printf("%s upstream=%s pool=%s input=%s output=%s cache_write=%s cache_read=%s multiplier=%s\n",
-                    m.id.c_str(), m.upstream.c_str(), poolName(m.pool), m.prices.input.toString().c_str(),
-                    m.prices.output.toString().c_str(), m.prices.cacheWrite.toString().c_str(),
-                    m.prices.cacheRead.toString().c_str(), m.prices.multiplier.toString().c_str());
+        std::printf("%s upstream=%s pool=%s input=%s output=%s cache_write=%s cache_read=%s "
+                    "multiplier=%s\n",
+                    m.id.c_str(), m.upstream.c_str(), poolName(m.pool),
+                    m.prices.input.toString().c_str(), m.prices.output.toString().c_str(),
+                    m.prices.cacheWrite.toString().c_str(), m.prices.cacheRead.toString().c_str(),
+                    m.prices.multiplier.toString().c_str());
     }
     std::printf("%s: ok, %zu models, %zu endpoints, port %d\n", cfg->sourceName.c_str(),
                 cfg->models.size(), cfg->endpoints.size(), cfg->port);
     return 0;
 }
 
-// Adapts httplib's sink to the library's writer.
-class SinkWriter final : public ResponseWriter {
-public:
-    explicit SinkWriter(httplib::DataSink& sink) : sink_(sink) {}
-    bool write(std::string_view bytes) override {
-        return sink_.is_writable() && sink_.write(bytes.data(), bytes.size());
+std::string jsonEscape(const std::string& s) {
+    std::string out;
+    for (char c : s) {
+        if (c == '"' || c == '\\')
+            out += '\\';
+        if (c == '\n')
+            out += "\\n";
+        else if (static_cast<unsigned char>(c) >= 0x20)
+            out += c;
     }
+    return out;
+}
 
-private:
-    httplib::DataSink& sink_;
+void logLine(const char* level, const std::string& msg) {
+    std::fprintf(stderr, "{\"level\":\"%s\",\"msg\":\"%s\"}\n", level, jsonEscape(msg).c_str());
+}
+
+/// "HOST:PORT" split; a bare host keeps `port`. IPv6 hosts may be bracketed.
+void splitAddress(const std::string& addr, std::string& host, int& port) {
+    auto colon = addr.rfind(':');
+    host = colon == std::string::npos ? addr : addr.substr(0, colon);
+    if (colon != std::string::npos)
+        port = std::atoi(addr.c_str() + colon + 1);
+    if (host.size() > 1 && host.front() == '[' && host.back() == ']')
+        host = host.substr(1, host.size() - 2);
+}
+
+/// What the command line fixed, so that the config's value does not apply.
+struct Overrides {
+    bool listen = false;
+    bool metricsListen = false;
+    bool journal = false;
 };
 
-void serve(ProxyService& service, const httplib::Request& req, httplib::Response& res) {
-    HttpRequest in;
-    in.method = req.method;
-    in.path = req.path;
-    in.remoteAddr = req.remote_addr;
-    in.body = req.body;
-    for (const auto& [k, v] : req.headers) {
-        // httplib adds the socket's addresses as pseudo headers.
-        if (k != "REMOTE_ADDR" && k != "REMOTE_PORT" && k != "LOCAL_ADDR" && k != "LOCAL_PORT")
-            in.headers.emplace_back(k, v);
-    }
-    HttpResponse out = service.handle(in);
-    res.status = out.status;
-    for (const auto& [k, v] : out.headers)
-        res.set_header(k, v);
-    if (!out.stream) {
-        res.set_content(std::move(out.body), out.contentType);
+/// What a reload changed that it cannot apply.
+struct Unapplied {
+    std::vector<std::string> needRestart; ///< read once at start
+    std::vector<std::string> overridden;  ///< set by a command-line option instead
+};
+
+Unapplied unapplied(const Config& started, const Config& next, const Overrides& o) {
+    Unapplied out;
+    auto changed = [&out](const char* name, const std::string& was, const std::string& now,
+                          const char* overriddenBy = nullptr) {
+        if (was == now)
+            return;
+        std::string what = std::string(name) + " changed " + was + " -> " + now;
+        if (overriddenBy)
+            out.overridden.push_back(what + "; not used: " + overriddenBy + " sets it");
+        else
+            out.needRestart.push_back(what + "; restart to apply");
+    };
+    auto quoted = [](const std::string& s) { return "\"" + s + "\""; };
+    const ProxySettings& a = started.settings;
+    const ProxySettings& b = next.settings;
+    changed("port", std::to_string(started.port), std::to_string(next.port),
+            o.listen ? "--listen" : nullptr);
+    changed("metrics_listen", quoted(a.metricsListen), quoted(b.metricsListen),
+            o.metricsListen ? "--metrics-listen" : nullptr);
+    changed("journal_path", quoted(a.journalPath), quoted(b.journalPath),
+            o.journal ? "--journal" : nullptr);
+    changed("worker_threads", std::to_string(a.workerThreads), std::to_string(b.workerThreads));
+    changed("connect_timeout_ms", std::to_string(a.connectTimeoutMs),
+            std::to_string(b.connectTimeoutMs));
+    changed("first_byte_timeout_ms", std::to_string(a.firstByteTimeoutMs),
+            std::to_string(b.firstByteTimeoutMs));
+    changed("idle_timeout_ms", std::to_string(a.idleTimeoutMs), std::to_string(b.idleTimeoutMs));
+    changed("ledger_timeout_ms", std::to_string(a.ledgerTimeoutMs),
+            std::to_string(b.ledgerTimeoutMs));
+    // A lower limit applies at once (admit() checks it); httplib's cap stays at the old one.
+    if (b.maxBodyBytes > a.maxBodyBytes)
+        changed("max_body_bytes", std::to_string(a.maxBodyBytes), std::to_string(b.maxBodyBytes));
+    return out;
+}
+
+// SIGHUP: applies what it can and names each changed setting it cannot apply.
+void reload(ProxyService& svc, const std::string& configPath, const Config& started,
+            const Overrides& o) {
+    auto next = loadConfigFile(configPath);
+    if (!next) {
+        logLine("error", "config reload " + next.error().message);
         return;
     }
-    res.set_chunked_content_provider(out.contentType,
-                                     [fn = std::move(out.stream)](std::size_t, httplib::DataSink& sink) {
-                                         SinkWriter writer(sink);
-                                         fn(writer);
-                                         sink.done();
-                                         return true;
-                                     });
+    Unapplied left = unapplied(started, *next, o);
+    if (Result<void> applied = svc.reload(std::move(*next)); !applied) {
+        logLine("error", "config reload " + applied.error().message);
+        return;
+    }
+    for (const auto& r : left.needRestart)
+        logLine("warning", "config reload: " + r);
+    for (const auto& r : left.overridden)
+        logLine("warning", "config reload: " + r);
+    logLine("info", left.needRestart.empty() ? "config reload applied"
+                                             : "config reload applied, except " +
+                                                   std::to_string(left.needRestart.size()) +
+                                                   " setting(s) that need a restart");
 }
 
 } // namespace
 
 int main(int argc, char** argv) {
-    std::string configPath, ledgerUri, listen, journal;
+    std::string configPath, ledgerUri, listen, metricsListen, journal;
+    Overrides overrides;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         auto next = [&]() -> std::string {
@@ -104,9 +174,11 @@ int main(int argc, char** argv) {
         else if (a == "--ledger")
             ledgerUri = next();
         else if (a == "--listen")
-            listen = next();
+            listen = next(), overrides.listen = true;
+        else if (a == "--metrics-listen")
+            metricsListen = next(), overrides.metricsListen = true;
         else if (a == "--journal")
-            journal = next();
+            journal = next(), overrides.journal = true;
         else if (a == "--help" || a == "-h") {
             std::fputs(kUsage, stdout);
             return 0;
@@ -126,16 +198,18 @@ int main(int argc, char** argv) {
     }
     for (const auto& w : cfg->warnings)
         std::fprintf(stderr, "warning: %s\n", w.c_str());
+    const Config started = *cfg; // as the file says: what later reloads are compared with
+    const ProxySettings& settings = started.settings;
     if (!journal.empty())
         cfg->settings.journalPath = journal;
-    const ProxySettings settings = cfg->settings;
+    if (!overrides.metricsListen)
+        metricsListen = settings.metricsListen;
+    else if (metricsListen == "off")
+        metricsListen.clear();
     std::string host = "0.0.0.0";
     int port = cfg->port;
-    if (!listen.empty()) {
-        auto colon = listen.rfind(':');
-        host = colon == std::string::npos ? listen : listen.substr(0, colon);
-        port = colon == std::string::npos ? cfg->port : std::atoi(listen.c_str() + colon + 1);
-    }
+    if (!listen.empty())
+        splitAddress(listen, host, port);
     // Signals are taken by one thread with sigwait; block them everywhere else,
     // before any thread (the ledger's, the driver's) starts and inherits the mask.
     sigset_t signals;
@@ -151,7 +225,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "ledger: %s\n", ledger.error().message.c_str());
         return 1;
     }
-    UpstreamSettings us{settings.connectTimeoutMs, settings.firstByteTimeoutMs, settings.idleTimeoutMs};
+    UpstreamSettings us{settings.connectTimeoutMs, settings.firstByteTimeoutMs,
+                        settings.idleTimeoutMs};
     auto service = ProxyService::create(std::move(*cfg), std::move(*ledger), makeCurlUpstream(us));
     if (!service) {
         std::fprintf(stderr, "%s\n", service.error().message.c_str());
@@ -159,13 +234,14 @@ int main(int argc, char** argv) {
     }
     ProxyService& svc = **service;
 
-
-    httplib::Server svr;
-    auto threads = static_cast<std::size_t>(settings.workerThreads);
-    svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+    // Request heads are collected by one thread within these limits; the
+    // workers only run requests whose head has arrived (server/http_server.hpp).
+    server::GuardedServer svr(server::HeadLimits{},
+                              static_cast<std::size_t>(settings.workerThreads));
     svr.set_payload_max_length(static_cast<std::size_t>(settings.maxBodyBytes) + 1024 * 1024);
     svr.set_keep_alive_max_count(10'000);
-    svr.set_tcp_nodelay(true); // behind nginx's keep-alive: no Nagle wait between header and body writes
+    svr.set_tcp_nodelay(
+        true); // behind nginx's keep-alive: no Nagle wait between header and body writes
     svr.set_write_timeout(60, 0);
     svr.set_read_timeout(60, 0);
     // A listen queue that takes bursts of connections (httplib 0.11 listens with a backlog of 5).
@@ -174,13 +250,7 @@ int main(int argc, char** argv) {
         httplib::default_socket_options(s);
         listenFd = s;
     });
-    auto handler = [&svc](const httplib::Request& req, httplib::Response& res) { serve(svc, req, res); };
-    for (const char* pattern : {"/.*"}) {
-        svr.Post(pattern, handler);
-        svr.Get(pattern, handler);
-        svr.Put(pattern, handler);
-        svr.Delete(pattern, handler);
-    }
+    server::routeProxy(svr, svc);
 
     if (port == 0) {
         port = svr.bind_to_any_port(host);
@@ -188,13 +258,45 @@ int main(int argc, char** argv) {
         port = -1;
     }
     if (port < 0) {
-        std::fprintf(stderr, "cannot listen on %s\n", listen.empty() ? host.c_str() : listen.c_str());
+        std::fprintf(stderr, "cannot listen on %s\n",
+                     listen.empty() ? host.c_str() : listen.c_str());
         return 1;
     }
     if (listenFd >= 0)
         ::listen(listenFd, SOMAXCONN);
     std::printf("trollproxy listening on %s:%d\n", host.c_str(), port);
+
+    // /metrics on its own listener: the public port does not serve it.
+    server::GuardedServer metricsSvr(server::HeadLimits{}, 2);
+    // SO_REUSEADDR without httplib's SO_REUSEPORT: a port taken by another
+    // process is an error here, not a port shared with it.
+    metricsSvr.set_socket_options([](socket_t s) {
+        int yes = 1;
+        ::setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    });
+    server::routeMetrics(metricsSvr, svc);
+    bool metricsOn = false;
+    if (!metricsListen.empty()) {
+        std::string mhost = "127.0.0.1";
+        int mport = -1;
+        splitAddress(metricsListen, mhost, mport);
+        if (mport == 0)
+            mport = metricsSvr.bind_to_any_port(mhost);
+        else if (mport < 0 || !metricsSvr.bind_to_port(mhost, mport))
+            mport = -1;
+        if (mport < 0) {
+            // Billing goes on without metrics; the scrape failing shows it.
+            logLine("error",
+                    "metrics: cannot listen on " + metricsListen + "; /metrics is not served");
+        } else {
+            metricsOn = true;
+            std::printf("metrics listening on %s:%d\n", mhost.c_str(), mport);
+        }
+    }
     std::fflush(stdout);
+    std::thread metricsThread;
+    if (metricsOn)
+        metricsThread = std::thread([&metricsSvr] { metricsSvr.listen_after_bind(); });
 
     std::atomic<bool> stopping{false};
     std::atomic<bool> signalled{false};
@@ -211,15 +313,15 @@ int main(int argc, char** argv) {
             int sig = 0;
             sigwait(&signals, &sig);
             if (sig == SIGHUP) {
-                auto next = loadConfigFile(configPath);
-                Result<void> applied = next ? svc.reload(std::move(*next)) : Result<void>(next.error());
-                std::fprintf(stderr, "{\"level\":\"%s\",\"msg\":\"config reload %s\"}\n",
-                             applied ? "info" : "error", applied ? "applied" : applied.error().message.c_str());
+                reload(svc, configPath, started, overrides);
                 continue;
             }
             signalled = true;
-            std::fprintf(stderr, "{\"level\":\"info\",\"msg\":\"shutting down\"}\n");
-            svc.beginShutdown(settings.shutdownGraceSeconds * 1000);
+            logLine("info", "shutting down");
+            // stop() does nothing before listen_after_bind() has started.
+            for (int i = 0; i < 1000 && !svr.is_running(); ++i)
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            svc.beginShutdown(svc.config()->settings.shutdownGraceSeconds * 1000);
             svr.stop();
             return;
         }
@@ -229,6 +331,12 @@ int main(int argc, char** argv) {
     if (!signalled)
         kill(getpid(), SIGTERM); // it failed on its own: wake the signal thread
     signalThread.join();
+    if (metricsOn) {
+        while (!metricsSvr.is_running())
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        metricsSvr.stop();
+        metricsThread.join();
+    }
     stopping = true;
     ticker.join();
     svc.finish();

@@ -131,8 +131,10 @@ void DrillStack::startProxy() {
     proxy = std::make_unique<harness::Process>(
         std::vector<std::string>{"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>>" + dir + "/proxy.log",
                                  harness::buildRoot() + "/server/trollproxy", "--config", dir + "/config.json",
-                                 "--ledger", ledgerUri, "--listen", "127.0.0.1:0", "--journal", journalPath()},
+                                 "--ledger", ledgerUri, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                                 "--journal", journalPath()},
         std::map<std::string, std::string>{{"TROLLPROXY_UPSTREAM_KEYS", "upstream-key-1,upstream-key-2"}});
+    metricsPort = proxy->portOnLine("metrics listening on ");
 }
 
 FakeStats DrillStack::stats() {
@@ -195,7 +197,7 @@ std::map<std::string, LogEntry> DrillStack::logs(const std::string& plainName, i
 }
 
 double DrillStack::metric(const std::string& series) {
-    auto r = harness::get(port(), "/metrics");
+    auto r = harness::get(metricsPort, "/metrics");
     std::istringstream in(r.body);
     std::string line;
     while (std::getline(in, line)) {

@@ -54,6 +54,7 @@ struct DrillStack {
     std::string config; ///< the config text as written
     std::unique_ptr<harness::Process> upstream;
     std::unique_ptr<harness::Process> proxy;
+    int metricsPort = 0; ///< the proxy's /metrics listener
     std::unique_ptr<trollproxy::CreditLedger> ledger;
     trollproxy::PriceTable prices; ///< model "m"
 

@@ -123,27 +123,34 @@ Process::Process(std::vector<std::string> argv, std::map<std::string, std::strin
     stdoutFd_ = pipeFds[0];
 
     // Wait for "listening on HOST:PORT".
-    std::string seen;
-    auto deadline = Clock::now() + std::chrono::seconds(20);
-    while (Clock::now() < deadline) {
+    port_ = portOnLine("listening on ", 20);
+    if (port_ >= 0)
+        return;
+    signal(SIGKILL, true);
+    throw std::runtime_error(argv[0] + " did not start; printed: " + output_);
+}
+
+int Process::portOnLine(const std::string& marker, double seconds) {
+    auto deadline = Clock::now() + std::chrono::duration<double>(seconds);
+    for (;;) {
+        auto at = output_.find(marker);
+        auto nl = at == std::string::npos ? std::string::npos : output_.find('\n', at);
+        if (nl != std::string::npos) {
+            std::string addr = output_.substr(at + marker.size(), nl - at - marker.size());
+            output_.erase(0, nl + 1);
+            return std::atoi(addr.substr(addr.rfind(':') + 1).c_str());
+        }
+        if (Clock::now() >= deadline)
+            return -1;
         pollfd p{stdoutFd_, POLLIN, 0};
         if (::poll(&p, 1, 200) <= 0)
             continue;
         char buf[512];
         ssize_t n = ::read(stdoutFd_, buf, sizeof buf);
         if (n <= 0)
-            break;
-        seen.append(buf, static_cast<std::size_t>(n));
-        auto at = seen.find("listening on ");
-        auto nl = at == std::string::npos ? std::string::npos : seen.find('\n', at);
-        if (nl != std::string::npos) {
-            std::string addr = seen.substr(at + 13, nl - at - 13);
-            port_ = std::atoi(addr.substr(addr.rfind(':') + 1).c_str());
-            return;
-        }
+            return -1;
+        output_.append(buf, static_cast<std::size_t>(n));
     }
-    signal(SIGKILL, true);
-    throw std::runtime_error(argv[0] + " did not start; printed: " + seen);
 }
 
 Process::~Process() {
@@ -198,8 +205,10 @@ Stack::Stack(const std::string& configTemplate, std::map<std::string, std::strin
     proxy = std::make_unique<Process>(
         std::vector<std::string>{buildRoot() + "/server/trollproxy", "--config", dir + "/config.json",
                                  "--ledger", ledgerUri, "--listen", "127.0.0.1:0",
+                                 "--metrics-listen", "127.0.0.1:0",
                                  "--journal", dir + "/charges.journal"},
         proxyEnv);
+    metricsPort = proxy->portOnLine("metrics listening on ");
 }
 
 std::string Stack::userWithKey(const std::string& name, const std::string& credits,

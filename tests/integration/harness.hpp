@@ -23,6 +23,9 @@ public:
 
     int port() const { return port_; }
     pid_t pid() const { return pid_; }
+    /// Waits up to `seconds` for a later stdout line containing `marker` (e.g.
+    /// "metrics listening on ") followed by HOST:PORT; returns the port, -1 if none.
+    int portOnLine(const std::string& marker, double seconds = 5);
     /// Sends a signal; waits for exit when wait is true and returns the status.
     int signal(int sig, bool wait);
     bool running();
@@ -31,6 +34,7 @@ private:
     pid_t pid_ = -1;
     int port_ = 0;
     int stdoutFd_ = -1;
+    std::string output_; // stdout read so far
 };
 
 std::string buildRoot();
@@ -47,6 +51,7 @@ struct Stack {
     std::unique_ptr<Process> upstream;
     std::unique_ptr<Process> proxy;
     std::unique_ptr<trollproxy::CreditLedger> ledger;
+    int metricsPort = 0; ///< the proxy's /metrics listener
 
     /// `configTemplate` is a config JSON in which "UPSTREAM" is replaced by
     /// the test upstream's base URL (http://127.0.0.1:PORT).
