@@ -333,7 +333,7 @@ Admission ProxyServiceImpl::admit(const HttpRequest& head) {
         return out; // served (or refused) by handle()
     auto refuse = [&](HttpResponse r) {
         metrics_.add(Metrics::series("trollproxy_requests_total",
-                                     {{"route", head.path}, {"status", std::to_string(r.status)}}));
+                                     {{"route", lookup ? std::string("/v1/responses/{id}") : head.path}, {"status", std::to_string(r.status)}}));
         out.refusal = std::move(r);
         return out;
     };
