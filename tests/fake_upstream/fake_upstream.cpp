@@ -16,6 +16,7 @@
 #include <httplib.h>
 #include <simdjson.h>
 
+#include "hostile.hpp"
 #include "responses_wire.hpp"
 #include "wire.hpp"
 
@@ -181,6 +182,8 @@ void handle(const httplib::Request& req, httplib::Response& res, bool anthropic)
     a.reportUsage = header(req, "x-fake-no-usage") != "1";
     a.tokens =
         fakeUsage(req, Tokens{static_cast<std::int64_t>(req.body.size() / 4), a.chunks * 3, 0, 0});
+    if (hostile::answer(req, res, a, anthropic, stream))
+        return; // lying usage, non-SSE streams, gzip, chosen errors (hostile.hpp)
     if (!stream) {
         res.set_content(anthropic ? anthropicMessage(a) : openaiCompletion(a), "application/json");
         served(a.tokens);
