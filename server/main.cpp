@@ -50,6 +50,8 @@ int checkConfig(const std::string& path) {
                     m.prices.cacheWrite.toString().c_str(), m.prices.cacheRead.toString().c_str(),
                     m.prices.multiplier.toString().c_str());
     }
+    for (const auto& route : cfg->routes())
+        std::printf("route %s\n", route.c_str());
     std::printf("%s: ok, %zu models, %zu endpoints, port %d\n", cfg->sourceName.c_str(),
                 cfg->models.size(), cfg->endpoints.size(), cfg->port);
     return 0;

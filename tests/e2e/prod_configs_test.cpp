@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "trollproxy/config.hpp"
 
@@ -129,6 +130,9 @@ TEST_CASE("both serve the Responses API and the dateless Claude names coding age
         for (const auto& ep : cfg.endpoints)
             responses |= ep.baseUrl == "https://llm-proxy.app.all-hands.dev/v1/responses";
         CHECK(responses);
+        CHECK(cfg.routes() == std::vector<std::string>{"POST /v1/chat/completions", "POST /v1/messages",
+                                                       "POST /v1/messages/count_tokens", "POST /v1/responses",
+                                                       "GET /v1/responses/{id}", "DELETE /v1/responses/{id}"});
         for (auto [alias, id] : {std::pair{"claude-sonnet-4-5", "claude-sonnet-4-5-20250929"},
                                  {"claude-opus-4-5", "claude-opus-4-5-20251101"},
                                  {"claude-haiku-4-5", "claude-haiku-4-5-20251001"}}) {

@@ -269,6 +269,7 @@ TEST_CASE("keys, models and routes are checked, in the caller's format") {
     CHECK(models.body.find(R"({"object":"list","data":[{"id":"sonnet-new","object":"model")") == 0);
     CHECK(get(s.proxy->port(), "/health").status == 200);
     CHECK(get(s.proxy->port(), "/ready").status == 200);
-    auto metrics = get(s.proxy->port(), "/metrics");
+    CHECK(get(s.proxy->port(), "/metrics").status == 404); // only on the metrics listener
+    auto metrics = get(s.metricsPort, "/metrics");
     CHECK(metrics.body.find("trollproxy_requests_total{route=\"/v1/messages\",status=\"401\"}") != std::string::npos);
 }

@@ -99,6 +99,11 @@ struct Config {
 
     /// Finds a model by id or alias; nullptr when none matches.
     const ModelConfig* findModel(std::string_view idOrAlias) const;
+
+    /// The client routes this config serves, from its endpoints' base_url
+    /// endings (/chat/completions, /messages, /responses), e.g.
+    /// "POST /v1/messages". /v1/models, /health and /ready are always served.
+    std::vector<std::string> routes() const;
 };
 
 /// Parses and validates config text. On failure the error message lists every

@@ -36,6 +36,32 @@ const ModelConfig* Config::findModel(std::string_view idOrAlias) const {
     return nullptr;
 }
 
+std::vector<std::string> Config::routes() const {
+    bool chat = false, messages = false, responses = false;
+    for (const auto& ep : endpoints) {
+        std::string_view path = std::string_view(ep.baseUrl).substr(0, ep.baseUrl.find('?'));
+        auto endsWith = [path](std::string_view tail) {
+            return path.size() >= tail.size() && path.substr(path.size() - tail.size()) == tail;
+        };
+        chat |= endsWith("/chat/completions");
+        messages |= endsWith("/messages");
+        responses |= endsWith("/responses");
+    }
+    std::vector<std::string> out;
+    if (chat)
+        out.push_back("POST /v1/chat/completions");
+    if (messages) {
+        out.push_back("POST /v1/messages");
+        out.push_back("POST /v1/messages/count_tokens");
+    }
+    if (responses) {
+        out.push_back("POST /v1/responses");
+        out.push_back("GET /v1/responses/{id}");
+        out.push_back("DELETE /v1/responses/{id}");
+    }
+    return out;
+}
+
 namespace {
 
 constexpr std::int64_t kMaxPriceNanos = 1'000'000LL * Money::kNanosPerUsd; // $1M per Mtok
