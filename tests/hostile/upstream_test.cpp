@@ -102,6 +102,23 @@ TEST_CASE(
     }
 }
 
+TEST_CASE("a 403 on one key moves the request to the next key, billed once") {
+    Stack s("", "k1,k2");
+    std::string key = s.user("u", "10");
+    Books books(s, "u");
+    auto r = call(
+        s, path(false), body(false), key,
+        {{"x-fake-error-json",
+          R"(403:{"error":{"message":"Project does not have access to model m","type":"invalid_request_error","param":null,"code":"model_not_found"}})"},
+         {"x-fake-error-key", "k1"},
+         {"x-fake-usage", "100,10,0,0"}});
+    CHECK(r.status == 200);
+    CHECK(r.headers["x-trollproxy-cost"] == priceM(100, 10).toString());
+    CHECK(lastKeys(s, 2) == std::vector<std::string>{"Bearer k1", "Bearer k2"});
+    CHECK(s.ledger->usage("u", 10)->size() == 1);
+    books.check();
+}
+
 TEST_CASE("one request sets aside at most one key") {
     Stack s("", "k1,k2,k3");
     std::string a = s.user("a", "10"), b = s.user("b", "10");
@@ -226,6 +243,7 @@ TEST_CASE("thousands of junk client headers: refused with 431, or dropped") {
             junk["x-junk-" + std::to_string(i)] = "v";
         std::int64_t before = s.upstreamCount();
         auto r = call(s, path(false), body(false), key, junk);
+        MESSAGE(n << " junk headers: status " << r.status);
         if (n <= 50)
             CHECK(r.status == 200);
         else

@@ -162,6 +162,34 @@ TEST_CASE("integral floats and cached == prompt are believed") {
     books.check();
 }
 
+TEST_CASE("reported output beyond n x the client's output limit is not believed") {
+    Stack s;
+    std::string key = s.user("u", "100");
+    Books books(s, "u");
+    for (bool stream : {false, true}) {
+        for (int n : {1, 2}) {
+            CAPTURE(stream);
+            CAPTURE(n);
+            std::string b = chatBody(stream, R"(,"max_tokens":100,"n":)" + std::to_string(n));
+            auto r = call(s, path(false), b, key, {{"x-fake-usage", "100,1000000,0,0"}});
+            CHECK(r.status == 200);
+            LogLine l = s.logFor(r.headers["x-request-id"]);
+            CAPTURE(l.raw);
+            CHECK(l.cost.toString() == priceM(100, 100 * n).toString());
+            CHECK(r.headers["x-trollproxy-cost"] == (stream ? "" : l.cost.toString()));
+            // The ledger records the output that was billed.
+            auto entries = s.ledger->usage("u", 100);
+            REQUIRE(entries);
+            std::int64_t billedOutput = -1;
+            for (const auto& e : *entries)
+                if (e.requestId == l.requestId)
+                    billedOutput = e.usage.output;
+            CHECK(billedOutput == 100 * n);
+        }
+    }
+    books.check();
+}
+
 TEST_CASE("with an output limit the charge never exceeds the hold") {
     Stack s;
     struct Case {
@@ -181,6 +209,11 @@ TEST_CASE("with an output limit the charge never exceeds the hold") {
          true,
          chatBody(true, R"(,"max_tokens":100)"),
          {{"x-fake-usage", "100,1000000,0,0"}}},
+        {"OpenAI: 10^9 input tokens for a 100-byte body",
+         false,
+         false,
+         chatBody(false, R"(,"max_tokens":100)"),
+         {{"x-fake-usage", "1000000000,10,0,0"}}},
         {"Anthropic: 10^9 cache reads",
          true,
          false,
