@@ -233,6 +233,10 @@ Shot makeShot(const std::string& key, bool anthropic, bool stream, Fault fault, 
     std::string head = R"({"model":"m","max_tokens":)" + std::to_string(maxTokens) +
                        R"(,"messages":[{"role":"user","content":"Tell me about drills)";
     std::string tail = std::string("\"}]") + (s.stream ? R"(,"stream":true})" : "}");
+    // By default the body is as large as the input it reports (2 bytes a token,
+    // as the hold estimates), so the usage is one the request could have had.
+    if (padTo == 0)
+        padTo = static_cast<std::size_t>(2 * usage.totalInput());
     std::string pad;
     if (padTo > head.size() + tail.size())
         pad.assign(padTo - head.size() - tail.size(), '.');

@@ -109,7 +109,7 @@ struct Outcome {
 
 /// Builds a request; `padTo` pads the prompt so every body has that many bytes.
 Shot makeShot(const std::string& key, bool anthropic, bool stream, Fault fault, trollproxy::Usage usage,
-              int maxTokens = 64, std::size_t padTo = 0);
+              int maxTokens = 256, std::size_t padTo = 0);
 /// Sends it and reads the answer.
 Outcome fire(int port, const Shot& shot, double timeoutSeconds = 60);
 

@@ -13,13 +13,13 @@ namespace {
 
 // One round: `n` requests at once, a balance that covers `covers` holds; the
 // upstream reports `num/den` of the hold's tokens (1/1 exact, 1/2 under, 2/1 over; output
-// at most max_tokens).
+// at most max_tokens). With max_tokens set the hold bounds the charge.
 bool round(Verdict& v, DrillStack& s, const Options& o, const std::string& user, int num, int den) {
     const int n = o.overspendRequests;
     const int maxTokens = 100;
     const std::size_t bodyBytes = 400;
-    // Hold = (bytes/2 + 1) input tokens at the dearest input price + max_tokens output.
-    Usage holdUsage{static_cast<std::int64_t>(bodyBytes / 2 + 1), 0, 0, maxTokens, false};
+    // Hold = (bytes/2 + 1 + 1000 unseen) input tokens at the dearest input price + max_tokens output.
+    Usage holdUsage{static_cast<std::int64_t>(bodyBytes / 2 + 1 + 1000), 0, 0, maxTokens, false};
     Money hold = priceUsage(s.prices, holdUsage);
     // Output never exceeds max_tokens (the proxy charges no more); "over" is more input than the estimate.
     Usage actual{holdUsage.uncachedInput * num / den, 0, 0, std::min<std::int64_t>(holdUsage.output * num / den, maxTokens),
@@ -105,8 +105,9 @@ bool round(Verdict& v, DrillStack& s, const Options& o, const std::string& user,
             "one log entry per served request (" + std::to_string(logs.size()) + " for " + std::to_string(served) + ")");
     v.check(fs.completed == served && fs.requests == served,
             "the upstream saw exactly the served requests (" + std::to_string(fs.requests) + ")");
-    v.check(upstreamValue == logged + shortfall, "upstream tokens priced (" + money(upstreamValue) +
-                                                     ") = logged costs + shortfall");
+    if (num <= den)
+        v.check(upstreamValue == logged + shortfall, "upstream tokens priced (" + money(upstreamValue) +
+                                                         ") = logged costs + shortfall");
     v.check(decrease <= start, "served requests never took more than the balance had");
     if (num == den) {
         v.check(served == o.overspendCovers, "exactly " + std::to_string(o.overspendCovers) +
@@ -119,8 +120,8 @@ bool round(Verdict& v, DrillStack& s, const Options& o, const std::string& user,
         v.check(shortfall.nanos == 0 && logged == Money{cost.nanos * served}, "each charged exactly its cost, no shortfall");
     } else {
         v.check(served <= o.overspendCovers, "no more served than holds fit (" + std::to_string(served) + ")");
-        v.check(Money{cost.nanos * served} == logged + shortfall,
-                "upstream over-ran its hold: charged what the balance had, the rest recorded as shortfall");
+        v.check(shortfall.nanos == 0 && logged == Money{hold.nanos * served},
+                "upstream over-ran its hold: each request charged its hold (the client's limit), no shortfall");
     }
     return true;
 }

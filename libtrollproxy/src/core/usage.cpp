@@ -254,8 +254,15 @@ bool StreamUsage::onEvent(std::string_view eventName, std::string_view data) {
     if (data.empty() || data.front() != '{')
         return false; // "[DONE]", pings without data
     dom::element doc;
-    if (threadParser().parse(data.data(), data.size(), true).get(doc) || !doc.is_object())
+    if (threadParser().parse(data.data(), data.size(), true).get(doc) || !doc.is_object()) {
+        // An event that names usage but cannot be read (a count beyond 64 bits,
+        // broken JSON) makes the stream's usage unbelievable.
+        if (data.find("\"usage\"") != std::string_view::npos) {
+            markInvalid("invalid usage: an event carrying usage could not be read");
+            return true;
+        }
         return false;
+    }
     if (format_ == ApiFormat::OpenAI) {
         dom::array choices;
         if (!doc["choices"].get_array().get(choices)) {

@@ -144,6 +144,18 @@ std::int64_t ceilDiv(std::int64_t a, std::int64_t b) {
     return (a + b - 1) / b;
 }
 
+// Why a whole answer's usage was not believed, for the log.
+std::string usageNote(const Error& e) {
+    switch (e.code) {
+    case ErrorCode::InvalidArgument:
+        return "upstream " + e.message + "; usage estimated";
+    case ErrorCode::ParseError:
+        return "the answer could not be read as JSON (invalid usage?); usage estimated";
+    default:
+        return "no usage in the answer; usage estimated";
+    }
+}
+
 // The usage when nothing believable was reported: input from the request's
 // bytes, output from what was served (4 bytes or characters a token).
 Usage estimatedUsage(const RequestContext& ctx, std::int64_t outputChars) {
@@ -160,7 +172,12 @@ Usage partialUsage(const RequestContext& ctx, const StreamUsage& su) {
     if (!su.reported() || su.invalid())
         return estimatedUsage(ctx, su.textChars());
     Usage u = su.usage();
-    u.output = std::max(u.output + ceilDiv(su.charsAfterUsage(), 4), ceilDiv(su.textChars(), 4));
+    // Usage seen before any content counted none of it (Anthropic's
+    // message_start): the text served stands alone. Usage seen after some
+    // content counted that part: the text after it is added.
+    bool beforeContent = su.charsAfterUsage() == su.textChars();
+    u.output = beforeContent ? std::max(u.output, ceilDiv(su.textChars(), 4))
+                             : std::max(u.output + ceilDiv(su.charsAfterUsage(), 4), ceilDiv(su.textChars(), 4));
     u.estimated = true;
     return u;
 }
@@ -214,14 +231,14 @@ HttpResponse ProxyServiceImpl::forward(RequestContext& ctx) {
             (void)readAll(*t, errBody);
             metrics().add(Metrics::series("trollproxy_upstream_errors_total",
                                           {{"endpoint", ep.endpoint.name}, {"kind", std::to_string(status)}}));
-            if (status == 429) {
+            KeyVerdict verdict = keyVerdict(status, errBody);
+            if (status == 429 && verdict != KeyVerdict::SetAside) {
                 std::int64_t wait = retryAfterMs(*t);
                 ep.keys->coolDown(k, steadyMs() + wait);
                 soonest = soonest ? std::min(soonest, wait) : wait;
                 lastStatus = 429;
                 continue;
             }
-            KeyVerdict verdict = keyVerdict(status, errBody);
             if (verdict == KeyVerdict::SetAside) {
                 // One request sets aside at most one key: a refusal that
                 // follows the request from key to key is about the request.
@@ -287,9 +304,7 @@ HttpResponse ProxyServiceImpl::wholeAnswer(RequestContext& ctx, UpstreamTransfer
     } else {
         // Missing or unbelievable usage: never free once the answer is served.
         usage = estimatedUsage(ctx, static_cast<std::int64_t>(body.size()));
-        note = reported.error().code == ErrorCode::InvalidArgument
-                   ? "upstream " + reported.error().message + "; usage estimated"
-                   : "no usage in the answer; usage estimated";
+        note = usageNote(reported.error());
     }
     Billed billed = bill(ctx, usage, t.status());
     if (!billed.recorded) {
@@ -297,8 +312,8 @@ HttpResponse ProxyServiceImpl::wholeAnswer(RequestContext& ctx, UpstreamTransfer
         return apiError(ctx.format, 503, "billing is temporarily unavailable; retry later", "ledger_unavailable");
     }
     if (billed.capped)
-        note += note.empty() ? "output capped at the client's limit" : "; output capped at the client's limit";
-    finishLog(ctx, t.status(), &usage, &billed, note);
+        note += note.empty() ? "charge capped by the client's limit" : "; charge capped by the client's limit";
+    finishLog(ctx, t.status(), &billed.usage, &billed, note);
     HttpResponse r;
     r.status = t.status();
     std::string ct = t.header("content-type");
@@ -409,7 +424,8 @@ void ProxyServiceImpl::pumpStream(RequestContext& ctx, UpstreamTransfer& t, Resp
             usage = *u;
         } else {
             usage = estimatedUsage(ctx, wholeBytes);
-            note = "answer to a stream request was not SSE; usage estimated";
+            note = "answer to a stream request was not SSE; " +
+                   (u ? std::string("it was cut; usage estimated") : usageNote(u.error()));
         }
     } else if (complete && su.reported() && !su.invalid() && su.charsAfterUsage() == 0) {
         usage = su.usage();
@@ -437,8 +453,8 @@ void ProxyServiceImpl::pumpStream(RequestContext& ctx, UpstreamTransfer& t, Resp
     if (!billed.recorded)
         note = "charge could not be recorded";
     else if (billed.capped)
-        note += note.empty() ? "output capped at the client's limit" : "; output capped at the client's limit";
-    finishLog(ctx, t.status(), &usage, &billed, note);
+        note += note.empty() ? "charge capped by the client's limit" : "; charge capped by the client's limit";
+    finishLog(ctx, t.status(), &billed.usage, &billed, note);
 }
 
 } // namespace trollproxy::internal

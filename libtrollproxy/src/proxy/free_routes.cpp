@@ -51,7 +51,7 @@ HttpResponse ProxyServiceImpl::relayFree(RequestContext& ctx, ApiFormat format, 
                 continue;
             int status = t->status();
             KeyVerdict verdict = status >= 200 && status < 300 ? KeyVerdict::Fine : keyVerdict(status, answer);
-            if (status == 429) {
+            if (status == 429 && verdict != KeyVerdict::SetAside) {
                 ep.keys->coolDown(k, steadyMs() + 5000);
                 continue;
             }

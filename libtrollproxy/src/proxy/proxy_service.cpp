@@ -256,12 +256,27 @@ HttpResponse ProxyServiceImpl::listModels() const {
 
 Money ProxyServiceImpl::holdEstimate(const RequestContext& ctx) const {
     // An upper bound: every 2 bytes of the body a token at the dearest input
-    // price, plus the largest output the request allows.
+    // price, plus what the body does not show (the upstream's own prompt for
+    // tools and the like, and each remote resource such as an image by URL),
+    // plus the largest output the request allows.
+    constexpr std::int64_t kUnseenInputTokens = 1'000;
+    constexpr std::int64_t kTokensPerRemoteResource = 3'000;
     const PriceTable& p = ctx.model->prices;
     PriceTable worst = p;
+    std::string_view body = ctx.http->body;
     worst.input = std::max({p.input, p.cacheWrite, p.cacheRead});
+    // 1-hour cache writes happen only when the request asks for them
+    // (cache_control {"ttl": "1h"}).
+    if (body.find("\"1h\"") != std::string_view::npos)
+        worst.input = std::max(worst.input, p.cacheWrite1h.value_or(Money{2 * p.input.nanos}));
     Usage u;
-    u.uncachedInput = static_cast<std::int64_t>(ctx.http->body.size() / 2 + 1);
+    std::int64_t remote = 0;
+    for (std::string_view scheme : {"\"https://", "\"http://"}) {
+        for (std::size_t at = body.find(scheme); at != std::string_view::npos; at = body.find(scheme, at + 1))
+            ++remote;
+    }
+    u.uncachedInput = static_cast<std::int64_t>(body.size() / 2 + 1) + kUnseenInputTokens +
+                      std::min<std::int64_t>(remote, 100'000) * kTokensPerRemoteResource;
     // Every one of the n answers may be as long as the limit allows. Bounded
     // so the price cannot overflow; a hold that large is refused anyway.
     constexpr std::int64_t kMaxHoldTokens = 1'000'000'000;
@@ -423,7 +438,9 @@ HttpResponse ProxyServiceImpl::serveCompletion(const HttpRequest& http, ApiForma
 
     // Hold the estimated maximum cost before anything reaches the upstream.
     ctx.holdAmount = holdEstimate(ctx);
-    ctx.holdBounds = ctx.request.maxOutputTokens >= 0;
+    // With an output limit the hold bounds the whole cost, except when the
+    // request continues a stored response: its input is not in the body.
+    ctx.holdBounds = ctx.request.maxOutputTokens >= 0 && ctx.request.previousResponseId.empty();
     HoldRequest hold{ctx.requestId, ctx.account.userId, ctx.model->pool, ctx.holdAmount,
                      wallMs() + settings.holdTtlSeconds * 1000};
     switch (ledger_->reserve(hold)) {
@@ -477,6 +494,14 @@ Billed ProxyServiceImpl::bill(RequestContext& ctx, const Usage& usage, int statu
         }
     }
     billed.cost = priceUsage(ctx.model->prices, priced);
+    // A hold sized from the client's own limit is what the user agreed to pay
+    // at most: a usage priced above it (an upstream reporting absurd input) is
+    // charged the hold.
+    if (ctx.holdBounds && billed.cost.nanos > ctx.holdAmount.nanos) {
+        billed.cost = ctx.holdAmount;
+        billed.capped = true;
+    }
+    billed.usage = priced;
     const Money cost = billed.cost;
     Charge ch;
     ch.requestId = ctx.requestId;

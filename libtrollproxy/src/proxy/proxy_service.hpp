@@ -37,10 +37,11 @@ struct Routing {
 /// What bill() did with one request's usage.
 struct Billed {
     bool recorded = false; ///< false: the charge could be recorded nowhere
-    Money cost;            ///< the price of the usage, output capped at the client's limit
+    Money cost;            ///< the price of the usage, capped by a bounding hold
     Money charged;         ///< what the balance gave (cost − shortfall)
     Money shortfall;       ///< cost the balance could not cover
-    bool capped = false;   ///< reported output exceeded n × the client's output limit
+    bool capped = false;   ///< output beyond n × the client's limit, or a cost above a bounding hold
+    Usage usage;           ///< the usage charged (output capped)
 };
 
 /// Everything one request carries through the path.
@@ -54,8 +55,8 @@ struct RequestContext {
     Account account;
     ClientRequest request;
     bool held = false;
-    /// The hold's amount, and whether the client set an output limit (which
-    /// then bounds the output charged).
+    /// The hold's amount, and whether it bounds the charge (the client set an
+    /// output limit and the input is all in the body).
     Money holdAmount;
     bool holdBounds = false;
     std::int64_t promptBytes = 0;
