@@ -1,6 +1,7 @@
 // Forwarding: tries endpoints and keys in order, then answers whole or as a stream, and bills.
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <optional>
 #include <set>
 
@@ -8,6 +9,7 @@
 
 #include "trollproxy/pricing.hpp"
 #include "trollproxy/sse.hpp"
+#include "core/json_locate.hpp"
 #include "proxy/api_errors.hpp"
 #include "proxy/proxy_service.hpp"
 
@@ -349,7 +351,17 @@ HttpResponse ProxyServiceImpl::streamAnswer(RequestContext& ctx, std::unique_ptr
     g->ctx = ctx;
     g->ctx.http = nullptr; // the request object does not outlive handle()
     g->transfer = std::move(t);
-    r.stream = [g, isSse](ResponseWriter& w) { g->done = true; g->self->pumpStream(g->ctx, *g->transfer, w, isSse); };
+    r.stream = [g, isSse](ResponseWriter& w) {
+        g->done = true;
+        // The same catch-all as handle(): an exception must not take the server
+        // down. The hold stays until the sweep returns it (nothing is settled).
+        try {
+            g->self->pumpStream(g->ctx, *g->transfer, w, isSse);
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "{\"level\":\"error\",\"msg\":\"stream failed\",\"request_id\":\"%s\",\"error\":%s}\n",
+                         g->ctx.requestId.c_str(), jsonQuote(e.what()).c_str());
+        }
+    };
     return r;
 }
 
