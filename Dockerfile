@@ -1,7 +1,9 @@
 # trollproxy image: built on Debian 12 (bookworm), run as a non-root user with only runtime libraries.
-# Build:  docker build -t trollproxy .
-# Run:    docker run -v $PWD/configs/config-openhands-prod.json:/etc/trollproxy/config.json:ro \
-#           -e MONGODB_URI=... -e TROLLPROXY_UPSTREAM_KEYS=... -p 8004:8004 trollproxy
+# Build:  docker build -t trollproxy .   (or podman build; tests/container builds it with podman)
+# Run:    docker run -v $PWD/configs:/etc/trollproxy:ro -v trollproxy-state:/var/lib/trollproxy \
+#           -e MONGODB_URI=... -e TROLLPROXY_UPSTREAM_KEYS=... -p 8004:8004 \
+#           trollproxy --config /etc/trollproxy/config-openhands-prod.json
+# (the config directory, not a file: a reload after `git pull` then reads the new file)
 
 FROM debian:bookworm AS build
 RUN apt-get update \
@@ -22,6 +24,11 @@ RUN meson setup /build --buildtype=release -Dtests=false -Dmongodb=enabled \
  && DESTDIR=/stage meson install -C /build --no-rebuild --strip \
  && /build/server/trollproxy --check-config configs/config-openhands-prod.json \
  && /build/server/trollproxy --check-config configs/config-ohmygpt-prod.json
+# What the runtime image takes, in one tree: the programs and the shared library with its
+# soname link. cp -a keeps links as links (COPY of a glob would copy each link as a file).
+RUN install -d /runtime/usr/local/bin /runtime/usr/local/lib \
+ && cp -a /stage/usr/local/bin/. /runtime/usr/local/bin/ \
+ && cp -a /stage/usr/local/lib/libtrollproxy.so.* /runtime/usr/local/lib/
 
 FROM debian:bookworm-slim
 # Runtime libraries of trollproxy and libtrollproxy (Debian 12 package names), CA
@@ -31,11 +38,12 @@ RUN apt-get update \
       libcpp-httplib0.11 libsimdjson14 libcurl4 libmongoc-1.0-0 libbson-1.0-0 libsqlite3-0 \
       ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --user-group --home-dir /var/lib/trollproxy --shell /usr/sbin/nologin trollproxy \
+ && groupadd --system --gid 10001 trollproxy \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /var/lib/trollproxy \
+      --shell /usr/sbin/nologin trollproxy \
  && install -d -o trollproxy -g trollproxy -m 0750 /var/lib/trollproxy \
  && install -d -m 0755 /etc/trollproxy
-COPY --from=build /stage/usr/local/bin/ /usr/local/bin/
-COPY --from=build /stage/usr/local/lib/libtrollproxy.so* /usr/local/lib/
+COPY --from=build /runtime/ /
 RUN ldconfig && trollproxy --help >/dev/null
 # The charge journal (trollproxy-PORT.journal: charges the ledger could not take
 # yet) lives in the working directory; mount a volume here so it survives restarts.
