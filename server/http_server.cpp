@@ -526,7 +526,7 @@ private:
 
     GuardedServer& server_;
     const HeadLimits& limits_;
-    httplib::ThreadPool workers_;
+    ElasticPool workers_;
     const int epoll_;
     const int wake_;
     std::thread reader_;
@@ -538,15 +538,15 @@ private:
     std::size_t buffered_ = 0;
 };
 
-GuardedServer::GuardedServer(HeadLimits limits, std::size_t workers)
-    : limits_(limits), workers_(std::max<std::size_t>(workers, 1)) {
+GuardedServer::GuardedServer(HeadLimits limits, ElasticPool::Options workers)
+    : limits_(limits), workers_(workers) {
     if (limits_.maxConnections == 0) {
         // Up to ~3 upstream sockets and a ledger connection per worker
         // (docs/reliability.md, "Descriptors"); the rest is for the ledger,
         // the journal and the listeners.
         rlimit files{};
         ::getrlimit(RLIMIT_NOFILE, &files);
-        std::size_t reserve = 4 * workers_ + 256;
+        std::size_t reserve = 4 * workers_.maxThreads + 256;
         limits_.maxConnections = files.rlim_cur > reserve + 64 ? files.rlim_cur - reserve : 64;
     }
     new_task_queue = [this] { return new Engine(*this); };

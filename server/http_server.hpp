@@ -9,6 +9,8 @@
 
 #include <httplib.h>
 
+#include "elastic_pool.hpp"
+
 namespace trollproxy::server {
 
 /// Bounds on what a client may send before a worker thread takes its request.
@@ -46,8 +48,9 @@ struct RequestScope {
 /// handler is this class's own; do not replace it.
 class GuardedServer : public httplib::Server {
 public:
-    /// `workers` threads run requests (httplib's new_task_queue is replaced).
-    GuardedServer(HeadLimits limits, std::size_t workers);
+    /// Requests run on an ElasticPool of `workers` (httplib's new_task_queue is
+    /// replaced): threads start as requests arrive, up to workers.maxThreads.
+    GuardedServer(HeadLimits limits, ElasticPool::Options workers);
     ~GuardedServer() override;
 
     /// The request being served on this thread; nullptr outside a request.
@@ -66,7 +69,7 @@ private:
     bool stopping() const { return svr_sock_ == INVALID_SOCKET; }
 
     HeadLimits limits_;
-    const std::size_t workers_;
+    const ElasticPool::Options workers_;
     std::atomic<Engine*> engine_{nullptr};
     static thread_local Exchange* current_;
 };

@@ -238,8 +238,10 @@ int main(int argc, char** argv) {
 
     // Request heads are collected by one thread within these limits; the
     // workers only run requests whose head has arrived (server/http_server.hpp).
+    // Worker threads start as requests need them and exit after idling, so
+    // a proxy sized for thousands of streams costs little while quiet.
     server::GuardedServer svr(server::HeadLimits{},
-                              static_cast<std::size_t>(settings.workerThreads));
+                              {.maxThreads = static_cast<std::size_t>(settings.workerThreads)});
     svr.set_payload_max_length(static_cast<std::size_t>(settings.maxBodyBytes) + 1024 * 1024);
     svr.set_keep_alive_max_count(10'000);
     svr.set_tcp_nodelay(
@@ -269,7 +271,7 @@ int main(int argc, char** argv) {
     std::printf("trollproxy listening on %s:%d\n", host.c_str(), port);
 
     // /metrics on its own listener: the public port does not serve it.
-    server::GuardedServer metricsSvr(server::HeadLimits{}, 2);
+    server::GuardedServer metricsSvr(server::HeadLimits{}, {.maxThreads = 2});
     // SO_REUSEADDR without httplib's SO_REUSEPORT: a port taken by another
     // process is an error here, not a port shared with it.
     metricsSvr.set_socket_options([](socket_t s) {

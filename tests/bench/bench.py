@@ -5,6 +5,9 @@ Started by run.sh (which builds and raises limits). Every target gets its own te
 each measurement point runs all targets back to back so that ratios hold on a noisy machine.
 Writes raw results (results.json), a Markdown report (results.md) and plots into --out, and
 with --docs also the report block in docs/benchmarks.md and the PNG under docs/.
+The report ends with each proxy's idle, peak and after-run RSS and threads. --memory-only measures
+just that around one burst of slow streams (memory.json, memory.md), optionally next to a --baseline
+trollproxy binary.
 """
 import argparse
 import datetime
@@ -29,6 +32,9 @@ BODY = json.dumps({"model": MODEL, "max_tokens": 64, "messages": [{"role": "user
 STREAM_BODY = json.dumps({"model": MODEL, "max_tokens": 64, "stream": True,
                           "messages": [{"role": "user", "content": PROMPT}]})
 CHUNKS, CHUNK_DELAY_MS = 64, 20
+# trollproxy's worker_threads: room for 4,096 streams; threads start only as connections need them.
+WORKERS = 4096
+AFTER_RUN_S = 10  # RSS "after the run" is read this long after the last load (workers idle 5 s, then exit)
 
 children = []  # every process we started, stopped in reverse order at exit
 
@@ -159,7 +165,7 @@ class Usage:
     """Samples a target's RSS while a load runs; CPU from /proc/PID/stat before and after."""
 
     def __init__(self, pids):
-        self.pids, self.peak, self.stop = pids, 0, threading.Event()
+        self.pids, self.peak, self.peak_threads, self.stop = pids, 0, 0, threading.Event()
 
     def __enter__(self):
         self.t0, self.c0, self.lo0 = time.time(), cpu_ticks(self.pids), listen_overflows()
@@ -170,6 +176,7 @@ class Usage:
     def run(self):
         while not self.stop.is_set():
             self.peak = max(self.peak, rss_kib(self.pids))
+            self.peak_threads = max(self.peak_threads, threads(self.pids))
             self.stop.wait(0.2)
 
     def __exit__(self, *exc):
@@ -177,6 +184,7 @@ class Usage:
         self.thread.join()
         wall = time.time() - self.t0
         self.result = {"rss_peak_mib": round(max(self.peak, rss_kib(self.pids)) / 1024, 1),
+                       "threads_peak": max(self.peak_threads, threads(self.pids)),
                        "cpu_pct": round(100.0 * (cpu_ticks(self.pids) - self.c0) / CLK_TCK / wall, 1),
                        "listen_overflows": listen_overflows() - self.lo0,
                        "load1": float(open("/proc/loadavg").read().split()[0])}
@@ -194,14 +202,14 @@ class Target:
         return f"http://127.0.0.1:{self.port}/v1/chat/completions"
 
 
-def start_upstream(run_dir, name):
+def start_upstream(run_dir, name, delay_ms=CHUNK_DELAY_MS):
     p = start(f"upstream-{name}", [args.fake_upstream, "--listen", "127.0.0.1:0", "--chunks", str(CHUNKS),
-                                    "--chunk-delay-ms", str(CHUNK_DELAY_MS), "--threads", "2400"], run_dir)
+                                    "--chunk-delay-ms", str(delay_ms), "--threads", "2400"], run_dir)
     return wait_listening(p, run_dir)
 
 
-def nginx_target(run_dir):
-    up = start_upstream(run_dir, "nginx")
+def nginx_target(run_dir, delay_ms=CHUNK_DELAY_MS):
+    up = start_upstream(run_dir, "nginx", delay_ms)
     port = free_port()
     prefix = os.path.join(run_dir, "nginx")
     os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
@@ -251,8 +259,8 @@ def portkey_target(run_dir):
     return Target("portkey", "Portkey", port, headers, p)
 
 
-def trollproxy_target(run_dir, name, label, ledger):
-    up = start_upstream(run_dir, name)
+def trollproxy_target(run_dir, name, label, ledger, proxy=None, delay_ms=CHUNK_DELAY_MS):
+    up = start_upstream(run_dir, name, delay_ms)
     cfg = os.path.join(run_dir, f"{name}.json")
     with open(cfg, "w") as f:
         json.dump({
@@ -263,7 +271,7 @@ def trollproxy_target(run_dir, name, label, ledger):
                         "input_price_per_mtok": 3.0, "output_price_per_mtok": 15.0,
                         "cache_write_price_per_mtok": 3.75, "cache_hit_price_per_mtok": 0.3,
                         "billing_multiplier": 1.1}],
-            "trollproxy": {"rate_limit_per_minute": 0, "worker_threads": 2200,
+            "trollproxy": {"rate_limit_per_minute": 0, "worker_threads": WORKERS,
                            "journal_path": os.path.join(run_dir, f"{name}.journal")},
         }, f, indent=1)
     admin = [args.admin, "--ledger", ledger]
@@ -279,7 +287,7 @@ def trollproxy_target(run_dir, name, label, ledger):
     key = run("key", "add", user).strip().split()[-1]
     for pool in ("credits", "creditsNew", "refCredits"):
         run("credit", user, pool, "1000000")
-    p = start(name, [args.proxy, "--config", cfg, "--ledger", ledger, "--listen", "127.0.0.1:0"], run_dir, env=env)
+    p = start(name, [proxy or args.proxy, "--config", cfg, "--ledger", ledger, "--listen", "127.0.0.1:0"], run_dir, env=env)
     port = wait_listening(p, run_dir)
     t = Target(name, label, port, [f"Authorization: Bearer {key}"], p)
     t.admin, t.env, t.user = admin, env, user
@@ -412,10 +420,11 @@ def table(title, rows, targets, note=""):
     """rows: (label, unit, {target name: value}); columns: each target, then trollproxy's ratios."""
     names = [t.name for t in targets]
     ours = [t for t in targets if t.name.startswith("trollproxy")]
+    others = [(n, l) for n, l in (("nginx", "nginx"), ("portkey", "Portkey")) if n in names]
     head = ["", *[t.label for t in targets]]
     for o in ours:
-        short = "trollproxy" if o.name == "trollproxy" else "tp-mongo"
-        head += [f"{short} / nginx", f"{short} / Portkey"]
+        short = {"trollproxy": "trollproxy", "trollproxy-mongo": "tp-mongo"}.get(o.name, o.name[len("trollproxy-"):])
+        head += [f"{short} / {label}" for _, label in others]
     lines = [f"### {title}", ""]
     if note:
         lines += [note, ""]
@@ -423,7 +432,7 @@ def table(title, rows, targets, note=""):
     for label, unit, vals in rows:
         cells = [label] + [fmt(vals.get(n), unit) for n in names]
         for o in ours:
-            cells += [ratio(vals.get(o.name), vals.get("nginx")), ratio(vals.get(o.name), vals.get("portkey"))]
+            cells += [ratio(vals.get(o.name), vals.get(n)) for n, _ in others]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -497,11 +506,29 @@ def report(R, targets):
                      f"event. A gap is the time between consecutive events (ideal: {CHUNK_DELAY_MS} ms; 0 when two "
                      f"arrive in one read); span = first to {CHUNKS}th event (ideal {CHUNKS * CHUNK_DELAY_MS} ms). "
                      f"Errors: streams that did not answer 200 with all {CHUNKS} chunks and [DONE]."))
-    rows = [("idle RSS at start", " MiB", {t.name: R["idle"].get(t.name, {}).get("start") for t in proxies}),
-            ("idle RSS after the run", " MiB", {t.name: R["idle"].get(t.name, {}).get("end") for t in proxies}),
-            ("threads at start", "", {t.name: R["idle"].get(t.name, {}).get("threads") for t in proxies})]
-    out.append(table("Memory", rows, targets))
+    out.append(memory_table("Memory", R["idle"], targets,
+                            f"Idle: after two requests at start. Peak: the highest sample (every 0.2 s) over every "
+                            f"load above. After: {AFTER_RUN_S} s after the last load. trollproxy runs with "
+                            f"worker_threads {WORKERS}."))
     return "\n".join(out)
+
+
+def memory_table(title, M, targets, note=""):
+    """M: {target name: {"start", "peak", "end" (MiB), "threads", "threads_peak", "threads_end"}}."""
+    proxies = [t for t in targets if t.name != "direct"]
+    g = lambda k: {t.name: M.get(t.name, {}).get(k) for t in proxies}
+    rows = [("idle RSS at start", " MiB", g("start")), ("peak RSS", " MiB", g("peak")),
+            (f"RSS {AFTER_RUN_S} s after the run", " MiB", g("end")),
+            ("threads at start", "", g("threads")), ("peak threads", "", g("threads_peak")),
+            (f"threads {AFTER_RUN_S} s after the run", "", g("threads_end"))]
+    return table(title, rows, targets, note)
+
+
+def note_peak(R, t, usage):
+    """Raises the target's run-wide peak RSS and threads with one load point's."""
+    m = R["idle"].setdefault(t.name, {})
+    m["peak"] = max(m.get("peak") or 0, usage["rss_peak_mib"])
+    m["threads_peak"] = max(m.get("threads_peak") or 0, usage["threads_peak"])
 
 
 def plot(R, targets, out_png, run_dir):
@@ -578,7 +605,10 @@ def machine():
         except (OSError, IndexError):
             return "?"
     commit = ver(["git", "-C", ROOT, "describe", "--always", "--dirty"])
-    pk = json.load(open(os.path.join(BENCH, "portkey/node_modules/@portkey-ai/gateway/package.json")))["version"]
+    try:
+        pk = json.load(open(os.path.join(BENCH, "portkey/node_modules/@portkey-ai/gateway/package.json")))["version"]
+    except OSError:
+        pk = "not installed"
     return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "nproc": os.cpu_count(), "cpu": cpu, "kernel": os.uname().release,
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
@@ -602,6 +632,12 @@ def main():
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--docs", action="store_true", help="write the report into docs/benchmarks.md and the plot into docs/")
     ap.add_argument("--from-json", action="store_true", help="no measuring: report again from --out's results.json")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the memory comparison: idle, one burst of --memory-streams slow streams, "
+                         f"{AFTER_RUN_S} s after (nginx and trollproxy, and --baseline if given)")
+    ap.add_argument("--baseline", help="with --memory-only: another trollproxy binary to measure next to this one")
+    ap.add_argument("--memory-streams", type=int, default=2000)
+    ap.add_argument("--memory-delay-ms", type=int, default=100, help="the test upstream's chunk delay in the burst")
     args = ap.parse_args()
     args.fake_upstream = os.path.join(args.build, "tests/fake_upstream/trollproxy-fake-upstream")
     args.proxy = os.path.join(args.build, "server/trollproxy")
@@ -621,7 +657,7 @@ def main():
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: sys.exit(130))
     try:
-        run(run_dir)
+        run_memory(run_dir) if args.memory_only else run(run_dir)
     finally:
         stop_all()
 
@@ -663,6 +699,7 @@ def run(run_dir):
             with Usage(t.pids) as u:
                 r = wrk(t, c, args.wrk_seconds, run_dir)
             r.update(u.result)
+            note_peak(R, t, u.result)
             R["wrk"][str(c)][t.name] = r
             log(f"wrk c={c} {t.label}: {r}")
     for c in (1, 32):
@@ -676,14 +713,16 @@ def run(run_dir):
             with Usage(t.pids) as u:
                 r = sse(t, n, args.rounds, run_dir)
             r.update(u.result)
+            note_peak(R, t, u.result)
             R["sse"][str(n)][t.name] = r
             log(f"sse N={n} {t.label}: errors {r['errors']} {r['error_kinds']} ttfb {r['ttfb_ms']} gap {r['gap_ms']} "
                 f"cpu {r['cpu_pct']} rss {r['rss_peak_mib']} overflows {r['listen_overflows']}")
             time.sleep(1)
-    time.sleep(6)  # past the servers' keep-alive timeouts
+    time.sleep(AFTER_RUN_S)  # past the servers' keep-alive timeouts and trollproxy's worker idle time
     for t in targets:
         if t.proc:
             R["idle"][t.name]["end"] = round(rss_kib(t.pids) / 1024, 1)
+            R["idle"][t.name]["threads_end"] = threads(t.pids)
     troll = next(t for t in targets if t.name == "trollproxy")
     out = subprocess.run(troll.admin + ["balance", troll.user], capture_output=True, text=True, env=troll.env)
     R["trollproxy_balance_after"] = out.stdout.strip()
@@ -700,6 +739,45 @@ def run(run_dir):
         p = os.path.join(run_dir, f)
         if os.path.isfile(p) and os.path.getsize(p) > 20 << 20:
             os.remove(p)
+
+
+def run_memory(run_dir):
+    """Idle, peak and after-burst RSS and threads of nginx and trollproxy (and a baseline binary), one at a time."""
+    delay = args.memory_delay_ms
+    targets = [nginx_target(run_dir, delay),
+               trollproxy_target(run_dir, "trollproxy", "trollproxy", f"sqlite:{run_dir}/ledger.db", delay_ms=delay)]
+    if args.baseline:
+        targets.append(trollproxy_target(run_dir, "trollproxy-baseline", "trollproxy (baseline)",
+                                         f"sqlite:{run_dir}/ledger-baseline.db", proxy=args.baseline, delay_ms=delay))
+    M, bursts = {}, {}
+    for t in targets:
+        check_target(t)
+        t.pids = descendants(t.proc.pid)
+    time.sleep(AFTER_RUN_S)  # the checks' workers and connections gone
+    for t in targets:
+        M[t.name] = {"start": round(rss_kib(t.pids) / 1024, 1), "threads": threads(t.pids)}
+    for t in targets:
+        with Usage(t.pids) as u:
+            r = sse(t, args.memory_streams, 1, run_dir)
+        M[t.name].update(peak=u.result["rss_peak_mib"], threads_peak=u.result["threads_peak"])
+        bursts[t.name] = {"errors": r["errors"], "error_kinds": r["error_kinds"], "ttfb_ms": r["ttfb_ms"],
+                          "span_ms": r["span_ms"]}
+        log(f"burst {t.label}: {M[t.name]} errors {r['errors']} {r['error_kinds']}")
+        time.sleep(AFTER_RUN_S)
+        M[t.name].update(end=round(rss_kib(t.pids) / 1024, 1), threads_end=threads(t.pids))
+        log(f"{AFTER_RUN_S} s after {t.label}: {M[t.name]}")
+    R = {"machine": machine(), "memory": M, "bursts": bursts, "labels": {t.name: t.label for t in targets}}
+    json.dump(R, open(os.path.join(args.out, "memory.json"), "w"), indent=1)
+    m = R["machine"]
+    md = (f"Run {m['date']} on {m['nproc']} × {m['cpu']}, Linux {m['kernel']}; trollproxy {m['trollproxy']}, "
+          f"{m['nginx']}.\n\n")
+    md += memory_table(f"Memory: one burst of {args.memory_streams:,} concurrent streams "
+                       f"({CHUNKS} chunks, {delay} ms apart)", M, targets,
+                       f"Each target alone: idle {AFTER_RUN_S} s after two requests, the burst, then {AFTER_RUN_S} s "
+                       f"of quiet. trollproxy: worker_threads {WORKERS}. Streams not served in full: " +
+                       ", ".join(f"{t.label} {bursts[t.name]['errors']}" for t in targets) + ".")
+    open(os.path.join(args.out, "memory.md"), "w").write(md)
+    print(md)
 
 
 def write_report(R, targets, run_dir):

@@ -3,6 +3,7 @@
 # gateway, on 127.0.0.1. Builds its own release tree (build-bench), installs what it needs,
 # raises the open-file limit, runs bench.py and stops every process it started on exit.
 #   tests/bench/run.sh [--quick] [--no-docs] [bench.py options...]
+#   tests/bench/run.sh --memory-only [--baseline BIN]   idle, peak and after-burst RSS only
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
