@@ -165,3 +165,28 @@ TEST_CASE("another process holding the write lock: the batch fails as a whole wi
     CHECK(gc.run([](Connection& c) { return insert(c, 2); }));
     CHECK(count(pool, "1") == 1);
 }
+
+TEST_CASE("the connection pool closes connections a burst opened once no request needs them") {
+    TempDb db;
+    ConnectionPool pool(db.path.string(), 3000);
+    {
+        // A burst: 40 connections in use at once.
+        std::vector<std::unique_ptr<ConnectionPool::Lease>> burst;
+        for (int i = 0; i < 40; ++i)
+            burst.push_back(pool.take(nullptr));
+    }
+    std::size_t afterBurst = pool.idleCount();
+    CHECK(afterBurst >= 40);
+    pool.trimIdle(); // starts a window: the burst's connections were all needed in it
+    CHECK(pool.idleCount() == afterBurst);
+    // Steady traffic of one request at a time needs one connection.
+    for (int i = 0; i < 10; ++i)
+        (void)pool.take(nullptr);
+    pool.trimIdle(); // all but the few still used in the window are closed
+    CHECK(pool.idleCount() <= 3);
+    CHECK(pool.idleCount() >= 1);
+    // Still usable.
+    auto c = pool.take(nullptr);
+    REQUIRE(c);
+    CHECK((*c)->exec("SELECT 1") == SQLITE_OK);
+}

@@ -116,6 +116,14 @@ public:
     /// A connection, or nullptr when the file cannot be opened.
     std::unique_ptr<Lease> take(std::string* error);
 
+    /// Connections waiting to be taken (for tests).
+    std::size_t idleCount();
+
+    /// Closes the idle connections that no request needed since the last call
+    /// (all but a few): a burst's connections, each with its own page cache,
+    /// are not kept for ever. Called every few seconds by the pool's thread.
+    void trimIdle();
+
 private:
     void give(std::unique_ptr<Connection> c);
     void checkpointLoop();
@@ -125,6 +133,7 @@ private:
     bool fullSync_;
     std::mutex mutex_;
     std::vector<std::unique_ptr<Connection>> idle_;
+    std::size_t minIdle_ = 0; ///< fewest idle connections since the last trim
     FairTimedMutex writer_;
     std::mutex stopMutex_;
     std::condition_variable stopCv_;
