@@ -61,6 +61,11 @@ struct EndpointConfig {
     std::string apiKeyEnv;
 };
 
+/// The client API an endpoint serves, read from the ending of its base_url's
+/// path: /chat/completions, /messages or /responses.
+enum class EndpointApi { None, ChatCompletions, Messages, Responses };
+EndpointApi endpointApi(const EndpointConfig& endpoint);
+
 /// What to do with new requests while the ledger cannot be reached.
 enum class LedgerFailureMode { FailClosed, FailOpen };
 

@@ -36,16 +36,27 @@ const ModelConfig* Config::findModel(std::string_view idOrAlias) const {
     return nullptr;
 }
 
+EndpointApi endpointApi(const EndpointConfig& endpoint) {
+    std::string_view path = std::string_view(endpoint.baseUrl).substr(0, endpoint.baseUrl.find('?'));
+    auto endsWith = [path](std::string_view tail) {
+        return path.size() >= tail.size() && path.substr(path.size() - tail.size()) == tail;
+    };
+    if (endsWith("/chat/completions"))
+        return EndpointApi::ChatCompletions;
+    if (endsWith("/messages"))
+        return EndpointApi::Messages;
+    if (endsWith("/responses"))
+        return EndpointApi::Responses;
+    return EndpointApi::None;
+}
+
 std::vector<std::string> Config::routes() const {
     bool chat = false, messages = false, responses = false;
     for (const auto& ep : endpoints) {
-        std::string_view path = std::string_view(ep.baseUrl).substr(0, ep.baseUrl.find('?'));
-        auto endsWith = [path](std::string_view tail) {
-            return path.size() >= tail.size() && path.substr(path.size() - tail.size()) == tail;
-        };
-        chat |= endsWith("/chat/completions");
-        messages |= endsWith("/messages");
-        responses |= endsWith("/responses");
+        EndpointApi api = endpointApi(ep);
+        chat |= api == EndpointApi::ChatCompletions;
+        messages |= api == EndpointApi::Messages;
+        responses |= api == EndpointApi::Responses;
     }
     std::vector<std::string> out;
     if (chat)

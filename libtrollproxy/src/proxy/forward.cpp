@@ -104,15 +104,16 @@ KeyVerdict keyVerdict(int status, const std::string& body) {
         return KeyVerdict::SetAside;
     if (status == 403)
         return KeyVerdict::NextKey;
+    const KeyVerdict otherwise = status == 429 ? KeyVerdict::RateLimited : KeyVerdict::Fine;
     if (status != 400 && status != 429)
         return KeyVerdict::Fine;
     thread_local simdjson::dom::parser parser;
     simdjson::dom::element doc;
     if (parser.parse(body).get(doc))
-        return KeyVerdict::Fine;
+        return otherwise;
     simdjson::dom::element error;
     if (doc["error"].get(error) || !error.is_object())
-        return KeyVerdict::Fine;
+        return otherwise;
     std::string_view type, code;
     if (error["type"].get_string().get(type))
         type = {};
@@ -124,7 +125,7 @@ KeyVerdict keyVerdict(int status, const std::string& body) {
         if (v == "budget_exceeded" || v == "insufficient_quota" || v == "billing_error")
             return KeyVerdict::SetAside;
     }
-    return KeyVerdict::Fine;
+    return otherwise;
 }
 
 namespace {
@@ -141,6 +142,26 @@ std::int64_t retryAfterMs(const UpstreamTransfer& t) {
     }
     return (s > 0 ? std::min(s, 3600LL) : 5) * 1000;
 }
+
+} // namespace
+
+KeyVerdict applyRefusal(KeyPool& keys, std::size_t k, const UpstreamTransfer& t, const std::string& body,
+                        bool& setAsideOne, std::int64_t& waitMs) {
+    KeyVerdict verdict = keyVerdict(t.status(), body);
+    if (verdict == KeyVerdict::RateLimited) {
+        waitMs = retryAfterMs(t);
+        keys.coolDown(k, steadyMs() + waitMs);
+    } else if (verdict == KeyVerdict::SetAside) {
+        // One request sets aside at most one key: a refusal that follows the
+        // request from key to key is about the request.
+        if (!setAsideOne)
+            keys.setAside(k, steadyMs() + kSetAsideMs);
+        setAsideOne = true;
+    }
+    return verdict;
+}
+
+namespace {
 
 std::int64_t ceilDiv(std::int64_t a, std::int64_t b) {
     return (a + b - 1) / b;
@@ -233,20 +254,14 @@ HttpResponse ProxyServiceImpl::forward(RequestContext& ctx) {
             (void)readAll(*t, errBody);
             metrics().add(Metrics::series("trollproxy_upstream_errors_total",
                                           {{"endpoint", ep.endpoint.name}, {"kind", std::to_string(status)}}));
-            KeyVerdict verdict = keyVerdict(status, errBody);
-            if (status == 429 && verdict != KeyVerdict::SetAside) {
-                std::int64_t wait = retryAfterMs(*t);
-                ep.keys->coolDown(k, steadyMs() + wait);
+            std::int64_t wait = 0;
+            KeyVerdict verdict = applyRefusal(*ep.keys, k, *t, errBody, setAsideOne, wait);
+            if (verdict == KeyVerdict::RateLimited) {
                 soonest = soonest ? std::min(soonest, wait) : wait;
                 lastStatus = 429;
                 continue;
             }
             if (verdict == KeyVerdict::SetAside) {
-                // One request sets aside at most one key: a refusal that
-                // follows the request from key to key is about the request.
-                if (!setAsideOne)
-                    ep.keys->setAside(k, steadyMs() + kSetAsideMs);
-                setAsideOne = true;
                 lastStatus = 503;
                 continue;
             } else if (verdict == KeyVerdict::NextKey) {

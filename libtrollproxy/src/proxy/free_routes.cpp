@@ -5,6 +5,17 @@
 
 namespace trollproxy::internal {
 
+RequestContext ProxyServiceImpl::freeContext(const HttpRequest& http, ApiFormat format, std::string route) const {
+    RequestContext ctx;
+    ctx.http = &http;
+    ctx.routing = routing();
+    ctx.format = format;
+    ctx.route = std::move(route);
+    ctx.requestId = "free";
+    ctx.start = std::chrono::steady_clock::now();
+    return ctx;
+}
+
 std::optional<HttpResponse> ProxyServiceImpl::admitFree(RequestContext& ctx) {
     const HttpRequest& http = *ctx.http;
     if (static_cast<std::int64_t>(http.body.size()) > ctx.routing->config->settings.maxBodyBytes)
@@ -50,18 +61,11 @@ HttpResponse ProxyServiceImpl::relayFree(RequestContext& ctx, ApiFormat format, 
             if (auto r = readAll(*t, answer); !r)
                 continue;
             int status = t->status();
-            KeyVerdict verdict = status >= 200 && status < 300 ? KeyVerdict::Fine : keyVerdict(status, answer);
-            if (status == 429 && verdict != KeyVerdict::SetAside) {
-                ep.keys->coolDown(k, steadyMs() + 5000);
-                continue;
-            }
-            if (verdict == KeyVerdict::SetAside) {
-                if (!setAsideOne)
-                    ep.keys->setAside(k, steadyMs() + 10 * 60 * 1000);
-                setAsideOne = true;
-                continue;
-            }
-            if (verdict == KeyVerdict::NextKey || status >= 500)
+            std::int64_t wait = 0;
+            KeyVerdict verdict = status >= 200 && status < 300
+                                     ? KeyVerdict::Fine
+                                     : applyRefusal(*ep.keys, k, *t, answer, setAsideOne, wait);
+            if (verdict != KeyVerdict::Fine || status >= 500)
                 continue;
             HttpResponse r;
             r.status = status;
@@ -78,13 +82,7 @@ HttpResponse ProxyServiceImpl::relayFree(RequestContext& ctx, ApiFormat format, 
 }
 
 HttpResponse ProxyServiceImpl::serveCountTokens(const HttpRequest& http) {
-    RequestContext ctx;
-    ctx.http = &http;
-    ctx.routing = routing();
-    ctx.format = ApiFormat::Anthropic;
-    ctx.route = "/v1/messages/count_tokens";
-    ctx.requestId = "free";
-    ctx.start = std::chrono::steady_clock::now();
+    RequestContext ctx = freeContext(http, ApiFormat::Anthropic, "/v1/messages/count_tokens");
     if (auto refused = admitFree(ctx))
         return std::move(*refused);
     auto parsed = parseClientRequest(ApiFormat::Anthropic, http.body, BodyPurpose::CountTokens);
@@ -101,13 +99,7 @@ HttpResponse ProxyServiceImpl::serveCountTokens(const HttpRequest& http) {
 }
 
 HttpResponse ProxyServiceImpl::serveResponseLookup(const HttpRequest& http, const std::string& id) {
-    RequestContext ctx;
-    ctx.http = &http;
-    ctx.routing = routing();
-    ctx.format = ApiFormat::Responses;
-    ctx.route = "/v1/responses/{id}";
-    ctx.requestId = "free";
-    ctx.start = std::chrono::steady_clock::now();
+    RequestContext ctx = freeContext(http, ApiFormat::Responses, "/v1/responses/{id}");
     if (auto refused = admitFree(ctx))
         return std::move(*refused);
     // Only the user who created a response reaches it; to anyone else it does

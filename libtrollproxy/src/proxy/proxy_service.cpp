@@ -126,19 +126,20 @@ Result<std::shared_ptr<const Routing>> ProxyServiceImpl::buildRouting(
     auto routing = std::make_shared<Routing>();
     std::map<std::string, std::shared_ptr<KeyPool>> pools;
     for (const auto& ep : config.endpoints) {
-        std::string path = ep.baseUrl.substr(0, ep.baseUrl.find('?'));
-        ApiFormat format;
-        auto endsWith = [&path](std::string_view tail) {
-            return path.size() >= tail.size() && path.compare(path.size() - tail.size(), tail.size(), tail) == 0;
-        };
-        if (endsWith("/chat/completions"))
+        ApiFormat format = ApiFormat::OpenAI;
+        switch (endpointApi(ep)) {
+        case EndpointApi::ChatCompletions:
             format = ApiFormat::OpenAI;
-        else if (endsWith("/messages"))
+            break;
+        case EndpointApi::Messages:
             format = ApiFormat::Anthropic;
-        else if (endsWith("/responses"))
+            break;
+        case EndpointApi::Responses:
             format = ApiFormat::Responses;
-        else
+            break;
+        case EndpointApi::None:
             continue; // serves no route
+        }
         std::string source = ep.apiKeyEnv.empty() ? "TROLLPROXY_UPSTREAM_KEYS" : ep.apiKeyEnv;
         std::vector<std::string> list = splitKeys(getenv(source));
         if (list.empty() && ep.apiKeyEnv.empty() && !config.settings.keyFile.empty()) {
@@ -270,10 +271,10 @@ Money ProxyServiceImpl::holdEstimate(const RequestContext& ctx) const {
     if (body.find("\"1h\"") != std::string_view::npos)
         worst.input = std::max(worst.input, p.cacheWrite1h.value_or(Money{2 * p.input.nanos}));
     Usage u;
-    std::int64_t remote = 0;
-    for (std::string_view scheme : {"\"https://", "\"http://"}) {
-        for (std::size_t at = body.find(scheme); at != std::string_view::npos; at = body.find(scheme, at + 1))
-            ++remote;
+    std::int64_t remote = 0; // strings starting with http:// or https://, in one pass
+    for (std::size_t at = body.find("\"http"); at != std::string_view::npos; at = body.find("\"http", at + 5)) {
+        std::string_view rest = body.substr(at + 5);
+        remote += rest.starts_with("://") || rest.starts_with("s://");
     }
     u.uncachedInput = static_cast<std::int64_t>(body.size() / 2 + 1) + kUnseenInputTokens +
                       std::min<std::int64_t>(remote, 100'000) * kTokensPerRemoteResource;

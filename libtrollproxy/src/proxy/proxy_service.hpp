@@ -102,6 +102,8 @@ private:
     HttpResponse serveCountTokens(const HttpRequest& request);
     /// GET or DELETE /v1/responses/{id}: only for the user who created it; never charged.
     HttpResponse serveResponseLookup(const HttpRequest& request, const std::string& id);
+    /// The context of a request to a route that is never charged.
+    RequestContext freeContext(const HttpRequest& http, ApiFormat format, std::string route) const;
     /// The caller and rate limit of a free route; a refusal, or nothing when it may go on.
     std::optional<HttpResponse> admitFree(RequestContext& ctx);
     /// Sends a request that is never charged to the endpoints of `format`
@@ -140,11 +142,18 @@ std::string redactKeys(std::string body, const KeyPool& keys);
 
 /// What an upstream refusal says about the key that was used.
 enum class KeyVerdict {
-    Fine,     ///< the request itself was refused: relay it
-    NextKey,  ///< try another key, leave this one in the pool
-    SetAside, ///< the key is invalid or spent: out of the pool for a while
+    Fine,        ///< the request itself was refused: relay it
+    NextKey,     ///< try another key, leave this one in the pool
+    RateLimited, ///< 429: the key cools down for its Retry-After; try another
+    SetAside,    ///< the key is invalid or spent: out of the pool for a while
 };
 KeyVerdict keyVerdict(int status, const std::string& body);
+
+/// Applies an upstream refusal of key `k` to its pool: a rate-limited key cools
+/// down for its Retry-After (returned in `waitMs`), a spent one is set aside —
+/// at most one per request (`setAsideOne` carries that across attempts).
+KeyVerdict applyRefusal(KeyPool& keys, std::size_t k, const UpstreamTransfer& t, const std::string& body,
+                        bool& setAsideOne, std::int64_t& waitMs);
 /// Reads the rest of a transfer into `body`, up to a bound.
 Result<void> readAll(UpstreamTransfer& t, std::string& body);
 
