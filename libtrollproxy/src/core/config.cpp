@@ -37,7 +37,8 @@ const ModelConfig* Config::findModel(std::string_view idOrAlias) const {
 }
 
 EndpointApi endpointApi(const EndpointConfig& endpoint) {
-    std::string_view path = std::string_view(endpoint.baseUrl).substr(0, endpoint.baseUrl.find('?'));
+    std::string_view path =
+        std::string_view(endpoint.baseUrl).substr(0, endpoint.baseUrl.find('?'));
     auto endsWith = [path](std::string_view tail) {
         return path.size() >= tail.size() && path.substr(path.size() - tail.size()) == tail;
     };
@@ -401,11 +402,13 @@ void ConfigReader::readSettings(od::value v, const std::string& path, ProxySetti
                           (ch == '*' && last && c > 0);
                     lowered += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
                 }
-                static const std::set<std::string> kNever{"authorization", "x-api-key", "proxy-authorization",
-                                                          "cookie", "host", "content-length",
-                                                          "transfer-encoding", "connection"};
+                static const std::set<std::string> kNever{
+                    "authorization", "x-api-key",      "proxy-authorization", "cookie",
+                    "host",          "content-length", "transfer-encoding",   "connection"};
                 if (!ok)
-                    error(ip, "\"" + *name + "\" is not a header name (letters, digits, '-', '_', and an optional trailing '*')");
+                    error(ip, "\"" + *name +
+                                  "\" is not a header name (letters, digits, '-', '_', and an "
+                                  "optional trailing '*')");
                 else if (kNever.count(lowered) || lowered == "*")
                     error(ip, "\"" + *name + "\" can never be forwarded");
                 else

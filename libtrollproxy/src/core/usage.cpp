@@ -56,7 +56,8 @@ Error invalidUsage(std::string why) {
 
 // Reads the counts named in `keys` into `outs`; absent ones keep their value.
 // Fails when any is invalid, or when a required one is absent.
-Result<void> readCounts(dom::element usage, std::initializer_list<std::pair<const char*, std::int64_t*>> keys,
+Result<void> readCounts(dom::element usage,
+                        std::initializer_list<std::pair<const char*, std::int64_t*>> keys,
                         std::initializer_list<const char*> required) {
     for (auto [key, out] : keys) {
         Field f = count(usage, key, *out);
@@ -82,7 +83,9 @@ Result<void> readCacheTtl(dom::element obj, const char* key, Usage& u) {
     if (!split.is_object())
         return invalidUsage(std::string(key) + " is not an object");
     std::int64_t fiveMin = 0, oneHour = 0;
-    if (auto r = readCounts(split, {{"ephemeral_5m_input_tokens", &fiveMin}, {"ephemeral_1h_input_tokens", &oneHour}}, {});
+    if (auto r = readCounts(
+            split,
+            {{"ephemeral_5m_input_tokens", &fiveMin}, {"ephemeral_1h_input_tokens", &oneHour}}, {});
         !r)
         return r;
     u.cacheWrite1h = oneHour;
@@ -92,7 +95,8 @@ Result<void> readCacheTtl(dom::element obj, const char* key, Usage& u) {
 
 // Applies the fields an Anthropic usage object carries; absent ones keep their
 // value. `required` names the counts this event must carry.
-Result<void> applyAnthropic(dom::element usage, Usage& u, std::initializer_list<const char*> required) {
+Result<void> applyAnthropic(dom::element usage, Usage& u,
+                            std::initializer_list<const char*> required) {
     Usage next = u;
     if (auto r = readCounts(usage,
                             {{"input_tokens", &next.uncachedInput},
@@ -195,7 +199,8 @@ dom::parser& threadParser() {
 std::string responseIdFromBody(std::string_view body) {
     dom::element doc;
     std::string_view id;
-    if (threadParser().parse(body.data(), body.size(), true).get(doc) || doc["id"].get_string().get(id))
+    if (threadParser().parse(body.data(), body.size(), true).get(doc) ||
+        doc["id"].get_string().get(id))
         return {};
     return std::string(id);
 }
@@ -211,43 +216,47 @@ Result<Usage> usageFromBody(ApiFormat format, std::string_view body) {
 }
 
 struct StreamUsageFormats {
-static bool responsesEvent(StreamUsage& s, std::string_view type, dom::element doc) {
-    // Text the client is sent: answer text, refusals, reasoning and tool input.
-    static constexpr std::string_view kDeltas[] = {
-        "response.output_text.delta",          "response.refusal.delta",
-        "response.reasoning_summary_text.delta", "response.reasoning_text.delta",
-        "response.function_call_arguments.delta", "response.custom_tool_call_input.delta",
-        "response.audio.transcript.delta",
-    };
-    for (std::string_view d : kDeltas) {
-        if (type == d) {
-            s.textChars_ += stringChars(doc, "delta");
-            return false;
+    static bool responsesEvent(StreamUsage& s, std::string_view type, dom::element doc) {
+        // Text the client is sent: answer text, refusals, reasoning and tool input.
+        static constexpr std::string_view kDeltas[] = {
+            "response.output_text.delta",
+            "response.refusal.delta",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_text.delta",
+            "response.function_call_arguments.delta",
+            "response.custom_tool_call_input.delta",
+            "response.audio.transcript.delta",
+        };
+        for (std::string_view d : kDeltas) {
+            if (type == d) {
+                s.textChars_ += stringChars(doc, "delta");
+                return false;
+            }
         }
-    }
-    dom::element response;
-    if (doc["response"].get(response) || !response.is_object())
-        return false;
-    std::string_view id;
-    if (s.responseId_.empty() && !response["id"].get_string().get(id))
-        s.responseId_ = std::string(id);
-    if (type != "response.completed" && type != "response.incomplete" && type != "response.failed")
-        return false;
-    dom::element usage;
-    if (response["usage"].get(usage) || usage.is_null())
-        return false;
-    if (!usage.is_object()) {
-        s.markInvalid("usage is not an object");
+        dom::element response;
+        if (doc["response"].get(response) || !response.is_object())
+            return false;
+        std::string_view id;
+        if (s.responseId_.empty() && !response["id"].get_string().get(id))
+            s.responseId_ = std::string(id);
+        if (type != "response.completed" && type != "response.incomplete" &&
+            type != "response.failed")
+            return false;
+        dom::element usage;
+        if (response["usage"].get(usage) || usage.is_null())
+            return false;
+        if (!usage.is_object()) {
+            s.markInvalid("usage is not an object");
+            return true;
+        }
+        auto u = fromResponses(usage);
+        if (!u) {
+            s.markInvalid(u.error().message);
+            return true;
+        }
+        s.noteUsage(*u);
         return true;
     }
-    auto u = fromResponses(usage);
-    if (!u) {
-        s.markInvalid(u.error().message);
-        return true;
-    }
-    s.noteUsage(*u);
-    return true;
-}
 };
 
 bool StreamUsage::onEvent(std::string_view eventName, std::string_view data) {
@@ -270,7 +279,8 @@ bool StreamUsage::onEvent(std::string_view eventName, std::string_view data) {
                 dom::element delta;
                 if (c["delta"].get(delta) || !delta.is_object())
                     continue;
-                textChars_ += stringChars(delta, "content") + stringChars(delta, "reasoning_content") +
+                textChars_ += stringChars(delta, "content") +
+                              stringChars(delta, "reasoning_content") +
                               stringChars(delta, "reasoning") + stringChars(delta, "refusal");
                 dom::array calls;
                 if (!delta["tool_calls"].get_array().get(calls)) {

@@ -55,7 +55,8 @@ std::string encodeCharge(const Charge& c) {
       << ",\"keyId\":" << jsonQuote(c.keyId) << ",\"model\":" << jsonQuote(c.model)
       << ",\"pool\":\"" << poolName(c.pool) << "\",\"input\":" << c.usage.uncachedInput
       << ",\"cacheWrite\":" << c.usage.cacheWrite << ",\"cacheRead\":" << c.usage.cacheRead
-      << ",\"output\":" << c.usage.output << ",\"estimated\":" << (c.usage.estimated ? "true" : "false")
+      << ",\"output\":" << c.usage.output
+      << ",\"estimated\":" << (c.usage.estimated ? "true" : "false")
       << ",\"costNanos\":" << c.cost.nanos << ",\"statusCode\":" << c.statusCode
       << ",\"latencyMs\":" << c.latencyMs << ",\"success\":" << (c.success ? "true" : "false")
       << ",\"createdAtMs\":" << c.createdAtMs;

@@ -261,8 +261,9 @@ SettleOutcome MongoLedger::settle(const Charge& ch) {
         out.status = SettleStatus::AlreadySettled;
         return out;
     }
-    LogEntry entry{ch.requestId, ch.userId, ch.keyId, ch.model, ch.usage, Money{}, ch.cost,
-                   poolCreditType(ch.pool), ch.statusCode, ch.latencyMs, ch.success, ch.createdAtMs,
+    LogEntry entry{ch.requestId,  ch.userId,    ch.keyId,   ch.model,
+                   ch.usage,      Money{},      ch.cost,    poolCreditType(ch.pool),
+                   ch.statusCode, ch.latencyMs, ch.success, ch.createdAtMs,
                    ch.responseId};
     Doc record; // the log entry, as stored in the pending marker and then in request_logs
     Cas r = casUser(ch.userId, [&](const bson_t* user, bson_t* filter, bson_t* update) {

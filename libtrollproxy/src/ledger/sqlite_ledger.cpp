@@ -301,9 +301,19 @@ private:
         del.bind(1, ch.requestId);
         if (del.step() != SQLITE_DONE)
             return false;
-        LogEntry e{ch.requestId, ch.userId, ch.keyId, ch.model, ch.usage, Money{st.charged},
-                   Money{st.shortfall}, poolCreditType(ch.pool), ch.statusCode, ch.latencyMs, ch.success,
-                   ch.createdAtMs, ch.responseId};
+        LogEntry e{ch.requestId,
+                   ch.userId,
+                   ch.keyId,
+                   ch.model,
+                   ch.usage,
+                   Money{st.charged},
+                   Money{st.shortfall},
+                   poolCreditType(ch.pool),
+                   ch.statusCode,
+                   ch.latencyMs,
+                   ch.success,
+                   ch.createdAtMs,
+                   ch.responseId};
         if (!insertLog(c, e, ch.pool, false))
             return false;
         if (st.shortfall > 0 && !addCounter(c, "shortfall", st.shortfall))
@@ -358,24 +368,30 @@ private:
     static Result<void> addResponseIdColumn(Connection& c) {
         bool has = false;
         {
-            Stmt s = c.prepare("SELECT 1 FROM pragma_table_info('request_logs') WHERE name = 'responseId'");
+            Stmt s = c.prepare(
+                "SELECT 1 FROM pragma_table_info('request_logs') WHERE name = 'responseId'");
             int rc = s.step();
             if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-                return Error{ErrorCode::Unavailable, "cannot read the ledger schema: " + c.lastError()};
+                return Error{ErrorCode::Unavailable,
+                             "cannot read the ledger schema: " + c.lastError()};
             has = rc == SQLITE_ROW;
         }
         if (!has && c.exec("ALTER TABLE request_logs ADD COLUMN responseId TEXT") != SQLITE_OK)
-            return Error{ErrorCode::Unavailable, "cannot add request_logs.responseId: " + c.lastError()};
+            return Error{ErrorCode::Unavailable,
+                         "cannot add request_logs.responseId: " + c.lastError()};
         if (c.exec("CREATE INDEX IF NOT EXISTS request_logs_response ON request_logs (responseId) "
                    "WHERE responseId IS NOT NULL") != SQLITE_OK)
-            return Error{ErrorCode::Unavailable, "cannot index request_logs.responseId: " + c.lastError()};
+            return Error{ErrorCode::Unavailable,
+                         "cannot index request_logs.responseId: " + c.lastError()};
         return {};
     }
 
     static bool insertLog(Connection& c, const LogEntry& e, std::optional<Pool> pool, bool ignoreDuplicate) {
-        Stmt s = c.prepare(ignoreDuplicate
-                               ? "INSERT OR IGNORE INTO request_logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                               : "INSERT INTO request_logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+        Stmt s = c.prepare(
+            ignoreDuplicate
+                ? "INSERT OR IGNORE INTO request_logs VALUES "
+                  "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                : "INSERT INTO request_logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
         s.bind(1, e.requestId).bind(2, e.userId).bind(3, storedKeyId(e.keyId)).bind(4, e.model);
         s.bind(5, e.usage.uncachedInput).bind(6, e.usage.output).bind(7, e.usage.cacheWrite);
         s.bind(8, e.usage.cacheRead).bind(9, e.cost.nanos).bind(10, e.shortfall.nanos);

@@ -80,7 +80,8 @@ public:
         } else {
             curl_easy_setopt(easy_, CURLOPT_POST, 1L);
             curl_easy_setopt(easy_, CURLOPT_POSTFIELDS, body_.data());
-            curl_easy_setopt(easy_, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body_.size()));
+            curl_easy_setopt(easy_, CURLOPT_POSTFIELDSIZE_LARGE,
+                             static_cast<curl_off_t>(body_.size()));
             if (req.method != "POST")
                 curl_easy_setopt(easy_, CURLOPT_CUSTOMREQUEST, req.method.c_str());
         }

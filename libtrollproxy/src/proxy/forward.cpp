@@ -7,11 +7,11 @@
 
 #include <simdjson.h>
 
-#include "trollproxy/pricing.hpp"
-#include "trollproxy/sse.hpp"
 #include "core/json_locate.hpp"
 #include "proxy/api_errors.hpp"
 #include "proxy/proxy_service.hpp"
+#include "trollproxy/pricing.hpp"
+#include "trollproxy/sse.hpp"
 
 namespace trollproxy::internal {
 
@@ -38,8 +38,9 @@ bool forwardable(const std::string& name, const Config& cfg) {
     if (name == "user-agent")
         return cfg.userAgent.empty();
     for (const std::string& allowed : cfg.settings.forwardHeaders) {
-        if (allowed.back() == '*' ? name.compare(0, allowed.size() - 1, allowed, 0, allowed.size() - 1) == 0
-                                  : name == allowed)
+        if (allowed.back() == '*'
+                ? name.compare(0, allowed.size() - 1, allowed, 0, allowed.size() - 1) == 0
+                : name == allowed)
             return true;
     }
     return false;
@@ -145,8 +146,8 @@ std::int64_t retryAfterMs(const UpstreamTransfer& t) {
 
 } // namespace
 
-KeyVerdict applyRefusal(KeyPool& keys, std::size_t k, const UpstreamTransfer& t, const std::string& body,
-                        bool& setAsideOne, std::int64_t& waitMs) {
+KeyVerdict applyRefusal(KeyPool& keys, std::size_t k, const UpstreamTransfer& t,
+                        const std::string& body, bool& setAsideOne, std::int64_t& waitMs) {
     KeyVerdict verdict = keyVerdict(t.status(), body);
     if (verdict == KeyVerdict::RateLimited) {
         waitMs = retryAfterMs(t);
@@ -200,7 +201,8 @@ Usage partialUsage(const RequestContext& ctx, const StreamUsage& su) {
     // content counted that part: the text after it is added.
     bool beforeContent = su.charsAfterUsage() == su.textChars();
     u.output = beforeContent ? std::max(u.output, ceilDiv(su.textChars(), 4))
-                             : std::max(u.output + ceilDiv(su.charsAfterUsage(), 4), ceilDiv(su.textChars(), 4));
+                             : std::max(u.output + ceilDiv(su.charsAfterUsage(), 4),
+                                        ceilDiv(su.textChars(), 4));
     u.estimated = true;
     return u;
 }
@@ -329,7 +331,8 @@ HttpResponse ProxyServiceImpl::wholeAnswer(RequestContext& ctx, UpstreamTransfer
         return apiError(ctx.format, 503, "billing is temporarily unavailable; retry later", "ledger_unavailable");
     }
     if (billed.capped)
-        note += note.empty() ? "charge capped by the client's limit" : "; charge capped by the client's limit";
+        note += note.empty() ? "charge capped by the client's limit"
+                             : "; charge capped by the client's limit";
     finishLog(ctx, t.status(), &billed.usage, &billed, note);
     HttpResponse r;
     r.status = t.status();
@@ -373,7 +376,9 @@ HttpResponse ProxyServiceImpl::streamAnswer(RequestContext& ctx, std::unique_ptr
         try {
             g->self->pumpStream(g->ctx, *g->transfer, w, isSse);
         } catch (const std::exception& e) {
-            std::fprintf(stderr, "{\"level\":\"error\",\"msg\":\"stream failed\",\"request_id\":\"%s\",\"error\":%s}\n",
+            std::fprintf(stderr,
+                         "{\"level\":\"error\",\"msg\":\"stream "
+                         "failed\",\"request_id\":\"%s\",\"error\":%s}\n",
                          g->ctx.requestId.c_str(), jsonQuote(e.what()).c_str());
         }
     };
@@ -468,7 +473,8 @@ void ProxyServiceImpl::pumpStream(RequestContext& ctx, UpstreamTransfer& t, Resp
         if (su.invalid())
             note = "upstream " + su.invalidReason() + "; usage estimated";
         else if (!complete)
-            note = clientGone ? "client disconnected; usage estimated" : "stream cut; usage estimated";
+            note =
+                clientGone ? "client disconnected; usage estimated" : "stream cut; usage estimated";
         else if (su.reported())
             note = "content after the usage event; output estimated";
         else
@@ -480,7 +486,8 @@ void ProxyServiceImpl::pumpStream(RequestContext& ctx, UpstreamTransfer& t, Resp
     if (!billed.recorded)
         note = "charge could not be recorded";
     else if (billed.capped)
-        note += note.empty() ? "charge capped by the client's limit" : "; charge capped by the client's limit";
+        note += note.empty() ? "charge capped by the client's limit"
+                             : "; charge capped by the client's limit";
     finishLog(ctx, t.status(), &billed.usage, &billed, note);
 }
 

@@ -5,7 +5,8 @@
 
 namespace trollproxy::internal {
 
-RequestContext ProxyServiceImpl::freeContext(const HttpRequest& http, ApiFormat format, std::string route) const {
+RequestContext ProxyServiceImpl::freeContext(const HttpRequest& http, ApiFormat format,
+                                             std::string route) const {
     RequestContext ctx;
     ctx.http = &http;
     ctx.routing = routing();
@@ -31,15 +32,18 @@ std::optional<HttpResponse> ProxyServiceImpl::admitFree(RequestContext& ctx) {
     }
     RateDecision rate = ctx.routing->rateLimiter->check(ctx.account.keyId, steadyMs());
     if (!rate.allowed) {
-        HttpResponse r = apiError(ctx.format, 429, "rate limit exceeded: " + std::to_string(rate.limit) +
-                                                       " requests per minute", "rate_limit_exceeded");
+        HttpResponse r =
+            apiError(ctx.format, 429,
+                     "rate limit exceeded: " + std::to_string(rate.limit) + " requests per minute",
+                     "rate_limit_exceeded");
         r.headers.emplace_back("Retry-After", std::to_string(rate.retryAfterSeconds));
         return r;
     }
     return std::nullopt;
 }
 
-HttpResponse ProxyServiceImpl::relayFree(RequestContext& ctx, ApiFormat format, const std::string& upstreamName,
+HttpResponse ProxyServiceImpl::relayFree(RequestContext& ctx, ApiFormat format,
+                                         const std::string& upstreamName,
                                          const std::string& urlSuffix, const std::string& method,
                                          const std::string& body) {
     int attempts = 0;
@@ -52,7 +56,8 @@ HttpResponse ProxyServiceImpl::relayFree(RequestContext& ctx, ApiFormat format, 
         for (std::size_t k : ep.keys->usable(steadyMs())) {
             if (++attempts > 4)
                 break;
-            UpstreamRequest req{url, upstreamHeaders(ctx, ep.keys->key(k)), method == "GET" ? "" : body, method};
+            UpstreamRequest req{url, upstreamHeaders(ctx, ep.keys->key(k)),
+                                method == "GET" ? "" : body, method};
             auto started = upstream().start(req);
             if (!started)
                 continue;
@@ -69,7 +74,8 @@ HttpResponse ProxyServiceImpl::relayFree(RequestContext& ctx, ApiFormat format, 
                 continue;
             HttpResponse r;
             r.status = status;
-            r.body = status >= 200 && status < 300 ? std::move(answer) : redactKeys(std::move(answer), *ep.keys);
+            r.body = status >= 200 && status < 300 ? std::move(answer)
+                                                   : redactKeys(std::move(answer), *ep.keys);
             std::string ct = t->header("content-type");
             r.contentType = ct.empty() ? "application/json" : ct;
             r.headers.emplace_back("x-trollproxy-cost", Money{}.toString());
@@ -77,7 +83,8 @@ HttpResponse ProxyServiceImpl::relayFree(RequestContext& ctx, ApiFormat format, 
         }
     }
     if (attempts == 0 && !hasEndpoint(*ctx.routing, format))
-        return apiError(ctx.format, 404, "no upstream endpoint serves " + ctx.route, "endpoint_missing");
+        return apiError(ctx.format, 404, "no upstream endpoint serves " + ctx.route,
+                        "endpoint_missing");
     return apiError(ctx.format, 502, "the upstream failed to answer", "upstream_error");
 }
 
@@ -91,9 +98,12 @@ HttpResponse ProxyServiceImpl::serveCountTokens(const HttpRequest& http) {
     ctx.request = std::move(*parsed);
     ctx.model = ctx.routing->config->findModel(ctx.request.model);
     if (!ctx.model)
-        return apiError(ctx.format, 404, "model \"" + ctx.request.model + "\" does not exist", "model_not_found");
-    std::string body = rewriteForUpstream(ApiFormat::Anthropic, http.body, ctx.request, ctx.model->upstreamModelId);
-    HttpResponse r = relayFree(ctx, ApiFormat::Anthropic, ctx.model->upstream, "/count_tokens", "POST", body);
+        return apiError(ctx.format, 404, "model \"" + ctx.request.model + "\" does not exist",
+                        "model_not_found");
+    std::string body = rewriteForUpstream(ApiFormat::Anthropic, http.body, ctx.request,
+                                          ctx.model->upstreamModelId);
+    HttpResponse r =
+        relayFree(ctx, ApiFormat::Anthropic, ctx.model->upstream, "/count_tokens", "POST", body);
     finishLog(ctx, r.status, nullptr, nullptr, "count_tokens: free");
     return r;
 }
@@ -106,11 +116,14 @@ HttpResponse ProxyServiceImpl::serveResponseLookup(const HttpRequest& http, cons
     // not exist.
     auto owner = ledger_->responseOwner(id);
     if (!owner && owner.error().code != ErrorCode::NotFound)
-        return apiError(ctx.format, 503, "billing is temporarily unavailable; retry later", "ledger_unavailable");
+        return apiError(ctx.format, 503, "billing is temporarily unavailable; retry later",
+                        "ledger_unavailable");
     if (!owner || *owner != ctx.account.userId)
-        return apiError(ctx.format, 404, "No response found with id '" + id + "'.", "response_not_found");
+        return apiError(ctx.format, 404, "No response found with id '" + id + "'.",
+                        "response_not_found");
     HttpResponse r = relayFree(ctx, ApiFormat::Responses, "", "/" + id, http.method, "");
-    finishLog(ctx, r.status, nullptr, nullptr, http.method == "GET" ? "response retrieval: free" : "response deletion: free");
+    finishLog(ctx, r.status, nullptr, nullptr,
+              http.method == "GET" ? "response retrieval: free" : "response deletion: free");
     return r;
 }
 

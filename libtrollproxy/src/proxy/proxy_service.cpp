@@ -231,8 +231,9 @@ HttpResponse ProxyServiceImpl::handle(const HttpRequest& request) {
         }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "{\"level\":\"error\",\"msg\":%s}\n", jsonQuote(e.what()).c_str());
-        resp = apiError(request.path.rfind("/v1/messages", 0) == 0 ? ApiFormat::Anthropic : ApiFormat::OpenAI, 500,
-                        "internal error");
+        resp = apiError(request.path.rfind("/v1/messages", 0) == 0 ? ApiFormat::Anthropic
+                                                                   : ApiFormat::OpenAI,
+                        500, "internal error");
     }
     metrics_.add(Metrics::series("trollproxy_requests_total",
                                  {{"route", route}, {"status", std::to_string(resp.status)}}));
@@ -272,7 +273,8 @@ Money ProxyServiceImpl::holdEstimate(const RequestContext& ctx) const {
         worst.input = std::max(worst.input, p.cacheWrite1h.value_or(Money{2 * p.input.nanos}));
     Usage u;
     std::int64_t remote = 0; // strings starting with http:// or https://, in one pass
-    for (std::size_t at = body.find("\"http"); at != std::string_view::npos; at = body.find("\"http", at + 5)) {
+    for (std::size_t at = body.find("\"http"); at != std::string_view::npos;
+         at = body.find("\"http", at + 5)) {
         std::string_view rest = body.substr(at + 5);
         remote += rest.starts_with("://") || rest.starts_with("s://");
     }
@@ -281,8 +283,9 @@ Money ProxyServiceImpl::holdEstimate(const RequestContext& ctx) const {
     // Every one of the n answers may be as long as the limit allows. Bounded
     // so the price cannot overflow; a hold that large is refused anyway.
     constexpr std::int64_t kMaxHoldTokens = 1'000'000'000;
-    std::int64_t perAnswer = ctx.request.maxOutputTokens >= 0 ? ctx.request.maxOutputTokens
-                                                              : ctx.routing->config->settings.defaultMaxOutputTokens;
+    std::int64_t perAnswer = ctx.request.maxOutputTokens >= 0
+                                 ? ctx.request.maxOutputTokens
+                                 : ctx.routing->config->settings.defaultMaxOutputTokens;
     perAnswer = std::min(perAnswer, kMaxHoldTokens);
     u.output = std::min(perAnswer * ctx.request.choices, kMaxHoldTokens);
     u.uncachedInput = std::min(u.uncachedInput, kMaxHoldTokens);
@@ -302,7 +305,9 @@ Result<Account> ProxyServiceImpl::authenticateCaller(const HttpRequest& http, Ap
     }
     std::string key = clientKey(http);
     if (key.empty())
-        return refuse(apiError(format, 401, "missing API key (Authorization: Bearer KEY or x-api-key)", "invalid_api_key"));
+        return refuse(apiError(format, 401,
+                               "missing API key (Authorization: Bearer KEY or x-api-key)",
+                               "invalid_api_key"));
     AuthOutcome auth = ledger_->authenticate(key);
     if (auth.status == AuthStatus::LedgerUnavailable) {
         metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "authenticate"}}));
@@ -327,7 +332,8 @@ Result<Account> ProxyServiceImpl::authenticateCaller(const HttpRequest& http, Ap
     case AuthStatus::MigrationRequired:
         return refuse(apiError(format, 403, "account migration required", "migration_required"));
     case AuthStatus::LedgerUnavailable:
-        return refuse(apiError(format, 503, "billing is temporarily unavailable; retry later", "ledger_unavailable"));
+        return refuse(apiError(format, 503, "billing is temporarily unavailable; retry later",
+                               "ledger_unavailable"));
     }
     if (settings.ledgerFailureMode == LedgerFailureMode::FailOpen) {
         std::lock_guard lock(authCacheMutex_);
@@ -348,8 +354,10 @@ Admission ProxyServiceImpl::admit(const HttpRequest& head) {
     if (!format)
         return out; // served (or refused) by handle()
     auto refuse = [&](HttpResponse r) {
-        metrics_.add(Metrics::series("trollproxy_requests_total",
-                                     {{"route", lookup ? std::string("/v1/responses/{id}") : head.path}, {"status", std::to_string(r.status)}}));
+        metrics_.add(
+            Metrics::series("trollproxy_requests_total",
+                            {{"route", lookup ? std::string("/v1/responses/{id}") : head.path},
+                             {"status", std::to_string(r.status)}}));
         out.refusal = std::move(r);
         return out;
     };
@@ -358,12 +366,14 @@ Admission ProxyServiceImpl::admit(const HttpRequest& head) {
     const std::int64_t maxBody = routing()->config->settings.maxBodyBytes;
     std::string length = header(head, "content-length");
     if (!length.empty()) {
-        bool digits = length.size() <= 18 &&
-                      std::all_of(length.begin(), length.end(), [](char c) { return c >= '0' && c <= '9'; });
+        bool digits = length.size() <= 18 && std::all_of(length.begin(), length.end(), [](char c) {
+                          return c >= '0' && c <= '9';
+                      });
         if (!digits)
             return refuse(apiError(*format, 400, "invalid Content-Length"));
         if (std::stoll(length) > maxBody)
-            return refuse(apiError(*format, 413, "request body is larger than " + std::to_string(maxBody) + " bytes"));
+            return refuse(apiError(
+                *format, 413, "request body is larger than " + std::to_string(maxBody) + " bytes"));
     }
     HttpResponse refusal;
     auto account = authenticateCaller(head, *format, refusal);
@@ -387,7 +397,9 @@ HttpResponse ProxyServiceImpl::serveCompletion(const HttpRequest& http, ApiForma
     const ProxySettings& settings = cfg.settings;
 
     if (static_cast<std::int64_t>(http.body.size()) > settings.maxBodyBytes)
-        return apiError(format, 413, "request body is larger than " + std::to_string(settings.maxBodyBytes) + " bytes");
+        return apiError(format, 413,
+                        "request body is larger than " + std::to_string(settings.maxBodyBytes) +
+                            " bytes");
     if (http.admitted) {
         ctx.account = *http.admitted;
     } else {
@@ -422,17 +434,20 @@ HttpResponse ProxyServiceImpl::serveCompletion(const HttpRequest& http, ApiForma
     if (format == ApiFormat::Responses) {
         if (!hasEndpoint(*ctx.routing, ApiFormat::Responses))
             return apiError(format, 404,
-                            "this proxy serves no /v1/responses: its config has no endpoint whose base_url ends in "
+                            "this proxy serves no /v1/responses: its config has no endpoint whose "
+                            "base_url ends in "
                             "/responses",
                             "responses_endpoint_missing");
         // A user continues only responses this user created through the proxy.
         if (!ctx.request.previousResponseId.empty()) {
             auto owner = ledger_->responseOwner(ctx.request.previousResponseId);
             if (!owner && owner.error().code != ErrorCode::NotFound)
-                return apiError(format, 503, "billing is temporarily unavailable; retry later", "ledger_unavailable");
+                return apiError(format, 503, "billing is temporarily unavailable; retry later",
+                                "ledger_unavailable");
             if (!owner || *owner != ctx.account.userId)
                 return apiError(format, 404,
-                                "Previous response with id '" + ctx.request.previousResponseId + "' not found.",
+                                "Previous response with id '" + ctx.request.previousResponseId +
+                                    "' not found.",
                                 "previous_response_not_found");
         }
     }
@@ -488,7 +503,8 @@ Billed ProxyServiceImpl::bill(RequestContext& ctx, const Usage& usage, int statu
     // responses and the upstream's own prompts can legitimately exceed it.)
     Usage priced = usage;
     if (ctx.holdBounds) {
-        std::int64_t limit = std::min<std::int64_t>(ctx.request.maxOutputTokens, 1'000'000'000) * ctx.request.choices;
+        std::int64_t limit = std::min<std::int64_t>(ctx.request.maxOutputTokens, 1'000'000'000) *
+                             ctx.request.choices;
         if (priced.output > limit) {
             priced.output = limit;
             billed.capped = true;
@@ -541,15 +557,17 @@ Billed ProxyServiceImpl::bill(RequestContext& ctx, const Usage& usage, int statu
         metrics_.add(Metrics::series("trollproxy_shortfall_usd_total", {{"pool", pool}}), out.shortfall.toUsdDouble());
     const std::string& model = ctx.model->id;
     metrics_.add(Metrics::series("trollproxy_cost_usd_total", {{"model", model}, {"pool", pool}}), cost.toUsdDouble());
-    for (auto [kind, n] : {std::pair{"input", priced.uncachedInput}, {"output", priced.output},
-                           {"cache_write", priced.cacheWrite}, {"cache_read", priced.cacheRead}})
+    for (auto [kind, n] : {std::pair{"input", priced.uncachedInput},
+                           {"output", priced.output},
+                           {"cache_write", priced.cacheWrite},
+                           {"cache_read", priced.cacheRead}})
         metrics_.add(Metrics::series("trollproxy_tokens_total", {{"model", model}, {"pool", pool}, {"kind", kind}}),
                      static_cast<double>(n));
     return billed;
 }
 
-void ProxyServiceImpl::finishLog(const RequestContext& ctx, int status, const Usage* usage, const Billed* billed,
-                                 std::string_view note) {
+void ProxyServiceImpl::finishLog(const RequestContext& ctx, int status, const Usage* usage,
+                                 const Billed* billed, std::string_view note) {
     double latency = std::chrono::duration<double>(std::chrono::steady_clock::now() - ctx.start).count();
     std::string line = "{\"ts\":" + std::to_string(wallMs()) + ",\"request_id\":\"" + ctx.requestId +
                        "\",\"user\":" + jsonQuote(ctx.account.userId) + ",\"model\":" +
@@ -564,8 +582,8 @@ void ProxyServiceImpl::finishLog(const RequestContext& ctx, int status, const Us
     line += ",\"cost\":\"" + (billed ? billed->charged : Money{}).toString() + "\"";
     if (billed && billed->shortfall.nanos > 0)
         line += ",\"shortfall\":\"" + billed->shortfall.toString() + "\"";
-    line += ",\"pool\":\"" + std::string(ctx.model ? poolName(ctx.model->pool) : "") + "\",\"latency_ms\":" +
-            std::to_string(static_cast<std::int64_t>(latency * 1000));
+    line += ",\"pool\":\"" + std::string(ctx.model ? poolName(ctx.model->pool) : "") +
+            "\",\"latency_ms\":" + std::to_string(static_cast<std::int64_t>(latency * 1000));
     if (!note.empty())
         line += ",\"note\":" + jsonQuote(note);
     line += "}\n";

@@ -40,8 +40,8 @@ struct Billed {
     Money cost;            ///< the price of the usage, capped by a bounding hold
     Money charged;         ///< what the balance gave (cost − shortfall)
     Money shortfall;       ///< cost the balance could not cover
-    bool capped = false;   ///< output beyond n × the client's limit, or a cost above a bounding hold
-    Usage usage;           ///< the usage charged (output capped)
+    bool capped = false; ///< output beyond n × the client's limit, or a cost above a bounding hold
+    Usage usage;         ///< the usage charged (output capped)
 };
 
 /// Everything one request carries through the path.
@@ -110,9 +110,11 @@ private:
     /// (`urlSuffix` appended to their base_url), rotating keys as forward() does,
     /// and relays the answer.
     HttpResponse relayFree(RequestContext& ctx, ApiFormat format, const std::string& upstreamName,
-                           const std::string& urlSuffix, const std::string& method, const std::string& body);
+                           const std::string& urlSuffix, const std::string& method,
+                           const std::string& body);
     /// The caller of a billed route, or the refusal to send.
-    Result<Account> authenticateCaller(const HttpRequest& request, ApiFormat format, HttpResponse& refusal);
+    Result<Account> authenticateCaller(const HttpRequest& request, ApiFormat format,
+                                       HttpResponse& refusal);
     HttpResponse listModels() const;
     Money holdEstimate(const RequestContext& ctx) const;
     std::shared_ptr<const Routing> routing() const;
@@ -152,8 +154,8 @@ KeyVerdict keyVerdict(int status, const std::string& body);
 /// Applies an upstream refusal of key `k` to its pool: a rate-limited key cools
 /// down for its Retry-After (returned in `waitMs`), a spent one is set aside —
 /// at most one per request (`setAsideOne` carries that across attempts).
-KeyVerdict applyRefusal(KeyPool& keys, std::size_t k, const UpstreamTransfer& t, const std::string& body,
-                        bool& setAsideOne, std::int64_t& waitMs);
+KeyVerdict applyRefusal(KeyPool& keys, std::size_t k, const UpstreamTransfer& t,
+                        const std::string& body, bool& setAsideOne, std::int64_t& waitMs);
 /// Reads the rest of a transfer into `body`, up to a bound.
 Result<void> readAll(UpstreamTransfer& t, std::string& body);
 

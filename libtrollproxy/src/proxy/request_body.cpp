@@ -102,15 +102,26 @@ std::string unescape(std::string_view raw) {
         }
         char e = raw[++p];
         switch (e) {
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
+        case 'b':
+            out += '\b';
+            break;
+        case 'f':
+            out += '\f';
+            break;
+        case 'n':
+            out += '\n';
+            break;
+        case 'r':
+            out += '\r';
+            break;
+        case 't':
+            out += '\t';
+            break;
         case 'u': {
             unsigned cp = hex4(raw, p + 1);
             p += 4;
-            if (cp >= 0xd800 && cp < 0xdc00 && p + 6 < raw.size() && raw.substr(p + 1, 2) == "\\u") {
+            if (cp >= 0xd800 && cp < 0xdc00 && p + 6 < raw.size() &&
+                raw.substr(p + 1, 2) == "\\u") {
                 unsigned lo = hex4(raw, p + 3);
                 if (lo >= 0xdc00 && lo < 0xe000) {
                     cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
@@ -120,7 +131,9 @@ std::string unescape(std::string_view raw) {
             appendUtf8(out, cp);
             break;
         }
-        default: out += e; break; // '"', '\\', '/'
+        default:
+            out += e;
+            break; // '"', '\\', '/'
         }
     }
     return out;
@@ -175,7 +188,8 @@ Result<void> rejectDuplicates(simdjson::dom::object obj, std::string_view where)
 
 } // namespace
 
-Result<ClientRequest> parseClientRequest(ApiFormat format, std::string_view body, BodyPurpose purpose) {
+Result<ClientRequest> parseClientRequest(ApiFormat format, std::string_view body,
+                                         BodyPurpose purpose) {
     thread_local simdjson::dom::parser parser;
     simdjson::padded_string padded(body);
     simdjson::dom::element doc;
@@ -240,7 +254,8 @@ Result<ClientRequest> parseClientRequest(ApiFormat format, std::string_view body
             return invalid("\"previous_response_id\" must be a string");
         req.previousResponseId = std::string(prev);
     }
-    if (format == ApiFormat::Anthropic && purpose == BodyPurpose::Generate && req.maxOutputTokens < 0)
+    if (format == ApiFormat::Anthropic && purpose == BodyPurpose::Generate &&
+        req.maxOutputTokens < 0)
         return invalid("missing required field \"max_tokens\"");
     return req;
 }
