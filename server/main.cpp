@@ -222,14 +222,9 @@ int main(int argc, char** argv) {
     std::signal(SIGPIPE, SIG_IGN);
     if (ledgerUri.empty())
         ledgerUri = defaultLedgerUri();
-    auto ledger = openLedger(ledgerUri, LedgerOptions{settings.ledgerTimeoutMs, ""});
-    if (!ledger) {
-        std::fprintf(stderr, "ledger: %s\n", ledger.error().message.c_str());
-        return 1;
-    }
-    UpstreamSettings us{settings.connectTimeoutMs, settings.firstByteTimeoutMs,
-                        settings.idleTimeoutMs};
-    auto service = ProxyService::create(std::move(*cfg), std::move(*ledger), makeCurlUpstream(us));
+    ServiceParts parts;
+    parts.ledgerUri = ledgerUri;
+    auto service = ProxyService::create(std::move(*cfg), std::move(parts));
     if (!service) {
         std::fprintf(stderr, "%s\n", service.error().message.c_str());
         return 1;
@@ -302,16 +297,8 @@ int main(int argc, char** argv) {
     if (metricsOn)
         metricsThread = std::thread([&metricsSvr] { metricsSvr.listen_after_bind(); });
 
-    std::atomic<bool> stopping{false};
     std::atomic<bool> signalled{false};
-    std::thread ticker([&] {
-        while (!stopping) {
-            for (int i = 0; i < 10 && !stopping; ++i)
-                std::this_thread::sleep_for(std::chrono::milliseconds(100));
-            if (!stopping)
-                svc.tick();
-        }
-    });
+    svc.start();
     std::thread signalThread([&] {
         for (;;) {
             int sig = 0;
@@ -325,7 +312,7 @@ int main(int argc, char** argv) {
             // stop() does nothing before listen_after_bind() has started.
             for (int i = 0; i < 1000 && !svr.is_running(); ++i)
                 std::this_thread::sleep_for(std::chrono::milliseconds(1));
-            svc.beginShutdown(svc.config()->settings.shutdownGraceSeconds * 1000);
+            svc.drain(svc.config()->settings.shutdownGraceSeconds * 1000);
             svr.stop();
             return;
         }
@@ -341,8 +328,6 @@ int main(int argc, char** argv) {
         metricsSvr.stop();
         metricsThread.join();
     }
-    stopping = true;
-    ticker.join();
-    svc.finish();
+    svc.stop();
     return 0;
 }

@@ -109,6 +109,9 @@ struct Config {
     /// endings (/chat/completions, /messages, /responses), e.g.
     /// "POST /v1/messages". /v1/models, /health and /ready are always served.
     std::vector<std::string> routes() const;
+    /// Where charges the ledger could not take wait: settings.journalPath, else
+    /// "trollproxy-PORT.journal" (the server and trollproxy-admin agree on it).
+    std::string journalFile() const;
 };
 
 /// Parses and validates config text. On failure the error message lists every

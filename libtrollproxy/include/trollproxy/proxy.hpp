@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "trollproxy/clock.hpp"
 #include "trollproxy/config.hpp"
 #include "trollproxy/ledger.hpp"
 #include "trollproxy/upstream.hpp"
@@ -62,15 +63,47 @@ struct KeySource {
     std::function<std::string(const std::string&)> getenv;
 };
 
+/// What the service is built from besides its config; every part has a default.
+struct ServiceParts {
+    /// The ledger; default: openLedger(ledgerUri) with the config's ledger_timeout_ms.
+    std::unique_ptr<CreditLedger> ledger;
+    /// Used when `ledger` is not given: sqlite:PATH or mongodb://...; "" is
+    /// defaultLedgerUri().
+    std::string ledgerUri;
+    /// The upstream client; default: libcurl with the config's timeouts.
+    std::unique_ptr<Upstream> upstream;
+    KeySource keys;
+    /// Default: systemClock().
+    std::shared_ptr<const Clock> clock;
+};
+
 /// The proxy's whole request path. Thread-safe: handle() runs on many threads.
+///
+/// Life: create() → start() → handle()… → drain() → (the embedder stops
+/// calling handle()) → stop(). The destructor calls stop().
 class ProxyService {
 public:
-    /// Builds the service. Fails when an endpoint has no upstream key.
+    /// Builds the service. Fails when an endpoint has no upstream key or the
+    /// ledger cannot be opened.
+    static Result<std::unique_ptr<ProxyService>> create(Config config, ServiceParts parts);
+    /// The same with the parts given one by one.
     static Result<std::unique_ptr<ProxyService>> create(Config config,
                                                         std::unique_ptr<CreditLedger> ledger,
                                                         std::unique_ptr<Upstream> upstream,
                                                         const KeySource& keys = {});
     virtual ~ProxyService() = default;
+
+    /// Starts the background work on a thread of its own: readiness checks,
+    /// the hold sweep and the replay of journalled charges, about once a second.
+    virtual void start() = 0;
+
+    /// Starts shutting down: streams still running after `graceMs` are cut
+    /// and settled. Returns at once.
+    virtual void drain(std::int64_t graceMs) = 0;
+
+    /// Stops the background work and replays the journal one last time. Call
+    /// once no handle() runs any more. Idempotent.
+    virtual void stop() = 0;
 
     /// Checks what the head of a request shows (route, method, header values,
     /// declared Content-Length, the API key) before its body is read, so that
@@ -86,17 +119,6 @@ public:
 
     /// Swaps in a new config; requests in flight keep the old one.
     virtual Result<void> reload(Config config) = 0;
-
-    /// Runs periodic work (hold sweep, journal replay, readiness). Call every
-    /// second or so from one thread.
-    virtual void tick() = 0;
-
-    /// Starts shutting down: streams still running after `graceMs` are cut
-    /// and settled.
-    virtual void beginShutdown(std::int64_t graceMs) = 0;
-
-    /// Replays the journal one last time; call after all requests are done.
-    virtual void finish() = 0;
 
     /// The config in force.
     virtual std::shared_ptr<const Config> config() const = 0;

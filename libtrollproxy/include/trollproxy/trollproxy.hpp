@@ -1,6 +1,7 @@
 // trollproxy: the whole public API in one include.
 #pragma once
 
+#include "trollproxy/clock.hpp"
 #include "trollproxy/config.hpp"
 #include "trollproxy/journal.hpp"
 #include "trollproxy/ledger.hpp"

@@ -51,6 +51,12 @@ EndpointApi endpointApi(const EndpointConfig& endpoint) {
     return EndpointApi::None;
 }
 
+std::string Config::journalFile() const {
+    if (!settings.journalPath.empty())
+        return settings.journalPath;
+    return "trollproxy-" + std::to_string(port) + ".journal";
+}
+
 std::vector<std::string> Config::routes() const {
     bool chat = false, messages = false, responses = false;
     for (const auto& ep : endpoints) {

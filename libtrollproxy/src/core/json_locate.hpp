@@ -18,7 +18,4 @@ struct JsonSyntaxError {
 /// `error` at the first problem; true when the text is valid JSON.
 bool checkJsonSyntax(std::string_view text, JsonSyntaxError& error);
 
-/// Escapes a string as a JSON string literal, quotes included.
-std::string jsonQuote(std::string_view s);
-
 } // namespace trollproxy::internal

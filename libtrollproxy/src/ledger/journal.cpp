@@ -12,6 +12,7 @@
 #include <simdjson.h>
 
 #include "core/json_locate.hpp"
+#include "core/json_writer.hpp"
 
 namespace trollproxy {
 

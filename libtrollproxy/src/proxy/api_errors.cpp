@@ -2,6 +2,7 @@
 #include "proxy/api_errors.hpp"
 
 #include "core/json_locate.hpp"
+#include "core/json_writer.hpp"
 
 namespace trollproxy::internal {
 

@@ -8,6 +8,7 @@
 #include <simdjson.h>
 
 #include "core/json_locate.hpp"
+#include "core/json_writer.hpp"
 #include "proxy/api_errors.hpp"
 #include "proxy/proxy_service.hpp"
 #include "trollproxy/pricing.hpp"

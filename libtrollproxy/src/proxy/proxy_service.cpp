@@ -9,6 +9,7 @@
 
 #include "trollproxy/pricing.hpp"
 #include "core/json_locate.hpp"
+#include "core/json_writer.hpp"
 #include "proxy/api_errors.hpp"
 
 namespace trollproxy::internal {
@@ -77,12 +78,6 @@ std::string clientKey(const HttpRequest& r) {
     if (auth.size() > 7 && (auth.compare(0, 7, "Bearer ") == 0 || auth.compare(0, 7, "bearer ") == 0))
         return auth.substr(7);
     return header(r, "x-api-key");
-}
-
-std::string journalPathFor(const Config& cfg) {
-    if (!cfg.settings.journalPath.empty())
-        return cfg.settings.journalPath;
-    return "trollproxy-" + std::to_string(cfg.port) + ".journal";
 }
 
 // The API format of a billed route; nullopt for every other path.
@@ -173,7 +168,7 @@ ProxyServiceImpl::ProxyServiceImpl(std::shared_ptr<const Routing> routing,
                                    std::unique_ptr<CreditLedger> ledger,
                                    std::unique_ptr<Upstream> upstream, KeySource keys)
     : routing_(std::move(routing)), ledger_(std::move(ledger)), upstream_(std::move(upstream)),
-      keySource_(std::move(keys)), journal_(journalPathFor(*routing_->config)) {
+      keySource_(std::move(keys)), journal_(routing_->config->journalFile()) {
     tick();
 }
 
@@ -628,28 +623,74 @@ void ProxyServiceImpl::tick() {
     }
 }
 
-void ProxyServiceImpl::beginShutdown(std::int64_t graceMs) {
+void ProxyServiceImpl::start() {
+    std::lock_guard lock(lifeMutex_);
+    if (ticker_.joinable() || stopping_)
+        return;
+    ticker_ = std::thread([this] {
+        std::unique_lock lock(lifeMutex_);
+        while (!lifeWake_.wait_for(lock, std::chrono::seconds(1), [this] { return stopping_; })) {
+            lock.unlock();
+            tick();
+            lock.lock();
+        }
+    });
+}
+
+void ProxyServiceImpl::drain(std::int64_t graceMs) {
     shutdownDeadlineMs_ = steadyMs() + std::max<std::int64_t>(graceMs, 1);
 }
 
-void ProxyServiceImpl::finish() {
+void ProxyServiceImpl::stop() {
+    {
+        std::lock_guard lock(lifeMutex_);
+        if (stopping_)
+            return;
+        stopping_ = true;
+    }
+    lifeWake_.notify_all();
+    if (ticker_.joinable())
+        ticker_.join();
     if (journal_.pendingCount() > 0)
         (void)journal_.replay(*ledger_);
+}
+
+ProxyServiceImpl::~ProxyServiceImpl() {
+    stop();
 }
 
 } // namespace trollproxy::internal
 
 namespace trollproxy {
 
+Result<std::unique_ptr<ProxyService>> ProxyService::create(Config config, ServiceParts parts) {
+    const ProxySettings& settings = config.settings;
+    if (!parts.ledger) {
+        std::string uri = parts.ledgerUri.empty() ? defaultLedgerUri() : parts.ledgerUri;
+        auto ledger = openLedger(uri, LedgerOptions{settings.ledgerTimeoutMs, ""});
+        if (!ledger)
+            return Error{ledger.error().code, "ledger: " + ledger.error().message};
+        parts.ledger = std::move(*ledger);
+    }
+    if (!parts.upstream)
+        parts.upstream = makeCurlUpstream(UpstreamSettings{
+            settings.connectTimeoutMs, settings.firstByteTimeoutMs, settings.idleTimeoutMs});
+    auto routing = internal::ProxyServiceImpl::buildRouting(std::move(config), parts.keys, {});
+    if (!routing)
+        return routing.error();
+    return std::unique_ptr<ProxyService>(new internal::ProxyServiceImpl(
+        *routing, std::move(parts.ledger), std::move(parts.upstream), parts.keys));
+}
+
 Result<std::unique_ptr<ProxyService>> ProxyService::create(Config config,
                                                            std::unique_ptr<CreditLedger> ledger,
                                                            std::unique_ptr<Upstream> upstream,
                                                            const KeySource& keys) {
-    auto routing = internal::ProxyServiceImpl::buildRouting(std::move(config), keys, {});
-    if (!routing)
-        return routing.error();
-    return std::unique_ptr<ProxyService>(
-        new internal::ProxyServiceImpl(*routing, std::move(ledger), std::move(upstream), keys));
+    ServiceParts parts;
+    parts.ledger = std::move(ledger);
+    parts.upstream = std::move(upstream);
+    parts.keys = keys;
+    return create(std::move(config), std::move(parts));
 }
 
 } // namespace trollproxy

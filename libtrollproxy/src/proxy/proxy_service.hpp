@@ -3,6 +3,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <thread>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -77,9 +79,12 @@ public:
     HttpResponse handle(const HttpRequest& request) override;
     std::string metricsText() const override { return metrics_.render(); }
     Result<void> reload(Config config) override;
-    void tick() override;
-    void beginShutdown(std::int64_t graceMs) override;
-    void finish() override;
+    ~ProxyServiceImpl() override;
+    void start() override;
+    void drain(std::int64_t graceMs) override;
+    void stop() override;
+    /// One round of background work (readiness, sweep, journal replay).
+    void tick();
     std::shared_ptr<const Config> config() const override;
 
     // Used by forward.cpp.
@@ -131,6 +136,10 @@ private:
     std::int64_t lastSweepMs_ = 0;
     std::mutex authCacheMutex_;
     std::unordered_map<std::string, Account> authCache_; // for fail_open only
+    std::mutex lifeMutex_;
+    std::condition_variable lifeWake_;
+    bool stopping_ = false;
+    std::thread ticker_;
 };
 
 std::int64_t wallMs();

@@ -7,6 +7,7 @@
 #include <simdjson.h>
 
 #include "core/json_locate.hpp"
+#include "core/json_writer.hpp"
 
 namespace trollproxy::internal {
 
