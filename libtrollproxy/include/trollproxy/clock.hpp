@@ -12,9 +12,10 @@ public:
     virtual ~Clock() = default;
     /// Milliseconds since the Unix epoch (hold expiries, log timestamps).
     virtual std::int64_t wallMs() const = 0;
-    /// Milliseconds on a clock that never goes back (rate limits, key
-    /// cool-downs, latencies, deadlines).
-    virtual std::int64_t steadyMs() const = 0;
+    /// Nanoseconds on a clock that never goes back (latencies).
+    virtual std::int64_t steadyNs() const = 0;
+    /// steadyNs() in milliseconds (rate limits, key cool-downs, deadlines).
+    std::int64_t steadyMs() const { return steadyNs() / 1'000'000; }
 };
 
 /// The system's clocks.

@@ -13,9 +13,9 @@ public:
         using namespace std::chrono;
         return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
     }
-    std::int64_t steadyMs() const override {
+    std::int64_t steadyNs() const override {
         using namespace std::chrono;
-        return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
+        return duration_cast<nanoseconds>(steady_clock::now().time_since_epoch()).count();
     }
 };
 

@@ -1,129 +1,126 @@
 // Routes that are never charged: Anthropic's count_tokens and the retrieval of stored responses.
-#include "core/json_locate.hpp"
-#include "proxy/api_errors.hpp"
-#include "proxy/proxy_service.hpp"
+#include "proxy/free_routes.hpp"
+
+#include "proxy/access_log.hpp"
 
 namespace trollproxy::internal {
 
-RequestContext ProxyServiceImpl::freeContext(const HttpRequest& http, ApiFormat format,
-                                             std::string route) const {
-    RequestContext ctx;
-    ctx.http = &http;
-    ctx.routing = routing();
-    ctx.format = format;
-    ctx.route = std::move(route);
-    ctx.requestId = "free";
-    ctx.start = std::chrono::steady_clock::now();
-    return ctx;
-}
+namespace {
 
-std::optional<HttpResponse> ProxyServiceImpl::admitFree(RequestContext& ctx) {
-    const HttpRequest& http = *ctx.http;
-    if (static_cast<std::int64_t>(http.body.size()) > ctx.routing->config->settings.maxBodyBytes)
-        return apiError(ctx.format, 413, "request body is too large");
-    if (http.admitted) {
-        ctx.account = *http.admitted;
-    } else {
-        HttpResponse refusal;
-        auto account = authenticateCaller(http, ctx.format, refusal);
-        if (!account)
-            return refusal;
-        ctx.account = std::move(*account);
+// One free request: its caller, and its answer relayed from the upstream.
+struct FreeRequest {
+    const ExchangeParts& parts;
+    std::shared_ptr<const Routing> routing;
+    const HttpRequest& http;
+    ApiFormat format;
+    std::string route;
+    std::int64_t startMs;
+    Account account;
+
+    // The caller and the rate limit; Ok when the request may go on.
+    Outcome admit() {
+        const ProxySettings& settings = routing->config->settings;
+        if (static_cast<std::int64_t>(http.body.size()) > settings.maxBodyBytes)
+            return refuse(OutcomeKind::BodyTooLarge, "request body is too large");
+        if (http.admitted)
+            account = *http.admitted;
+        else if (Outcome o = parts.auth.authenticate(http, settings.ledgerFailureMode, account);
+                 !o.ok())
+            return o;
+        RateDecision rate = routing->rateLimiter->check(account.keyId, parts.clock.steadyMs());
+        if (rate.allowed)
+            return {};
+        return refuse(OutcomeKind::RateLimited,
+                      "rate limit exceeded: " + std::to_string(rate.limit) + " requests per minute",
+                      {{"Retry-After", std::to_string(rate.retryAfterSeconds)}});
     }
-    RateDecision rate = ctx.routing->rateLimiter->check(ctx.account.keyId, steadyMs());
-    if (!rate.allowed) {
-        HttpResponse r =
-            apiError(ctx.format, 429,
-                     "rate limit exceeded: " + std::to_string(rate.limit) + " requests per minute",
-                     "rate_limit_exceeded");
-        r.headers.emplace_back("Retry-After", std::to_string(rate.retryAfterSeconds));
+
+    // Sends the request to the endpoints of `format` (`urlSuffix` appended to
+    // their base_url) and relays the answer whole.
+    HttpResponse relay(const std::string& upstreamName, const std::string& urlSuffix,
+                       const std::string& body) {
+        UpstreamCall call;
+        call.routing = routing.get();
+        call.format = format;
+        call.clientHeaders = &http.headers;
+        call.upstreamName = upstreamName;
+        call.body = body;
+        call.method = http.method;
+        call.urlSuffix = urlSuffix;
+        call.maxAttempts = 4;
+        call.noEndpoint = refuse(OutcomeKind::EndpointMissing, "no upstream endpoint serves " + route);
+        UpstreamAttempt a = callUpstream(call, parts.upstream, parts.metrics, parts.clock);
+        if (a.relayed)
+            return std::move(*a.relayed);
+        if (!a.transfer)
+            return toHttp(a.failure, format);
+        std::string answer;
+        if (auto r = readAll(*a.transfer, answer); !r)
+            return toHttp(refuse(OutcomeKind::UpstreamError, "the upstream failed to answer"),
+                          format);
+        HttpResponse r = relayAnswer(*a.transfer, a.transfer->status(), std::move(answer));
+        r.headers.emplace_back("x-trollproxy-cost", Money{}.toString());
         return r;
     }
-    return std::nullopt;
-}
 
-HttpResponse ProxyServiceImpl::relayFree(RequestContext& ctx, ApiFormat format,
-                                         const std::string& upstreamName,
-                                         const std::string& urlSuffix, const std::string& method,
-                                         const std::string& body) {
-    int attempts = 0;
-    bool setAsideOne = false;
-    for (const EndpointRoute& ep : ctx.routing->endpoints) {
-        if (ep.format != format || (!upstreamName.empty() && !ep.endpoint.upstream.empty() &&
-                                    ep.endpoint.upstream != upstreamName))
-            continue;
-        std::string url = ep.endpoint.baseUrl.substr(0, ep.endpoint.baseUrl.find('?')) + urlSuffix;
-        for (std::size_t k : ep.keys->usable(steadyMs())) {
-            if (++attempts > 4)
-                break;
-            UpstreamRequest req{url, upstreamHeaders(ctx, ep.keys->key(k)),
-                                method == "GET" ? "" : body, method};
-            auto started = upstream().start(req);
-            if (!started)
-                continue;
-            std::unique_ptr<UpstreamTransfer> t = std::move(*started);
-            std::string answer;
-            if (auto r = readAll(*t, answer); !r)
-                continue;
-            int status = t->status();
-            std::int64_t wait = 0;
-            KeyVerdict verdict = status >= 200 && status < 300
-                                     ? KeyVerdict::Fine
-                                     : applyRefusal(*ep.keys, k, *t, answer, setAsideOne, wait);
-            if (verdict != KeyVerdict::Fine || status >= 500)
-                continue;
-            HttpResponse r;
-            r.status = status;
-            r.body = status >= 200 && status < 300 ? std::move(answer)
-                                                   : redactKeys(std::move(answer), *ep.keys);
-            std::string ct = t->header("content-type");
-            r.contentType = ct.empty() ? "application/json" : ct;
-            r.headers.emplace_back("x-trollproxy-cost", Money{}.toString());
-            return r;
-        }
+    void log(int status, std::string_view model, std::string_view note) const {
+        AccessRecord r;
+        r.timestampMs = parts.clock.wallMs();
+        r.requestId = "free";
+        r.user = account.userId;
+        r.model = model;
+        r.route = route;
+        r.status = status;
+        r.latencyMs = parts.clock.steadyMs() - startMs;
+        r.note = note;
+        writeAccessLog(r);
     }
-    if (attempts == 0 && !hasEndpoint(*ctx.routing, format))
-        return apiError(ctx.format, 404, "no upstream endpoint serves " + ctx.route,
-                        "endpoint_missing");
-    return apiError(ctx.format, 502, "the upstream failed to answer", "upstream_error");
-}
+};
 
-HttpResponse ProxyServiceImpl::serveCountTokens(const HttpRequest& http) {
-    RequestContext ctx = freeContext(http, ApiFormat::Anthropic, "/v1/messages/count_tokens");
-    if (auto refused = admitFree(ctx))
-        return std::move(*refused);
+} // namespace
+
+HttpResponse serveCountTokens(const ExchangeParts& parts, std::shared_ptr<const Routing> routing,
+                              const HttpRequest& http) {
+    FreeRequest fr{parts, std::move(routing), http, ApiFormat::Anthropic,
+                   "/v1/messages/count_tokens", parts.clock.steadyMs(), {}};
+    if (Outcome o = fr.admit(); !o.ok())
+        return toHttp(o, fr.format);
     auto parsed = parseClientRequest(ApiFormat::Anthropic, http.body, BodyPurpose::CountTokens);
     if (!parsed)
-        return apiError(ctx.format, 400, parsed.error().message);
-    ctx.request = std::move(*parsed);
-    ctx.model = ctx.routing->config->findModel(ctx.request.model);
-    if (!ctx.model)
-        return apiError(ctx.format, 404, "model \"" + ctx.request.model + "\" does not exist",
-                        "model_not_found");
-    std::string body = rewriteForUpstream(ApiFormat::Anthropic, http.body, ctx.request,
-                                          ctx.model->upstreamModelId);
-    HttpResponse r =
-        relayFree(ctx, ApiFormat::Anthropic, ctx.model->upstream, "/count_tokens", "POST", body);
-    finishLog(ctx, r.status, nullptr, nullptr, "count_tokens: free");
+        return toHttp(refuse(OutcomeKind::BadRequest, parsed.error().message), fr.format);
+    const ModelConfig* model = fr.routing->config->findModel(parsed->model);
+    if (!model)
+        return toHttp(
+            refuse(OutcomeKind::ModelNotFound, "model \"" + parsed->model + "\" does not exist"),
+            fr.format);
+    std::string body =
+        rewriteForUpstream(ApiFormat::Anthropic, http.body, *parsed, model->upstreamModelId);
+    HttpResponse r = fr.relay(model->upstream, "/count_tokens", body);
+    fr.log(r.status, model->id, "count_tokens: free");
     return r;
 }
 
-HttpResponse ProxyServiceImpl::serveResponseLookup(const HttpRequest& http, const std::string& id) {
-    RequestContext ctx = freeContext(http, ApiFormat::Responses, "/v1/responses/{id}");
-    if (auto refused = admitFree(ctx))
-        return std::move(*refused);
+HttpResponse serveResponseLookup(const ExchangeParts& parts,
+                                 std::shared_ptr<const Routing> routing, const HttpRequest& http,
+                                 const std::string& id) {
+    FreeRequest fr{parts, std::move(routing), http, ApiFormat::Responses, "/v1/responses/{id}",
+                   parts.clock.steadyMs(), {}};
+    if (Outcome o = fr.admit(); !o.ok())
+        return toHttp(o, fr.format);
     // Only the user who created a response reaches it; to anyone else it does
     // not exist.
-    auto owner = ledger_->responseOwner(id);
+    auto owner = parts.ledger.responseOwner(id);
     if (!owner && owner.error().code != ErrorCode::NotFound)
-        return apiError(ctx.format, 503, "billing is temporarily unavailable; retry later",
-                        "ledger_unavailable");
-    if (!owner || *owner != ctx.account.userId)
-        return apiError(ctx.format, 404, "No response found with id '" + id + "'.",
-                        "response_not_found");
-    HttpResponse r = relayFree(ctx, ApiFormat::Responses, "", "/" + id, http.method, "");
-    finishLog(ctx, r.status, nullptr, nullptr,
-              http.method == "GET" ? "response retrieval: free" : "response deletion: free");
+        return toHttp(refuse(OutcomeKind::LedgerUnavailable,
+                             "billing is temporarily unavailable; retry later"),
+                      fr.format);
+    if (!owner || *owner != fr.account.userId)
+        return toHttp(
+            refuse(OutcomeKind::ResponseNotFound, "No response found with id '" + id + "'."),
+            fr.format);
+    HttpResponse r = fr.relay("", "/" + id, "");
+    fr.log(r.status, "",
+           http.method == "GET" ? "response retrieval: free" : "response deletion: free");
     return r;
 }
 
