@@ -1,7 +1,6 @@
-// Tests of the sliding-window rate limiter and the upstream key pool, with an injected clock.
+// Tests of proxy/rate_limiter: the sliding-window limit per key, with an injected clock.
 #include <doctest/doctest.h>
 
-#include "proxy/key_pool.hpp"
 #include "proxy/rate_limiter.hpp"
 
 using namespace trollproxy::internal;
@@ -25,19 +24,4 @@ TEST_CASE("rate limiter: a sliding minute per key") {
     RateLimiter off(0);
     for (int i = 0; i < 1000; ++i)
         CHECK(off.check("a", t).allowed);
-}
-
-TEST_CASE("key pool: rotation, cool-down and set-aside") {
-    KeyPool pool({"k0", "k1", "k2"});
-    auto first = pool.usable(0);
-    CHECK(first == std::vector<std::size_t>{0, 1, 2});
-    CHECK(pool.usable(0) == std::vector<std::size_t>{1, 2, 0});
-    pool.coolDown(1, 5000);
-    CHECK(pool.state(1, 100) == KeyPool::State::CoolingDown);
-    CHECK(pool.usable(100) == std::vector<std::size_t>{2, 0});
-    pool.setAside(2, 10'000);
-    CHECK(pool.state(2, 100) == KeyPool::State::SetAside);
-    CHECK(pool.soonestMs(100) == 4900);
-    CHECK(pool.usable(6000) == std::vector<std::size_t>{0, 1});
-    CHECK(pool.state(2, 10'000) == KeyPool::State::Active);
 }
