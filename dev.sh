@@ -32,6 +32,11 @@ install_apt() {
   local sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+  # Only promtool is wanted from the prometheus package: not its server on :9090.
+  if [[ " ${want[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null &&
+      systemctl is-active -q prometheus 2>/dev/null; then
+    $sudo systemctl disable -q --now prometheus || true
+  fi
 }
 
 install_npm() {

@@ -124,10 +124,10 @@ void Biller::count(const BillInput& in, const Billed& billed) {
     const std::string pool = poolName(in.model->pool);
     const std::string& model = in.model->id;
     if (billed.shortfall.nanos > 0)
-        metrics_.add(Metrics::series("trollproxy_shortfall_usd_total", {{"pool", pool}}),
-                     billed.shortfall.toUsdDouble());
-    metrics_.add(Metrics::series("trollproxy_cost_usd_total", {{"model", model}, {"pool", pool}}),
-                 billed.cost.toUsdDouble());
+        metrics_.addUsd(Metrics::series("trollproxy_shortfall_usd_total", {{"pool", pool}}),
+                        billed.shortfall);
+    metrics_.addUsd(Metrics::series("trollproxy_cost_usd_total", {{"model", model}, {"pool", pool}}),
+                    billed.cost);
     const Usage& u = billed.usage;
     for (auto [kind, n] : {std::pair{"input", u.uncachedInput},
                            {"output", u.output},
