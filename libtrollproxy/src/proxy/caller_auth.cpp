@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdint>
 
 namespace trollproxy::internal {
 
@@ -47,7 +48,27 @@ Outcome refusalFor(AuthStatus status) {
 
 } // namespace
 
-Outcome CallerAuth::authenticate(const HttpRequest& http, LedgerFailureMode mode,
+std::optional<Account> CallerAuth::remembered(const std::string& key, std::int64_t maxAgeMs) {
+    std::lock_guard lock(cacheMutex_);
+    auto it = cache_.find(key);
+    if (it == cache_.end() || clock_.steadyMs() - it->second.checkedAtMs > maxAgeMs)
+        return std::nullopt;
+    return it->second.account;
+}
+
+void CallerAuth::remember(const std::string& key, const Account& account) {
+    std::lock_guard lock(cacheMutex_);
+    if (cache_.size() >= kMaxCached && !cache_.count(key))
+        cache_.clear(); // rare: starts over rather than grow
+    cache_[key] = Known{account, clock_.steadyMs()};
+}
+
+void CallerAuth::forget(const std::string& key) {
+    std::lock_guard lock(cacheMutex_);
+    cache_.erase(key);
+}
+
+Outcome CallerAuth::authenticate(const HttpRequest& http, const AuthPolicy& policy,
                                  Account& account) {
     for (const auto& [k, v] : http.headers) {
         if (v.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)
@@ -57,21 +78,29 @@ Outcome CallerAuth::authenticate(const HttpRequest& http, LedgerFailureMode mode
     if (key.empty())
         return refuse(OutcomeKind::MissingKey,
                       "missing API key (Authorization: Bearer KEY or x-api-key)");
+    if (policy.cacheMs > 0) {
+        if (auto known = remembered(key, policy.cacheMs)) {
+            account = std::move(*known);
+            return {};
+        }
+    }
     AuthOutcome auth = ledger_.authenticate(key);
-    const bool failOpen = mode == LedgerFailureMode::FailOpen;
     if (auth.status == AuthStatus::LedgerUnavailable) {
         metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "authenticate"}}));
-        std::lock_guard lock(cacheMutex_);
-        if (auto it = cache_.find(key); failOpen && it != cache_.end())
-            auth = {AuthStatus::Authorized, it->second};
+        if (policy.failureMode != LedgerFailureMode::FailOpen)
+            return refusalFor(auth.status);
+        auto known = remembered(key, INT64_MAX);
+        if (!known)
+            return refusalFor(auth.status);
+        account = std::move(*known);
+        return {};
     }
-    if (auth.status != AuthStatus::Authorized)
+    if (auth.status != AuthStatus::Authorized) {
+        forget(key);
         return refusalFor(auth.status);
-    if (failOpen) {
-        std::lock_guard lock(cacheMutex_);
-        if (cache_.size() < kMaxCached)
-            cache_[key] = auth.account;
     }
+    if (policy.cacheMs > 0 || policy.failureMode == LedgerFailureMode::FailOpen)
+        remember(key, auth.account);
     account = std::move(auth.account);
     return {};
 }

@@ -2,9 +2,12 @@
 #pragma once
 
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
+#include "trollproxy/clock.hpp"
+#include "trollproxy/config.hpp"
 #include "trollproxy/ledger.hpp"
 #include "trollproxy/proxy.hpp"
 #include "proxy/metrics.hpp"
@@ -15,23 +18,49 @@ namespace trollproxy::internal {
 /// A header's value by name, in any case; "" when absent.
 std::string headerValue(const HttpRequest& request, std::string_view lowerName);
 
-/// Authenticates callers against the ledger. When the ledger is down and the
-/// failure mode is fail_open, keys seen before are still accepted. Thread-safe.
+/// How CallerAuth trusts what it learned before.
+struct AuthPolicy {
+    LedgerFailureMode failureMode = LedgerFailureMode::FailClosed;
+    /// A key the ledger accepted less than this long ago is accepted without
+    /// asking again (auth_cache_ms; 0: always ask).
+    std::int64_t cacheMs = 0;
+};
+
+/// The policy the settings give.
+inline AuthPolicy authPolicy(const ProxySettings& s) {
+    return {s.ledgerFailureMode, s.authCacheMs};
+}
+
+/// Authenticates callers against the ledger, remembering keys it accepted:
+/// for `cacheMs` they need no ledger call, and while the ledger is down under
+/// fail_open they are still accepted. Only accepted keys are remembered, at
+/// most kMaxCached of them, so a flood of bad keys costs no memory. Thread-safe.
 class CallerAuth {
 public:
-    CallerAuth(CreditLedger& ledger, Metrics& metrics) : ledger_(ledger), metrics_(metrics) {}
+    CallerAuth(CreditLedger& ledger, Metrics& metrics, const Clock& clock)
+        : ledger_(ledger), metrics_(metrics), clock_(clock) {}
 
     /// Ok with `account` set, or the refusal (401, 403, 400 for a header with
     /// a control character, 503 when the ledger cannot say).
-    Outcome authenticate(const HttpRequest& request, LedgerFailureMode mode, Account& account);
+    Outcome authenticate(const HttpRequest& request, const AuthPolicy& policy, Account& account);
 
 private:
     static constexpr std::size_t kMaxCached = 100'000;
+    struct Known {
+        Account account;
+        std::int64_t checkedAtMs = 0; // steady
+    };
+
+    /// The remembered account of `key` if it was checked within `maxAgeMs`.
+    std::optional<Account> remembered(const std::string& key, std::int64_t maxAgeMs);
+    void remember(const std::string& key, const Account& account);
+    void forget(const std::string& key);
 
     CreditLedger& ledger_;
     Metrics& metrics_;
+    const Clock& clock_;
     std::mutex cacheMutex_;
-    std::unordered_map<std::string, Account> cache_; // fail_open only
+    std::unordered_map<std::string, Known> cache_;
 };
 
 } // namespace trollproxy::internal

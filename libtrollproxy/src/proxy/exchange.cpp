@@ -74,7 +74,7 @@ Outcome Exchange::authenticate() {
         account_ = *http_->admitted;
         return {};
     }
-    return parts_.auth.authenticate(*http_, settings.ledgerFailureMode, account_);
+    return parts_.auth.authenticate(*http_, authPolicy(settings), account_);
 }
 
 Outcome Exchange::rateLimit() {

@@ -24,7 +24,7 @@ struct FreeRequest {
             return refuse(OutcomeKind::BodyTooLarge, "request body is too large");
         if (http.admitted)
             account = *http.admitted;
-        else if (Outcome o = parts.auth.authenticate(http, settings.ledgerFailureMode, account);
+        else if (Outcome o = parts.auth.authenticate(http, authPolicy(settings), account);
                  !o.ok())
             return o;
         RateDecision rate = routing->rateLimiter->check(account.keyId, parts.clock.steadyMs());

@@ -63,7 +63,7 @@ ProxyServiceImpl::ProxyServiceImpl(std::shared_ptr<const Routing> routing, Servi
     : routing_(std::move(routing)), ledger_(std::move(parts.ledger)),
       upstream_(std::move(parts.upstream)), getenv_(parts.keys.getenv),
       clock_(parts.clock ? parts.clock : systemClock()), journal_(routing_->config->journalFile()),
-      auth_(*ledger_, metrics_), biller_(*ledger_, journal_, metrics_, *clock_),
+      auth_(*ledger_, metrics_, *clock_), biller_(*ledger_, journal_, metrics_, *clock_),
       parts_{*ledger_, auth_, biller_, *upstream_, metrics_, *clock_, shutdownDeadlineMs_} {
     tick();
 }
@@ -203,7 +203,7 @@ Admission ProxyServiceImpl::admit(const HttpRequest& head) {
                                   "request body is larger than " + std::to_string(maxBody) + " bytes"));
     }
     Account account;
-    if (Outcome o = auth_.authenticate(head, routes->config->settings.ledgerFailureMode, account);
+    if (Outcome o = auth_.authenticate(head, authPolicy(routes->config->settings), account);
         !o.ok())
         return refused(o);
     out.account = std::make_shared<const Account>(std::move(account));
