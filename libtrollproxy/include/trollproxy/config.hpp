@@ -82,6 +82,9 @@ struct ProxySettings {
     std::int64_t shutdownGraceSeconds = 30;
     std::int64_t defaultMaxOutputTokens = 8192;
     std::int64_t ledgerTimeoutMs = 3000; ///< bound on one ledger call (read when the ledger opens)
+    /// How long an authenticated key is trusted without asking the ledger
+    /// again: a revoked key is refused at most this long after (0: every request asks).
+    std::int64_t authCacheMs = 1000;
     /// Where /metrics is served, "HOST:PORT" (port 0: any free port); "" when off.
     std::string metricsListen = "127.0.0.1:9464";
     std::string journalPath;

@@ -338,6 +338,7 @@ void ConfigReader::readSettings(od::value v, const std::string& path, ProxySetti
         {"shutdown_grace_seconds", &ProxySettings::shutdownGraceSeconds, 0, 86'400},
         {"default_max_output_tokens", &ProxySettings::defaultMaxOutputTokens, 1, 10'000'000},
         {"ledger_timeout_ms", &ProxySettings::ledgerTimeoutMs, 1, 600'000},
+        {"auth_cache_ms", &ProxySettings::authCacheMs, 0, 60'000},
     };
     for (auto field : obj) {
         std::string_view key;
