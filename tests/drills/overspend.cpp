@@ -81,9 +81,11 @@ bool round(Verdict& v, DrillStack& s, const Options& o, const std::string& user,
     auto logs = s.logs(user, &dup);
     Money logged;
     int charged = 0;
+    int refusalsLogged = 0; // the 402s are in the request log too, with no cost
     for (const auto& [id, e] : logs) {
         logged += e.cost;
         charged += e.success;
+        refusalsLogged += !e.success && e.statusCode == 402 && e.cost.nanos == 0;
     }
     Money decrease = start - b.creditsNew;
     Money shortfall = *s.ledger->totalShortfall() - shortfallBefore;
@@ -101,8 +103,10 @@ bool round(Verdict& v, DrillStack& s, const Options& o, const std::string& user,
             "no balance field below zero");
     v.check(logged == decrease, "sum of logged costs (" + money(logged) + ") = balance decrease (" + money(decrease) + ")");
     v.check(b.creditsNewUsed == decrease, "creditsNewUsed = balance decrease");
-    v.check(dup == 0 && static_cast<int>(logs.size()) == served && charged == served,
-            "one log entry per served request (" + std::to_string(logs.size()) + " for " + std::to_string(served) + ")");
+    v.check(dup == 0 && charged == served,
+            "one charged log entry per served request (" + std::to_string(charged) + " for " + std::to_string(served) + ")");
+    v.check(static_cast<int>(logs.size()) == served + refused && refusalsLogged == refused,
+            "one uncharged log entry per 402 refusal (" + std::to_string(refusalsLogged) + " for " + std::to_string(refused) + ")");
     v.check(fs.completed == served && fs.requests == served,
             "the upstream saw exactly the served requests (" + std::to_string(fs.requests) + ")");
     if (num <= den)

@@ -49,6 +49,10 @@ TEST_CASE("a stream longer than hold_ttl_seconds keeps its hold: its money canno
     CHECK(*s.ledger->totalShortfall() == Money{});
     auto logs = s.ledger->usage("u", 10);
     REQUIRE(logs);
-    REQUIRE(logs->size() == 1);
+    REQUIRE(logs->size() == 2); // newest first: the stream's charge, then the refusal
     CHECK((*logs)[0].cost == *Money::parse("0.5"));
+    CHECK((*logs)[0].statusCode == 200);
+    CHECK((*logs)[1].statusCode == 402); // refusals are in the request log, uncharged
+    CHECK((*logs)[1].cost == Money{});
+    CHECK(!(*logs)[1].success);
 }
