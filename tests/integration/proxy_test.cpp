@@ -260,6 +260,8 @@ TEST_CASE("keys, models and routes are checked, in the caller's format") {
     CHECK(post(s.proxy->port(), "/v1/messages", messagesBody("sonnet-new", false), auth("sk-trollllm-nope")).status == 401);
     CHECK(post(s.proxy->port(), "/v1/messages", messagesBody("sonnet-new", false), {}).status == 401);
     REQUIRE(s.ledger->revokeKey(key));
+    // A key the proxy accepted is trusted for auth_cache_ms (1 s by default): past it, refused.
+    std::this_thread::sleep_for(std::chrono::milliseconds(1100));
     r = post(s.proxy->port(), "/v1/chat/completions", chatBody("sonnet-new", false), auth(key));
     CHECK(r.status == 401);
     CHECK(upstreamRequests(s.upstream->port()).empty());
