@@ -11,6 +11,7 @@
 #include <simdjson.h>
 
 #include "core/json_locate.hpp"
+#include "core/text.hpp"
 
 namespace trollproxy {
 
@@ -155,6 +156,11 @@ public:
         return Money{*n};
     }
 
+    // Calls fn(key, path, value) for each member of the object `v` but comments;
+    // false (after reporting it) when `v` is not an object.
+    template <class Fn>
+    bool forEachMember(od::value v, const std::string& path, Fn&& fn);
+
     void readEndpoint(od::value v, const std::string& path, EndpointConfig& ep);
     void readModel(od::value v, const std::string& path, ModelConfig& m);
     void readSettings(od::value v, const std::string& path, ProxySettings& s);
@@ -163,17 +169,30 @@ public:
     std::string name_;
     std::vector<std::string> errors_;
     std::vector<std::string> warnings_;
+
+private:
+    void readAliases(od::value v, const std::string& path, ModelConfig& m);
+    void readBillingUpstream(od::value v, const std::string& path, ModelConfig& m);
+    void readMultiplier(od::value v, const std::string& path, ModelConfig& m);
+    bool readModelPrice(const std::string& k, od::value v, const std::string& p, ModelConfig& m);
+    bool readModelOption(const std::string& k, od::value v, const std::string& p, ModelConfig& m);
+    void finishModel(const std::string& path, ModelConfig& m, bool hasBilling, bool hasMultiplier);
+    bool readIntSetting(const std::string& k, od::value v, const std::string& p, ProxySettings& s);
+    void readMetricsListen(od::value v, const std::string& path, ProxySettings& s);
+    void readLedgerFailureMode(od::value v, const std::string& path, ProxySettings& s);
+    void readForwardHeaders(od::value v, const std::string& path, ProxySettings& s);
 };
 
 bool isComment(std::string_view key) {
     return key.rfind("_comment", 0) == 0;
 }
 
-void ConfigReader::readEndpoint(od::value v, const std::string& path, EndpointConfig& ep) {
+template <class Fn>
+bool ConfigReader::forEachMember(od::value v, const std::string& path, Fn&& fn) {
     od::object obj;
     if (v.get_object().get(obj)) {
         error(path, "must be an object");
-        return;
+        return false;
     }
     for (auto field : obj) {
         std::string_view key;
@@ -184,6 +203,14 @@ void ConfigReader::readEndpoint(od::value v, const std::string& path, EndpointCo
         od::value val = field.value();
         if (isComment(k))
             continue;
+        fn(k, p, val);
+    }
+    return true;
+}
+
+void ConfigReader::readEndpoint(od::value v, const std::string& path, EndpointConfig& ep) {
+    bool isObject = forEachMember(v, path, [&](const std::string& k, const std::string& p,
+                                               od::value val) {
         if (k == "name") {
             ep.name = str(val, p).value_or("");
         } else if (k == "base_url") {
@@ -197,7 +224,9 @@ void ConfigReader::readEndpoint(od::value v, const std::string& path, EndpointCo
         } else {
             warn(p, "unknown key (ignored)");
         }
-    }
+    });
+    if (!isObject)
+        return;
     if (ep.baseUrl.empty()) {
         error(path + ".base_url", "is missing");
     } else if (ep.baseUrl.rfind("http://", 0) != 0 && ep.baseUrl.rfind("https://", 0) != 0) {
@@ -205,101 +234,132 @@ void ConfigReader::readEndpoint(od::value v, const std::string& path, EndpointCo
     }
 }
 
-void ConfigReader::readModel(od::value v, const std::string& path, ModelConfig& m) {
-    od::object obj;
-    if (v.get_object().get(obj)) {
-        error(path, "must be an object");
+void ConfigReader::readAliases(od::value v, const std::string& path, ModelConfig& m) {
+    od::array arr;
+    if (v.get_array().get(arr)) {
+        error(path, "must be an array of strings");
         return;
     }
-    bool hasBilling = false;
-    bool hasMultiplier = false;
-    for (auto field : obj) {
-        std::string_view key;
-        if (field.unescaped_key().get(key))
-            continue;
-        std::string k(key);
-        std::string p = path + "." + k;
-        od::value val = field.value();
-        if (isComment(k))
-            continue;
-        if (k == "name") {
-            m.name = str(val, p).value_or("");
-        } else if (k == "id") {
-            m.id = str(val, p).value_or("");
-        } else if (k == "id_aliases") {
-            od::array arr;
-            if (val.get_array().get(arr)) {
-                error(p, "must be an array of strings");
-                continue;
-            }
-            std::size_t i = 0;
-            for (auto item : arr) {
-                std::string ip = p + "[" + std::to_string(i) + "]";
-                if (auto s = str(item.value(), ip)) {
-                    if (s->empty())
-                        error(ip, "an alias must not be empty");
-                    else
-                        m.aliases.push_back(*s);
-                }
-                ++i;
-            }
-        } else if (k == "type") {
-            m.type = str(val, p).value_or("");
-            static const std::set<std::string> kTypes{"anthropic", "openai", "openhands", "ohmygpt"};
-            if (!m.type.empty() && !kTypes.count(m.type))
-                error(p, "\"" + m.type + "\" is not one of anthropic, openai, openhands, ohmygpt");
-        } else if (k == "upstream") {
-            m.upstream = str(val, p).value_or("");
-        } else if (k == "upstream_model_id") {
-            m.upstreamModelId = str(val, p).value_or("");
-        } else if (k == "billing_upstream") {
-            hasBilling = true;
-            if (auto s = str(val, p)) {
-                m.billingUpstream = *s;
-                if (*s == "openhands")
-                    m.pool = Pool::CreditsNew;
-                else if (*s == "ohmygpt")
-                    m.pool = Pool::Credits;
-                else
-                    error(p, "\"" + *s + "\" is not one of openhands, ohmygpt");
-            }
-        } else if (k == "input_price_per_mtok") {
-            m.prices.input = price(val, p).value_or(Money{});
-        } else if (k == "output_price_per_mtok") {
-            m.prices.output = price(val, p).value_or(Money{});
-        } else if (k == "cache_write_price_per_mtok") {
-            m.prices.cacheWrite = price(val, p).value_or(Money{});
-        } else if (k == "cache_write_1h_price_per_mtok") {
-            m.prices.cacheWrite1h = price(val, p);
-        } else if (k == "cache_hit_price_per_mtok") {
-            m.prices.cacheRead = price(val, p).value_or(Money{});
-        } else if (k == "batch_input_price_per_mtok") {
-            m.batchInputPrice = price(val, p);
-        } else if (k == "batch_output_price_per_mtok") {
-            m.batchOutputPrice = price(val, p);
-        } else if (k == "billing_multiplier") {
-            hasMultiplier = true;
-            if (auto n = decimal(val, p)) {
-                if (*n <= 0)
-                    error(p, "must be greater than 0");
-                else if (*n > 1000LL * Money::kNanosPerUsd)
-                    error(p, "is out of range (more than 1000)");
-                else
-                    m.prices.multiplier = Factor{*n};
-            }
-        } else if (k == "reasoning") {
-            m.reasoning = str(val, p).value_or("");
-            if (!m.reasoning.empty() && m.reasoning != "low" && m.reasoning != "medium" &&
-                m.reasoning != "high")
-                error(p, "\"" + m.reasoning + "\" is not one of low, medium, high");
-        } else if (k == "thinking_budget") {
-            m.thinkingBudget = integer(val, p);
-            if (m.thinkingBudget && *m.thinkingBudget < 0)
-                error(p, "must not be negative");
-        } else {
-            warn(p, "unknown key (ignored)");
+    std::size_t i = 0;
+    for (auto item : arr) {
+        std::string ip = path + "[" + std::to_string(i) + "]";
+        if (auto s = str(item.value(), ip)) {
+            if (s->empty())
+                error(ip, "an alias must not be empty");
+            else
+                m.aliases.push_back(*s);
+        }
+        ++i;
+    }
+}
+
+void ConfigReader::readBillingUpstream(od::value v, const std::string& path, ModelConfig& m) {
+    auto s = str(v, path);
+    if (!s)
+        return;
+    m.billingUpstream = *s;
+    if (*s == "openhands")
+        m.pool = Pool::CreditsNew;
+    else if (*s == "ohmygpt")
+        m.pool = Pool::Credits;
+    else
+        error(path, "\"" + *s + "\" is not one of openhands, ohmygpt");
+}
+
+void ConfigReader::readMultiplier(od::value v, const std::string& path, ModelConfig& m) {
+    auto n = decimal(v, path);
+    if (!n)
+        return;
+    if (*n <= 0)
+        error(path, "must be greater than 0");
+    else if (*n > 1000LL * Money::kNanosPerUsd)
+        error(path, "is out of range (more than 1000)");
+    else
+        m.prices.multiplier = Factor{*n};
+}
+
+// The per-Mtok prices. A price every model has reads as 0 when invalid (the
+// error fails the config); an optional one stays unset.
+bool ConfigReader::readModelPrice(const std::string& k, od::value v, const std::string& p,
+                                  ModelConfig& m) {
+    static const std::pair<const char*, Money PriceTable::*> kPrices[] = {
+        {"input_price_per_mtok", &PriceTable::input},
+        {"output_price_per_mtok", &PriceTable::output},
+        {"cache_write_price_per_mtok", &PriceTable::cacheWrite},
+        {"cache_hit_price_per_mtok", &PriceTable::cacheRead},
+    };
+    for (const auto& [key, member] : kPrices) {
+        if (k == key) {
+            m.prices.*member = price(v, p).value_or(Money{});
+            return true;
         }
     }
+    if (k == "cache_write_1h_price_per_mtok")
+        m.prices.cacheWrite1h = price(v, p);
+    else if (k == "batch_input_price_per_mtok")
+        m.batchInputPrice = price(v, p);
+    else if (k == "batch_output_price_per_mtok")
+        m.batchOutputPrice = price(v, p);
+    else
+        return false;
+    return true;
+}
+
+// The model's strings and generation options; false for a key it does not know.
+bool ConfigReader::readModelOption(const std::string& k, od::value v, const std::string& p,
+                                   ModelConfig& m) {
+    if (k == "name") {
+        m.name = str(v, p).value_or("");
+    } else if (k == "id") {
+        m.id = str(v, p).value_or("");
+    } else if (k == "type") {
+        m.type = str(v, p).value_or("");
+        static const std::set<std::string> kTypes{"anthropic", "openai", "openhands", "ohmygpt"};
+        if (!m.type.empty() && !kTypes.count(m.type))
+            error(p, "\"" + m.type + "\" is not one of anthropic, openai, openhands, ohmygpt");
+    } else if (k == "upstream") {
+        m.upstream = str(v, p).value_or("");
+    } else if (k == "upstream_model_id") {
+        m.upstreamModelId = str(v, p).value_or("");
+    } else if (k == "reasoning") {
+        m.reasoning = str(v, p).value_or("");
+        if (!m.reasoning.empty() && m.reasoning != "low" && m.reasoning != "medium" &&
+            m.reasoning != "high")
+            error(p, "\"" + m.reasoning + "\" is not one of low, medium, high");
+    } else if (k == "thinking_budget") {
+        m.thinkingBudget = integer(v, p);
+        if (m.thinkingBudget && *m.thinkingBudget < 0)
+            error(p, "must not be negative");
+    } else {
+        return false;
+    }
+    return true;
+}
+
+void ConfigReader::readModel(od::value v, const std::string& path, ModelConfig& m) {
+    bool hasBilling = false;
+    bool hasMultiplier = false;
+    bool isObject = forEachMember(v, path, [&](const std::string& k, const std::string& p,
+                                               od::value val) {
+        if (k == "id_aliases") {
+            readAliases(val, p, m);
+        } else if (k == "billing_upstream") {
+            hasBilling = true;
+            readBillingUpstream(val, p, m);
+        } else if (k == "billing_multiplier") {
+            hasMultiplier = true;
+            readMultiplier(val, p, m);
+        } else if (!readModelPrice(k, val, p, m) && !readModelOption(k, val, p, m)) {
+            warn(p, "unknown key (ignored)");
+        }
+    });
+    if (isObject)
+        finishModel(path, m, hasBilling, hasMultiplier);
+}
+
+// Checks the required keys and fills in the defaults.
+void ConfigReader::finishModel(const std::string& path, ModelConfig& m, bool hasBilling,
+                               bool hasMultiplier) {
     if (m.id.empty())
         error(path + ".id", "is missing");
     if (!hasBilling)
@@ -315,116 +375,126 @@ void ConfigReader::readModel(od::value v, const std::string& path, ModelConfig& 
         m.name = m.id;
 }
 
-void ConfigReader::readSettings(od::value v, const std::string& path, ProxySettings& s) {
-    od::object obj;
-    if (v.get_object().get(obj)) {
-        error(path, "must be an object");
+struct IntSetting {
+    const char* key;
+    std::int64_t ProxySettings::*member;
+    std::int64_t min;
+    std::int64_t max;
+};
+
+const IntSetting kIntSettings[] = {
+    {"rate_limit_per_minute", &ProxySettings::rateLimitPerMinute, 0, 1'000'000'000},
+    {"connect_timeout_ms", &ProxySettings::connectTimeoutMs, 1, 3'600'000},
+    {"first_byte_timeout_ms", &ProxySettings::firstByteTimeoutMs, 1, 86'400'000},
+    {"idle_timeout_ms", &ProxySettings::idleTimeoutMs, 1, 86'400'000},
+    {"worker_threads", &ProxySettings::workerThreads, 1, 100'000},
+    {"max_body_bytes", &ProxySettings::maxBodyBytes, 1024, 1LL << 32},
+    {"hold_ttl_seconds", &ProxySettings::holdTtlSeconds, 1, 86'400 * 7},
+    {"shutdown_grace_seconds", &ProxySettings::shutdownGraceSeconds, 0, 86'400},
+    {"default_max_output_tokens", &ProxySettings::defaultMaxOutputTokens, 1, 10'000'000},
+    {"ledger_timeout_ms", &ProxySettings::ledgerTimeoutMs, 1, 600'000},
+    {"auth_cache_ms", &ProxySettings::authCacheMs, 0, 60'000},
+};
+
+// One of the integer settings of kIntSettings; false for another key.
+bool ConfigReader::readIntSetting(const std::string& k, od::value v, const std::string& p,
+                                  ProxySettings& s) {
+    for (const auto& is : kIntSettings) {
+        if (k != is.key)
+            continue;
+        if (auto n = integer(v, p)) {
+            if (*n < is.min || *n > is.max)
+                error(p, "must be between " + std::to_string(is.min) + " and " +
+                             std::to_string(is.max));
+            else
+                s.*is.member = *n;
+        }
+        return true;
+    }
+    return false;
+}
+
+void ConfigReader::readMetricsListen(od::value v, const std::string& path, ProxySettings& s) {
+    auto addr = str(v, path).value_or("");
+    auto colon = addr.rfind(':');
+    std::string port = colon == std::string::npos ? "" : addr.substr(colon + 1);
+    bool digits = !port.empty() && port.size() <= 5 &&
+                  port.find_first_not_of("0123456789") == std::string::npos;
+    if (addr.empty() || addr == "off")
+        s.metricsListen.clear();
+    else if (colon == 0 || !digits || std::stoi(port) > 65535)
+        error(path, "\"" + addr + "\" is not HOST:PORT (port 0-65535), \"\" or \"off\"");
+    else
+        s.metricsListen = addr;
+}
+
+void ConfigReader::readLedgerFailureMode(od::value v, const std::string& path, ProxySettings& s) {
+    auto mode = str(v, path).value_or("");
+    if (mode == "fail_closed")
+        s.ledgerFailureMode = LedgerFailureMode::FailClosed;
+    else if (mode == "fail_open")
+        s.ledgerFailureMode = LedgerFailureMode::FailOpen;
+    else
+        error(path, "\"" + mode + "\" is not one of fail_closed, fail_open");
+}
+
+// A forward_headers entry: letters, digits, '-', '_', and an optional trailing '*'
+// after at least one other character.
+bool isHeaderPattern(std::string_view name) {
+    bool ok = !name.empty();
+    for (std::size_t c = 0; c < name.size(); ++c) {
+        char ch = name[c];
+        bool last = c + 1 == name.size();
+        ok &= std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' ||
+              (ch == '*' && last && c > 0);
+    }
+    return ok;
+}
+
+void ConfigReader::readForwardHeaders(od::value v, const std::string& path, ProxySettings& s) {
+    od::array arr;
+    if (v.get_array().get(arr)) {
+        error(path, "must be an array of header names");
         return;
     }
-    struct IntSetting {
-        const char* key;
-        std::int64_t ProxySettings::*member;
-        std::int64_t min;
-        std::int64_t max;
-    };
-    static const IntSetting kInts[] = {
-        {"rate_limit_per_minute", &ProxySettings::rateLimitPerMinute, 0, 1'000'000'000},
-        {"connect_timeout_ms", &ProxySettings::connectTimeoutMs, 1, 3'600'000},
-        {"first_byte_timeout_ms", &ProxySettings::firstByteTimeoutMs, 1, 86'400'000},
-        {"idle_timeout_ms", &ProxySettings::idleTimeoutMs, 1, 86'400'000},
-        {"worker_threads", &ProxySettings::workerThreads, 1, 100'000},
-        {"max_body_bytes", &ProxySettings::maxBodyBytes, 1024, 1LL << 32},
-        {"hold_ttl_seconds", &ProxySettings::holdTtlSeconds, 1, 86'400 * 7},
-        {"shutdown_grace_seconds", &ProxySettings::shutdownGraceSeconds, 0, 86'400},
-        {"default_max_output_tokens", &ProxySettings::defaultMaxOutputTokens, 1, 10'000'000},
-        {"ledger_timeout_ms", &ProxySettings::ledgerTimeoutMs, 1, 600'000},
-        {"auth_cache_ms", &ProxySettings::authCacheMs, 0, 60'000},
-    };
-    for (auto field : obj) {
-        std::string_view key;
-        if (field.unescaped_key().get(key))
+    static const std::set<std::string> kNever{
+        "authorization", "x-api-key",      "proxy-authorization", "cookie",
+        "host",          "content-length", "transfer-encoding",   "connection"};
+    std::size_t i = 0;
+    for (auto item : arr) {
+        std::string ip = path + "[" + std::to_string(i++) + "]";
+        auto name = str(item.value(), ip);
+        if (!name)
             continue;
-        std::string k(key);
-        std::string p = path + "." + k;
-        od::value val = field.value();
-        if (isComment(k))
-            continue;
-        bool known = false;
-        for (const auto& is : kInts) {
-            if (k != is.key)
-                continue;
-            known = true;
-            if (auto n = integer(val, p)) {
-                if (*n < is.min || *n > is.max)
-                    error(p, "must be between " + std::to_string(is.min) + " and " +
-                                 std::to_string(is.max));
-                else
-                    s.*is.member = *n;
-            }
-        }
-        if (known)
-            continue;
-        if (k == "metrics_listen") {
-            auto addr = str(val, p).value_or("");
-            auto colon = addr.rfind(':');
-            std::string port = colon == std::string::npos ? "" : addr.substr(colon + 1);
-            bool digits = !port.empty() && port.size() <= 5 &&
-                          port.find_first_not_of("0123456789") == std::string::npos;
-            if (addr.empty() || addr == "off")
-                s.metricsListen.clear();
-            else if (colon == 0 || !digits || std::stoi(port) > 65535)
-                error(p, "\"" + addr + "\" is not HOST:PORT (port 0-65535), \"\" or \"off\"");
-            else
-                s.metricsListen = addr;
-        } else if (k == "ledger_failure_mode") {
-            auto mode = str(val, p).value_or("");
-            if (mode == "fail_closed")
-                s.ledgerFailureMode = LedgerFailureMode::FailClosed;
-            else if (mode == "fail_open")
-                s.ledgerFailureMode = LedgerFailureMode::FailOpen;
-            else
-                error(p, "\"" + mode + "\" is not one of fail_closed, fail_open");
-        } else if (k == "journal_path") {
-            s.journalPath = str(val, p).value_or("");
-        } else if (k == "key_file") {
-            s.keyFile = str(val, p).value_or("");
-        } else if (k == "forward_headers") {
-            od::array arr;
-            if (val.get_array().get(arr)) {
-                error(p, "must be an array of header names");
-                continue;
-            }
-            std::size_t i = 0;
-            for (auto item : arr) {
-                std::string ip = p + "[" + std::to_string(i++) + "]";
-                auto name = str(item.value(), ip);
-                if (!name)
-                    continue;
-                std::string lowered;
-                bool ok = !name->empty();
-                for (std::size_t c = 0; c < name->size(); ++c) {
-                    char ch = (*name)[c];
-                    bool last = c + 1 == name->size();
-                    ok &= std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' ||
-                          (ch == '*' && last && c > 0);
-                    lowered += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-                }
-                static const std::set<std::string> kNever{
-                    "authorization", "x-api-key",      "proxy-authorization", "cookie",
-                    "host",          "content-length", "transfer-encoding",   "connection"};
-                if (!ok)
-                    error(ip, "\"" + *name +
-                                  "\" is not a header name (letters, digits, '-', '_', and an "
-                                  "optional trailing '*')");
-                else if (kNever.count(lowered) || lowered == "*")
-                    error(ip, "\"" + *name + "\" can never be forwarded");
-                else
-                    s.forwardHeaders.push_back(lowered);
-            }
-        } else {
-            warn(p, "unknown key (ignored)");
-        }
+        std::string lowered = internal::asciiLower(*name);
+        if (!isHeaderPattern(*name))
+            error(ip, "\"" + *name +
+                          "\" is not a header name (letters, digits, '-', '_', and an "
+                          "optional trailing '*')");
+        else if (kNever.count(lowered) || lowered == "*")
+            error(ip, "\"" + *name + "\" can never be forwarded");
+        else
+            s.forwardHeaders.push_back(lowered);
     }
+}
+
+void ConfigReader::readSettings(od::value v, const std::string& path, ProxySettings& s) {
+    forEachMember(v, path, [&](const std::string& k, const std::string& p, od::value val) {
+        if (readIntSetting(k, val, p, s))
+            return;
+        if (k == "metrics_listen")
+            readMetricsListen(val, p, s);
+        else if (k == "ledger_failure_mode")
+            readLedgerFailureMode(val, p, s);
+        else if (k == "journal_path")
+            s.journalPath = str(val, p).value_or("");
+        else if (k == "key_file")
+            s.keyFile = str(val, p).value_or("");
+        else if (k == "forward_headers")
+            readForwardHeaders(val, p, s);
+        else
+            warn(p, "unknown key (ignored)");
+    });
 }
 
 void ConfigReader::readTop(od::object top, Config& cfg) {

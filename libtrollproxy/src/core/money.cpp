@@ -12,29 +12,49 @@ namespace trollproxy {
 
 namespace {
 
-// Parses JSON-number text into value * 10^-9, exactly, or fails.
-Result<std::int64_t> parseBillionths(std::string_view text) {
-    auto bad = [&](const char* why) {
-        return Error{ErrorCode::InvalidArgument, std::string(why) + ": \"" + std::string(text) + "\""};
-    };
-    std::size_t i = 0;
+// A number's text read exactly: (negative ? -1 : 1) * digits * 10^exponent.
+struct Decimal {
     bool negative = false;
+    std::string digits; // without leading zeros; "" for zero
+    long exponent = 0;
+};
+
+// Reads the digits of an exponent, from text[i] on (after the 'e'), into `exponent`.
+// False when there are none.
+bool readExponent(std::string_view text, std::size_t& i, long& exponent) {
+    bool expNegative = false;
     if (i < text.size() && (text[i] == '-' || text[i] == '+')) {
-        negative = text[i] == '-';
+        expNegative = text[i] == '-';
         ++i;
     }
-    std::string digits;
-    long exponent = 0; // value = digits * 10^exponent
+    long e = 0;
+    bool expDigit = false;
+    for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
+        expDigit = true;
+        if (e < 100000)
+            e = e * 10 + (text[i] - '0');
+    }
+    exponent += expNegative ? -e : e;
+    return expDigit;
+}
+
+// Reads [sign] digits [. digits] [e [sign] digits], which must be the whole text.
+bool readDecimal(std::string_view text, Decimal& d) {
+    std::size_t i = 0;
+    if (i < text.size() && (text[i] == '-' || text[i] == '+')) {
+        d.negative = text[i] == '-';
+        ++i;
+    }
     bool sawDigit = false;
     bool sawPoint = false;
     for (; i < text.size(); ++i) {
         char c = text[i];
         if (c >= '0' && c <= '9') {
             sawDigit = true;
-            if (!(digits.empty() && c == '0'))
-                digits.push_back(c);
+            if (!(d.digits.empty() && c == '0'))
+                d.digits.push_back(c);
             if (sawPoint)
-                --exponent;
+                --d.exponent;
         } else if (c == '.' && !sawPoint) {
             sawPoint = true;
         } else {
@@ -42,35 +62,32 @@ Result<std::int64_t> parseBillionths(std::string_view text) {
         }
     }
     if (!sawDigit)
-        return bad("not a number");
+        return false;
     if (i < text.size() && (text[i] == 'e' || text[i] == 'E')) {
         ++i;
-        bool expNegative = false;
-        if (i < text.size() && (text[i] == '-' || text[i] == '+')) {
-            expNegative = text[i] == '-';
-            ++i;
-        }
-        long e = 0;
-        bool expDigit = false;
-        for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
-            expDigit = true;
-            if (e < 100000)
-                e = e * 10 + (text[i] - '0');
-        }
-        if (!expDigit)
-            return bad("not a number");
-        exponent += expNegative ? -e : e;
+        if (!readExponent(text, i, d.exponent))
+            return false;
     }
-    if (i != text.size())
+    return i == text.size();
+}
+
+// Parses JSON-number text into value * 10^-9, exactly, or fails.
+Result<std::int64_t> parseBillionths(std::string_view text) {
+    auto bad = [&](const char* why) {
+        return Error{ErrorCode::InvalidArgument, std::string(why) + ": \"" + std::string(text) + "\""};
+    };
+    Decimal d;
+    if (!readDecimal(text, d))
         return bad("not a number");
+    std::string& digits = d.digits;
     if (digits.empty())
         return std::int64_t{0};
     // Drop trailing zeros into the exponent, then scale to billionths.
     while (!digits.empty() && digits.back() == '0') {
         digits.pop_back();
-        ++exponent;
+        ++d.exponent;
     }
-    long scale = exponent + 9;
+    long scale = d.exponent + 9;
     if (scale < 0)
         return bad("more than 9 decimal places");
     if (static_cast<long>(digits.size()) + scale > 19)
@@ -83,7 +100,7 @@ Result<std::int64_t> parseBillionths(std::string_view text) {
     if (v > std::numeric_limits<std::int64_t>::max())
         return bad("out of range");
     auto r = static_cast<std::int64_t>(v);
-    return negative ? -r : r;
+    return d.negative ? -r : r;
 }
 
 std::string formatBillionths(std::int64_t v) {

@@ -215,7 +215,61 @@ Result<Usage> usageFromBody(ApiFormat format, std::string_view body) {
     return fromFormat(format, usage);
 }
 
+namespace {
+
+// Characters of text in an OpenAI chunk's choices: content, reasoning, refusals
+// and tool-call arguments.
+std::int64_t openAIDeltaChars(dom::element doc) {
+    std::int64_t chars = 0;
+    dom::array choices;
+    if (doc["choices"].get_array().get(choices))
+        return 0;
+    for (dom::element c : choices) {
+        dom::element delta;
+        if (c["delta"].get(delta) || !delta.is_object())
+            continue;
+        chars += stringChars(delta, "content") + stringChars(delta, "reasoning_content") +
+                 stringChars(delta, "reasoning") + stringChars(delta, "refusal");
+        dom::array calls;
+        if (!delta["tool_calls"].get_array().get(calls)) {
+            for (dom::element call : calls) {
+                dom::element fn;
+                if (!call["function"].get(fn) && fn.is_object())
+                    chars += stringChars(fn, "arguments");
+            }
+        }
+    }
+    return chars;
+}
+
+} // namespace
+
 struct StreamUsageFormats {
+    // Takes the usage an event carries (non-null), or the reason it cannot be
+    // believed. `read` turns a usage object into counts.
+    template <class Read>
+    static bool takeUsage(StreamUsage& s, dom::element usage, Read read) {
+        if (!usage.is_object()) {
+            s.markInvalid("usage is not an object");
+            return true;
+        }
+        Result<Usage> u = read(usage);
+        if (!u) {
+            s.markInvalid(u.error().message);
+            return true;
+        }
+        s.noteUsage(*u);
+        return true;
+    }
+
+    static bool openAIEvent(StreamUsage& s, dom::element doc) {
+        s.textChars_ += openAIDeltaChars(doc);
+        dom::element usage;
+        if (doc["usage"].get(usage) || usage.is_null())
+            return false;
+        return takeUsage(s, usage, fromOpenAI);
+    }
+
     static bool responsesEvent(StreamUsage& s, std::string_view type, dom::element doc) {
         // Text the client is sent: answer text, refusals, reasoning and tool input.
         static constexpr std::string_view kDeltas[] = {
@@ -245,17 +299,37 @@ struct StreamUsageFormats {
         dom::element usage;
         if (response["usage"].get(usage) || usage.is_null())
             return false;
-        if (!usage.is_object()) {
-            s.markInvalid("usage is not an object");
-            return true;
+        return takeUsage(s, usage, fromResponses);
+    }
+
+    // Anthropic: message_start carries the first counts, message_delta the
+    // cumulative ones; content_block_delta carries text.
+    static bool anthropicEvent(StreamUsage& s, std::string_view type, dom::element doc) {
+        dom::element usage;
+        bool present = false;
+        bool atStart = type == "message_start";
+        if (atStart) {
+            dom::element message;
+            present =
+                !doc["message"].get(message) && !message["usage"].get(usage) && !usage.is_null();
+        } else if (type == "message_delta") {
+            present = !doc["usage"].get(usage) && !usage.is_null();
+        } else if (type == "content_block_delta") {
+            dom::element delta;
+            if (!doc["delta"].get(delta) && delta.is_object())
+                s.textChars_ += stringChars(delta, "text") + stringChars(delta, "partial_json") +
+                                stringChars(delta, "thinking");
         }
-        auto u = fromResponses(usage);
-        if (!u) {
-            s.markInvalid(u.error().message);
-            return true;
-        }
-        s.noteUsage(*u);
-        return true;
+        if (!present)
+            return false;
+        return takeUsage(s, usage, [&](dom::element u) -> Result<Usage> {
+            Usage next = s.usage_;
+            auto r = atStart ? applyAnthropic(u, next, {"input_tokens", "output_tokens"})
+                             : applyAnthropic(u, next, {"output_tokens"});
+            if (!r)
+                return r.error();
+            return next;
+        });
     }
 };
 
@@ -272,75 +346,14 @@ bool StreamUsage::onEvent(std::string_view eventName, std::string_view data) {
         }
         return false;
     }
-    if (format_ == ApiFormat::OpenAI) {
-        dom::array choices;
-        if (!doc["choices"].get_array().get(choices)) {
-            for (dom::element c : choices) {
-                dom::element delta;
-                if (c["delta"].get(delta) || !delta.is_object())
-                    continue;
-                textChars_ += stringChars(delta, "content") +
-                              stringChars(delta, "reasoning_content") +
-                              stringChars(delta, "reasoning") + stringChars(delta, "refusal");
-                dom::array calls;
-                if (!delta["tool_calls"].get_array().get(calls)) {
-                    for (dom::element call : calls) {
-                        dom::element fn;
-                        if (!call["function"].get(fn) && fn.is_object())
-                            textChars_ += stringChars(fn, "arguments");
-                    }
-                }
-            }
-        }
-        dom::element usage;
-        if (doc["usage"].get(usage) || usage.is_null())
-            return false;
-        if (!usage.is_object()) {
-            markInvalid("usage is not an object");
-            return true;
-        }
-        auto u = fromOpenAI(usage);
-        if (!u) {
-            markInvalid(u.error().message);
-            return true;
-        }
-        noteUsage(*u);
-        return true;
-    }
+    if (format_ == ApiFormat::OpenAI)
+        return StreamUsageFormats::openAIEvent(*this, doc);
     std::string_view type;
     if (doc["type"].get_string().get(type))
         type = eventName;
     if (format_ == ApiFormat::Responses)
         return StreamUsageFormats::responsesEvent(*this, type, doc);
-    dom::element usage;
-    bool present = false;
-    bool atStart = type == "message_start";
-    if (atStart) {
-        dom::element message;
-        present = !doc["message"].get(message) && !message["usage"].get(usage) && !usage.is_null();
-    } else if (type == "message_delta") {
-        present = !doc["usage"].get(usage) && !usage.is_null();
-    } else if (type == "content_block_delta") {
-        dom::element delta;
-        if (!doc["delta"].get(delta) && delta.is_object())
-            textChars_ += stringChars(delta, "text") + stringChars(delta, "partial_json") +
-                          stringChars(delta, "thinking");
-    }
-    if (!present)
-        return false;
-    if (!usage.is_object()) {
-        markInvalid("usage is not an object");
-        return true;
-    }
-    Usage next = usage_;
-    auto r = atStart ? applyAnthropic(usage, next, {"input_tokens", "output_tokens"})
-                     : applyAnthropic(usage, next, {"output_tokens"});
-    if (!r) {
-        markInvalid(r.error().message);
-        return true;
-    }
-    noteUsage(next);
-    return true;
+    return StreamUsageFormats::anthropicEvent(*this, type, doc);
 }
 
 void StreamUsage::noteUsage(const Usage& usage) {

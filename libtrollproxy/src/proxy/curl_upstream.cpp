@@ -6,12 +6,13 @@
 #include "trollproxy/upstream.hpp"
 
 #include <algorithm>
-#include <cctype>
 #include <chrono>
 #include <mutex>
 #include <vector>
 
 #include <curl/curl.h>
+
+#include "core/text.hpp"
 
 namespace trollproxy {
 
@@ -57,12 +58,6 @@ void giveEasy(CURL* e) {
     }
     curl_easy_reset(e);
     spare.push_back(e);
-}
-
-std::string lower(std::string s) {
-    std::transform(s.begin(), s.end(), s.begin(),
-                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    return s;
 }
 
 class CurlTransfer final : public UpstreamTransfer {
@@ -189,7 +184,7 @@ private:
             std::string_view value = line.substr(colon + 1);
             while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
                 value.remove_prefix(1);
-            t->headers_.emplace_back(lower(std::string(line.substr(0, colon))), std::string(value));
+            t->headers_.emplace_back(internal::asciiLower(line.substr(0, colon)), std::string(value));
         }
         return size * n;
     }

@@ -187,30 +187,18 @@ Result<void> rejectDuplicates(simdjson::dom::object obj, std::string_view where)
     return {};
 }
 
-} // namespace
+// The client-facing reason a body did not parse: not UTF-8, or not JSON (and where).
+Error bodyParseError(simdjson::error_code err, std::string_view body) {
+    std::string why = err == simdjson::UTF8_ERROR ? "the body is not valid UTF-8"
+                                                    : "the body is not valid JSON";
+    JsonSyntaxError where;
+    if (err != simdjson::UTF8_ERROR && !checkJsonSyntax(body, where))
+        why += " (line " + std::to_string(where.line) + ", column " +
+               std::to_string(where.column) + ": " + where.reason + ")";
+    return Error{ErrorCode::ParseError, why};
+}
 
-Result<ClientRequest> parseClientRequest(ApiFormat format, std::string_view body,
-                                         BodyPurpose purpose) {
-    thread_local simdjson::dom::parser parser;
-    simdjson::padded_string padded(body);
-    simdjson::dom::element doc;
-    if (auto err = parser.parse(padded).get(doc)) {
-        std::string why = err == simdjson::UTF8_ERROR ? "the body is not valid UTF-8"
-                                                        : "the body is not valid JSON";
-        JsonSyntaxError where;
-        if (err != simdjson::UTF8_ERROR && !checkJsonSyntax(body, where))
-            why += " (line " + std::to_string(where.line) + ", column " +
-                   std::to_string(where.column) + ": " + where.reason + ")";
-        return Error{ErrorCode::ParseError, why};
-    }
-    simdjson::dom::object obj;
-    if (doc.get_object().get(obj))
-        return invalid("the body must be a JSON object");
-
-    if (auto r = rejectDuplicates(obj, ""); !r)
-        return r.error();
-
-    ClientRequest req;
+Result<void> readModel(simdjson::dom::object obj, ClientRequest& req) {
     simdjson::dom::element v;
     if (obj["model"].get(v))
         return invalid("missing required field \"model\"");
@@ -218,23 +206,34 @@ Result<ClientRequest> parseClientRequest(ApiFormat format, std::string_view body
     if (v.get_string().get(model) || model.empty())
         return invalid("\"model\" must be a non-empty string");
     req.model = std::string(model);
+    return {};
+}
 
+// "stream", and "stream_options.include_usage" (null reads as absent).
+Result<void> readStreaming(simdjson::dom::object obj, ClientRequest& req) {
+    simdjson::dom::element v;
     if (!obj["stream"].get(v) && !v.is_null()) {
         if (v.get_bool().get(req.stream))
             return invalid("\"stream\" must be a boolean");
     }
-    if (!obj["stream_options"].get(v) && !v.is_null()) {
-        simdjson::dom::object so;
-        if (v.get_object().get(so))
-            return invalid("\"stream_options\" must be an object");
-        if (auto r = rejectDuplicates(so, " in \"stream_options\""); !r)
-            return r.error();
-        simdjson::dom::element iu;
-        if (!so["include_usage"].get(iu) && !iu.is_null()) {
-            if (iu.get_bool().get(req.clientAskedUsage))
-                return invalid("\"stream_options.include_usage\" must be a boolean");
-        }
+    if (obj["stream_options"].get(v) || v.is_null())
+        return {};
+    simdjson::dom::object so;
+    if (v.get_object().get(so))
+        return invalid("\"stream_options\" must be an object");
+    if (auto r = rejectDuplicates(so, " in \"stream_options\""); !r)
+        return r.error();
+    simdjson::dom::element iu;
+    if (!so["include_usage"].get(iu) && !iu.is_null()) {
+        if (iu.get_bool().get(req.clientAskedUsage))
+            return invalid("\"stream_options.include_usage\" must be a boolean");
     }
+    return {};
+}
+
+// The largest of the output-token limits present.
+Result<void> readMaxOutputTokens(simdjson::dom::object obj, ClientRequest& req) {
+    simdjson::dom::element v;
     for (const char* key : {"max_tokens", "max_completion_tokens", "max_output_tokens"}) {
         if (obj[key].get(v) || v.is_null())
             continue;
@@ -243,6 +242,14 @@ Result<ClientRequest> parseClientRequest(ApiFormat format, std::string_view body
             return invalid(std::string("\"") + key + "\" must be a non-negative integer");
         req.maxOutputTokens = std::max(req.maxOutputTokens, n);
     }
+    return {};
+}
+
+// The fields only one API has: OpenAI's "n", the Responses API's
+// "previous_response_id", and Anthropic's required "max_tokens".
+Result<void> readFormatFields(ApiFormat format, BodyPurpose purpose,
+                              simdjson::dom::object obj, ClientRequest& req) {
+    simdjson::dom::element v;
     if (format == ApiFormat::OpenAI && !obj["n"].get(v) && !v.is_null()) {
         std::int64_t n = 0;
         if (v.get_int64().get(n) || n < 1 || n > kMaxChoices)
@@ -258,6 +265,34 @@ Result<ClientRequest> parseClientRequest(ApiFormat format, std::string_view body
     if (format == ApiFormat::Anthropic && purpose == BodyPurpose::Generate &&
         req.maxOutputTokens < 0)
         return invalid("missing required field \"max_tokens\"");
+    return {};
+}
+
+} // namespace
+
+Result<ClientRequest> parseClientRequest(ApiFormat format, std::string_view body,
+                                         BodyPurpose purpose) {
+    thread_local simdjson::dom::parser parser;
+    simdjson::padded_string padded(body);
+    simdjson::dom::element doc;
+    if (auto err = parser.parse(padded).get(doc))
+        return bodyParseError(err, body);
+    simdjson::dom::object obj;
+    if (doc.get_object().get(obj))
+        return invalid("the body must be a JSON object");
+
+    if (auto r = rejectDuplicates(obj, ""); !r)
+        return r.error();
+
+    ClientRequest req;
+    if (auto r = readModel(obj, req); !r)
+        return r.error();
+    if (auto r = readStreaming(obj, req); !r)
+        return r.error();
+    if (auto r = readMaxOutputTokens(obj, req); !r)
+        return r.error();
+    if (auto r = readFormatFields(format, purpose, obj, req); !r)
+        return r.error();
     return req;
 }
 
