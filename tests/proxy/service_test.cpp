@@ -3,10 +3,14 @@
 #include <atomic>
 #include <cstdlib>
 #include <deque>
+#include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <functional>
 #include <mutex>
 #include <stdexcept>
+#include <thread>
 
 #include <doctest/doctest.h>
 #include <unistd.h>
@@ -120,6 +124,41 @@ Script refusal(int status, const std::string& retryAfter) {
     return s;
 }
 
+// A ledger whose settle() can be made to fail as if the database were down.
+class FlakyLedger final : public CreditLedger {
+public:
+    explicit FlakyLedger(std::unique_ptr<CreditLedger> real, std::atomic<bool>& down)
+        : real_(std::move(real)), down_(down) {}
+    AuthOutcome authenticate(std::string_view k) override { return real_->authenticate(k); }
+    ReserveStatus reserve(const HoldRequest& h) override { return real_->reserve(h); }
+    SettleOutcome settle(const Charge& c) override {
+        if (std::this_thread::get_id() == caller)
+            ++settledOnCaller;
+        if (down_)
+            return {SettleStatus::LedgerUnavailable, {}, {}};
+        return real_->settle(c);
+    }
+    Result<void> release(std::string_view id) override { return real_->release(id); }
+    Result<void> renewHold(std::string_view id, std::int64_t at) override {
+        return real_->renewHold(id, at);
+    }
+    Result<std::int64_t> sweepExpiredHolds(std::int64_t now) override {
+        return real_->sweepExpiredHolds(now);
+    }
+    Result<std::string> responseOwner(std::string_view id) override {
+        return real_->responseOwner(id);
+    }
+    Result<void> recordRequest(const LogEntry& e) override { return real_->recordRequest(e); }
+    bool ping() override { return real_->ping(); }
+
+    std::thread::id caller = std::this_thread::get_id(); // the test's thread
+    std::atomic<int> settledOnCaller{0};
+
+private:
+    std::unique_ptr<CreditLedger> real_;
+    std::atomic<bool>& down_;
+};
+
 struct StringWriter final : ResponseWriter {
     std::string out;
     bool write(std::string_view b) override {
@@ -138,7 +177,9 @@ struct Rig {
     std::unique_ptr<ProxyService> service;
     std::string key;
 
-    explicit Rig(const std::string& settings, const std::string& usd = "10") {
+    explicit Rig(const std::string& settings, const std::string& usd = "10",
+                 const std::function<void(Rig&)>& beforeService = {},
+                 std::function<std::unique_ptr<CreditLedger>(std::unique_ptr<CreditLedger>)> wrap = {}) {
         char tmpl[] = "/tmp/trollproxy-service-XXXXXX";
         dir = mkdtemp(tmpl);
         std::string uri = "sqlite:" + dir + "/ledger.db";
@@ -154,8 +195,12 @@ struct Rig {
         key = *admin->addKey("u");
         REQUIRE(admin->credit("u", BalanceField::CreditsNew, *Money::parse(usd)));
         ledger = std::move(*openLedger(uri));
+        if (beforeService)
+            beforeService(*this);
         ServiceParts parts;
         parts.ledger = std::move(*openLedger(uri));
+        if (wrap)
+            parts.ledger = wrap(std::move(parts.ledger));
         auto up = std::make_unique<ScriptedUpstream>();
         upstream = up.get();
         parts.upstream = std::move(up);
@@ -183,6 +228,16 @@ struct Rig {
         return service->handle(r);
     }
     Money balance() { return admin->balance("u")->creditsNew; }
+    std::string journal() const { return dir + "/journal"; }
+    /// Waits (real time: the flusher is a real thread) until `done` holds.
+    static bool waitFor(const std::function<bool()>& done, double seconds = 5) {
+        for (int i = 0; i < seconds * 100; ++i) {
+            if (done())
+                return true;
+            usleep(10'000);
+        }
+        return done();
+    }
     std::string header(const HttpResponse& r, std::string_view name) {
         for (const auto& [k, v] : r.headers)
             if (k == name)
@@ -326,4 +381,84 @@ TEST_CASE("a revoked key is refused once auth_cache_ms has passed, and at once w
         CHECK(refused.status == 401);
         CHECK(refused.body.find("revoked") != std::string::npos);
     }
+}
+
+TEST_CASE("journal_first: the answer goes out before the ledger settles; the flusher settles it once") {
+    std::atomic<bool> down{false};
+    FlakyLedger* flaky = nullptr;
+    Rig rig(R"("settlement": "journal_first")", "10", {}, [&](std::unique_ptr<CreditLedger> real) {
+        flaky = new FlakyLedger(std::move(real), down);
+        return std::unique_ptr<CreditLedger>(flaky);
+    });
+    for (int i = 0; i < 20; ++i)
+        rig.upstream->scripts.push_back(anthropicWhole(10));
+    Money charged;
+    for (int i = 0; i < 20; ++i) {
+        HttpResponse r = rig.post(false, 20); // small holds: they stay until the flusher runs
+        REQUIRE(r.status == 200);
+        CHECK(rig.header(r, "x-trollproxy-shortfall").empty());
+        charged += *Money::parse(rig.header(r, "x-trollproxy-cost"));
+    }
+    CHECK(charged == *Money::parse("0.2002")); // 20 × (10 in + 10 out)
+    CHECK(flaky->settledOnCaller == 0); // never on the request's thread
+    CHECK(Rig::waitFor([&] { return rig.balance() + charged == *Money::parse("10"); }));
+    auto logs = rig.admin->usage("u", 100);
+    CHECK(logs->size() == 20);
+    rig.service->stop();
+    CHECK(!std::filesystem::exists(rig.journal()));
+    CHECK(rig.balance() + charged == *Money::parse("10")); // nothing twice
+}
+
+TEST_CASE("journal_first: charges wait in the journal while the ledger is down, then land once") {
+    std::atomic<bool> down{false};
+    Rig rig(R"("settlement": "journal_first")", "10", {}, [&](std::unique_ptr<CreditLedger> real) {
+        return std::unique_ptr<CreditLedger>(new FlakyLedger(std::move(real), down));
+    });
+    down = true;
+    for (int i = 0; i < 5; ++i) {
+        rig.upstream->scripts.push_back(anthropicWhole(10));
+        REQUIRE(rig.post(false, 20).status == 200);
+    }
+    usleep(200'000);
+    // Held, not settled: the holds still cover the charges, nothing is lost.
+    CHECK(rig.admin->usage("u", 100)->empty());
+    std::ifstream in(rig.journal());
+    std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK(std::count(all.begin(), all.end(), '\n') == 5);
+    down = false;
+    CHECK(Rig::waitFor([&] { return rig.admin->usage("u", 100)->size() == 5; }));
+    CHECK(Rig::waitFor([&] { return rig.balance() == *Money::parse("9.94995"); }));
+}
+
+TEST_CASE("a journal left by a process that died is settled when the next one starts, once") {
+    Charge c;
+    c.requestId = "req_left_behind";
+    c.userId = "u";
+    c.model = "m";
+    c.pool = Pool::CreditsNew;
+    c.cost = *Money::parse("0.25");
+    c.createdAtMs = 1'800'000'000'000;
+    auto leave = [&](Rig& r) {
+        std::ofstream(r.journal()) << encodeCharge(c) << "\n" << "{\"torn";
+    };
+    Rig rig("\"settlement\": \"synchronous\"", "10", leave);
+    CHECK(Rig::waitFor([&] { return rig.balance() == *Money::parse("9.75"); }));
+    CHECK(Rig::waitFor([&] { return !std::filesystem::exists(rig.journal()); }));
+    auto logs = rig.admin->usage("u", 10);
+    REQUIRE(logs->size() == 1);
+    CHECK((*logs)[0].requestId == "req_left_behind");
+}
+
+TEST_CASE("synchronous settlement settles on the request's thread before answering") {
+    std::atomic<bool> down{false};
+    FlakyLedger* flaky = nullptr;
+    Rig rig(R"("settlement": "synchronous")", "10", {}, [&](std::unique_ptr<CreditLedger> real) {
+        flaky = new FlakyLedger(std::move(real), down);
+        return std::unique_ptr<CreditLedger>(flaky);
+    });
+    rig.upstream->scripts.push_back(anthropicWhole(10));
+    HttpResponse r = rig.post(false, 20);
+    REQUIRE(r.status == 200);
+    CHECK(flaky->settledOnCaller == 1);
+    CHECK(rig.balance() + *Money::parse(rig.header(r, "x-trollproxy-cost")) == *Money::parse("10"));
 }

@@ -69,10 +69,18 @@ EndpointApi endpointApi(const EndpointConfig& endpoint);
 /// What to do with new requests while the ledger cannot be reached.
 enum class LedgerFailureMode { FailClosed, FailOpen };
 
+/// When a served request's charge reaches the ledger. Synchronous: settled
+/// before the answer is sent. JournalFirst: a charge its hold covers is written
+/// to the journal (one write) and settled by a background flusher in batches,
+/// so the ledger round trip is off the request path; the balance a user sees
+/// then changes a few milliseconds after the answer.
+enum class Settlement { Synchronous, JournalFirst };
+
 /// trollproxy's own settings: the optional top-level "trollproxy" object.
 struct ProxySettings {
     std::int64_t rateLimitPerMinute = 600;
     LedgerFailureMode ledgerFailureMode = LedgerFailureMode::FailClosed;
+    Settlement settlement = Settlement::Synchronous;
     std::int64_t connectTimeoutMs = 10'000;
     std::int64_t firstByteTimeoutMs = 300'000;
     std::int64_t idleTimeoutMs = 300'000;

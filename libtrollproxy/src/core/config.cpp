@@ -180,6 +180,7 @@ private:
     bool readIntSetting(const std::string& k, od::value v, const std::string& p, ProxySettings& s);
     void readMetricsListen(od::value v, const std::string& path, ProxySettings& s);
     void readLedgerFailureMode(od::value v, const std::string& path, ProxySettings& s);
+    void readSettlement(od::value v, const std::string& path, ProxySettings& s);
     void readForwardHeaders(od::value v, const std::string& path, ProxySettings& s);
 };
 
@@ -428,6 +429,16 @@ void ConfigReader::readMetricsListen(od::value v, const std::string& path, Proxy
         s.metricsListen = addr;
 }
 
+void ConfigReader::readSettlement(od::value v, const std::string& path, ProxySettings& s) {
+    auto mode = str(v, path).value_or("");
+    if (mode == "synchronous")
+        s.settlement = Settlement::Synchronous;
+    else if (mode == "journal_first")
+        s.settlement = Settlement::JournalFirst;
+    else
+        error(path, "\"" + mode + "\" is not one of synchronous, journal_first");
+}
+
 void ConfigReader::readLedgerFailureMode(od::value v, const std::string& path, ProxySettings& s) {
     auto mode = str(v, path).value_or("");
     if (mode == "fail_closed")
@@ -486,6 +497,8 @@ void ConfigReader::readSettings(od::value v, const std::string& path, ProxySetti
             readMetricsListen(val, p, s);
         else if (k == "ledger_failure_mode")
             readLedgerFailureMode(val, p, s);
+        else if (k == "settlement")
+            readSettlement(val, p, s);
         else if (k == "journal_path")
             s.journalPath = str(val, p).value_or("");
         else if (k == "key_file")

@@ -77,7 +77,7 @@ Charge Biller::charge(const BillInput& in, const Usage& priced, Money cost) cons
     return ch;
 }
 
-Billed Biller::bill(const BillInput& in, Hold& hold) {
+Billed Biller::bill(const BillInput& in, Hold& hold, Settlement mode) {
     Billed billed;
     Usage priced = capOutput(in, billed.capped);
     billed.cost = priceUsage(in.model->prices, priced);
@@ -91,33 +91,49 @@ Billed Biller::bill(const BillInput& in, Hold& hold) {
     billed.usage = priced;
     billed.charged = billed.cost;
     Charge ch = charge(in, priced, billed.cost);
-    SettleOutcome out = ledger_.settle(ch);
-    hold.settled();
-    if (out.status == SettleStatus::LedgerUnavailable) {
-        metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "settle"}}));
-        if (auto j = journal_.append(ch); !j) {
-            metrics_.add("trollproxy_unrecorded_charges_total");
-            std::fprintf(stderr, "%s\n",
-                         JsonWriter()
-                             .beginObject()
-                             .field("level", "critical")
-                             .field("msg", "charge not recorded")
-                             .field("request_id", in.requestId)
-                             .field("cost", billed.cost.toString())
-                             .field("error", j.error().message)
-                             .endObject()
-                             .str()
-                             .c_str());
-            return billed;
-        }
-        metrics_.add("trollproxy_journalled_charges_total");
-    } else if (out.status == SettleStatus::Settled) {
-        billed.charged = out.charged;
-        billed.shortfall = out.shortfall;
+    // A charge its hold covers cannot fall short: it may be settled after the
+    // answer, from the journal. Otherwise the shortfall is known only once settled.
+    const bool covered = hold.held() && billed.cost.nanos <= in.holdAmount.nanos;
+    if (mode == Settlement::JournalFirst && covered && queue_.submit(ch, false)) {
+        hold.settled();
+        billed.recorded = true;
+    } else {
+        settleNow(ch, billed);
+        hold.settled();
     }
-    billed.recorded = true;
-    count(in, billed);
+    if (billed.recorded)
+        count(in, billed);
     return billed;
+}
+
+void Biller::settleNow(const Charge& ch, Billed& billed) {
+    SettleOutcome out = ledger_.settle(ch);
+    if (out.status != SettleStatus::LedgerUnavailable) {
+        if (out.status == SettleStatus::Settled) {
+            billed.charged = out.charged;
+            billed.shortfall = out.shortfall;
+        }
+        billed.recorded = true;
+        return;
+    }
+    metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "settle"}}));
+    if (auto j = queue_.submit(ch, true); !j) {
+        metrics_.add("trollproxy_unrecorded_charges_total");
+        std::fprintf(stderr, "%s\n",
+                     JsonWriter()
+                         .beginObject()
+                         .field("level", "critical")
+                         .field("msg", "charge not recorded")
+                         .field("request_id", ch.requestId)
+                         .field("cost", ch.cost.toString())
+                         .field("error", j.error().message)
+                         .endObject()
+                         .str()
+                         .c_str());
+        return;
+    }
+    metrics_.add("trollproxy_journalled_charges_total");
+    billed.recorded = true;
 }
 
 void Biller::count(const BillInput& in, const Billed& billed) {

@@ -6,10 +6,10 @@
 
 #include "trollproxy/clock.hpp"
 #include "trollproxy/config.hpp"
-#include "trollproxy/journal.hpp"
 #include "trollproxy/ledger.hpp"
 #include "proxy/hold.hpp"
 #include "proxy/metrics.hpp"
+#include "proxy/settlement_queue.hpp"
 
 namespace trollproxy::internal {
 
@@ -48,21 +48,25 @@ struct Billed {
 Money holdEstimate(const PriceTable& prices, std::string_view body, std::int64_t maxOutputTokens,
                    std::int64_t choices, std::int64_t defaultMaxOutput);
 
-/// Settles charges in the ledger, or journals them while it is down. Thread-safe.
+/// Settles charges: journal-first when the hold covers the charge and the
+/// settings ask for it (the flusher settles it in a batch), else in the ledger
+/// now, journalled while the ledger is down. Thread-safe.
 class Biller {
 public:
-    Biller(CreditLedger& ledger, ChargeJournal& journal, Metrics& metrics, const Clock& clock)
-        : ledger_(ledger), journal_(journal), metrics_(metrics), clock_(clock) {}
+    Biller(CreditLedger& ledger, SettlementQueue& queue, Metrics& metrics, const Clock& clock)
+        : ledger_(ledger), queue_(queue), metrics_(metrics), clock_(clock) {}
 
     /// Prices, caps, settles (the hold becomes the charge) and counts.
-    Billed bill(const BillInput& input, Hold& hold);
+    Billed bill(const BillInput& input, Hold& hold, Settlement mode);
 
 private:
     Charge charge(const BillInput& input, const Usage& priced, Money cost) const;
+    /// Settles in the ledger now; journals (fsync'd) when it is down.
+    void settleNow(const Charge& charge, Billed& billed);
     void count(const BillInput& input, const Billed& billed);
 
     CreditLedger& ledger_;
-    ChargeJournal& journal_;
+    SettlementQueue& queue_;
     Metrics& metrics_;
     const Clock& clock_;
 };

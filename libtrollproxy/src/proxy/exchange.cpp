@@ -238,7 +238,7 @@ Billed Exchange::settle(const ServedUsage& served, int status) {
     in.status = status;
     in.latencyMs = elapsedMs();
     in.responseId = served.responseId;
-    Billed billed = parts_.biller.bill(in, hold_);
+    Billed billed = parts_.biller.bill(in, hold_, routing_->config->settings.settlement);
     if (billed.recorded)
         log(status, &billed, withCapNote(served.note, billed.capped));
     return billed;

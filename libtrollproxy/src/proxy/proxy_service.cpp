@@ -62,9 +62,12 @@ void logInternalError(std::string_view what) {
 ProxyServiceImpl::ProxyServiceImpl(std::shared_ptr<const Routing> routing, ServiceParts parts)
     : routing_(std::move(routing)), ledger_(std::move(parts.ledger)),
       upstream_(std::move(parts.upstream)), getenv_(parts.keys.getenv),
-      clock_(parts.clock ? parts.clock : systemClock()), journal_(routing_->config->journalFile()),
-      auth_(*ledger_, metrics_, *clock_), biller_(*ledger_, journal_, metrics_, *clock_),
+      clock_(parts.clock ? parts.clock : systemClock()),
+      settlements_(routing_->config->journalFile(), *ledger_, metrics_, *clock_),
+      auth_(*ledger_, metrics_, *clock_), biller_(*ledger_, settlements_, metrics_, *clock_),
       parts_{*ledger_, auth_, biller_, *upstream_, metrics_, *clock_, shutdownDeadlineMs_} {
+    // Charges a previous process left in the journal are settled from now on.
+    settlements_.start();
     tick();
 }
 
@@ -222,11 +225,7 @@ void ProxyServiceImpl::tick() {
         if (auto swept = ledger_->sweepExpiredHolds(now); swept && *swept > 0)
             metrics_.add("trollproxy_holds_expired_total", static_cast<double>(*swept));
     }
-    if (journal_.pendingCount() > 0) {
-        if (auto rep = journal_.replay(*ledger_); rep)
-            metrics_.add("trollproxy_journal_replayed_total", static_cast<double>(rep->applied));
-    }
-    metrics_.set("trollproxy_journal_pending", static_cast<double>(journal_.pendingCount()));
+    metrics_.set("trollproxy_journal_pending", static_cast<double>(settlements_.depth()));
     publishKeyStates(*routing());
 }
 
@@ -275,8 +274,7 @@ void ProxyServiceImpl::stop() {
     lifeWake_.notify_all();
     if (ticker_.joinable())
         ticker_.join();
-    if (journal_.pendingCount() > 0)
-        (void)journal_.replay(*ledger_);
+    settlements_.stop();
 }
 
 } // namespace trollproxy::internal

@@ -7,13 +7,13 @@
 #include <mutex>
 #include <thread>
 
-#include "trollproxy/journal.hpp"
 #include "trollproxy/proxy.hpp"
 #include "proxy/billing.hpp"
 #include "proxy/caller_auth.hpp"
 #include "proxy/exchange.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/routing.hpp"
+#include "proxy/settlement_queue.hpp"
 
 namespace trollproxy::internal {
 
@@ -53,7 +53,7 @@ private:
     Getenv getenv_;
     std::shared_ptr<const Clock> clock_;
     mutable Metrics metrics_;
-    ChargeJournal journal_;
+    SettlementQueue settlements_;
     CallerAuth auth_;
     Biller biller_;
     std::atomic<std::int64_t> shutdownDeadlineMs_{0};

@@ -1,0 +1,223 @@
+// SettlementQueue: one write per charge on the request path; batched settlement behind it.
+#include "proxy/settlement_queue.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "trollproxy/journal.hpp"
+
+namespace trollproxy::internal {
+
+namespace {
+
+bool writeAll(int fd, std::string_view s) {
+    while (!s.empty()) {
+        ssize_t n = ::write(fd, s.data(), s.size());
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return false;
+        s.remove_prefix(static_cast<std::size_t>(n));
+    }
+    return true;
+}
+
+std::vector<Charge> readJournal(const std::string& path, std::int64_t& corrupt) {
+    std::vector<Charge> out;
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.empty())
+            continue;
+        if (auto c = decodeCharge(line))
+            out.push_back(std::move(*c));
+        else
+            ++corrupt; // torn by a crash mid-write: never acknowledged
+    }
+    return out;
+}
+
+void syncDirectoryOf(const std::string& path) {
+    auto slash = path.rfind('/');
+    std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
+    int dfd = ::open(dir.empty() ? "/" : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        ::fsync(dfd);
+        ::close(dfd);
+    }
+}
+
+} // namespace
+
+SettlementQueue::SettlementQueue(std::string journalPath, CreditLedger& ledger, Metrics& metrics,
+                                 const Clock& clock)
+    : path_(std::move(journalPath)), ledger_(ledger), metrics_(metrics), clock_(clock) {}
+
+SettlementQueue::~SettlementQueue() {
+    stop();
+}
+
+void SettlementQueue::start() {
+    std::lock_guard lock(mutex_);
+    if (!flushers_.empty() || stopping_)
+        return;
+    std::int64_t corrupt = 0;
+    for (auto& c : readJournal(path_, corrupt))
+        queue_.push_back(std::move(c));
+    if (corrupt > 0)
+        metrics_.add("trollproxy_journal_corrupt_lines_total", static_cast<double>(corrupt));
+    removeWhenEmpty_ = true;
+    compact(); // the file now holds exactly the queue, without torn lines
+    for (int i = 0; i < kFlushers; ++i)
+        flushers_.emplace_back([this] { run(); });
+}
+
+Result<void> SettlementQueue::appendLine(const std::string& line) {
+    if (fd_ < 0) {
+        fd_ = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+        if (fd_ < 0)
+            return Error{ErrorCode::Unavailable,
+                         "cannot open journal " + path_ + ": " + std::strerror(errno)};
+    }
+    if (!writeAll(fd_, line))
+        return Error{ErrorCode::Unavailable,
+                     "cannot write journal " + path_ + ": " + std::strerror(errno)};
+    return {};
+}
+
+Result<void> SettlementQueue::submit(const Charge& charge, bool sync) {
+    std::string line = encodeCharge(charge) + "\n";
+    std::lock_guard lock(mutex_);
+    if (auto r = appendLine(line); !r)
+        return r;
+    removeWhenEmpty_ |= sync;
+    if (sync && ::fsync(fd_) != 0)
+        return Error{ErrorCode::Unavailable,
+                     "cannot sync journal " + path_ + ": " + std::strerror(errno)};
+    queue_.push_back(charge);
+    ++appendedSinceCompact_;
+    wake_.notify_one();
+    return {};
+}
+
+std::int64_t SettlementQueue::depth() const {
+    std::lock_guard lock(mutex_);
+    return static_cast<std::int64_t>(queue_.size() + inflight_.size());
+}
+
+bool SettlementQueue::flushBatch(std::unique_lock<std::mutex>& lock) {
+    const std::size_t n = std::min(kBatch, queue_.size());
+    std::vector<Charge> batch(std::make_move_iterator(queue_.begin()),
+                              std::make_move_iterator(queue_.begin() + static_cast<std::ptrdiff_t>(n)));
+    queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
+    for (const auto& c : batch)
+        inflight_.emplace(c.requestId, c);
+    lock.unlock();
+    const std::int64_t startNs = clock_.steadyNs();
+    std::size_t done = 0;
+    for (; done < batch.size(); ++done) {
+        if (ledger_.settle(batch[done]).status == SettleStatus::LedgerUnavailable)
+            break;
+    }
+    const double seconds = static_cast<double>(clock_.steadyNs() - startNs) / 1e9;
+    lock.lock();
+    metrics_.add("trollproxy_settlement_batches_total");
+    metrics_.add("trollproxy_settlement_charges_total", static_cast<double>(done));
+    metrics_.add("trollproxy_settlement_flush_seconds_total", seconds);
+    for (const auto& c : batch)
+        inflight_.erase(c.requestId);
+    // What the ledger did not take goes back to the front, in order.
+    for (std::size_t i = batch.size(); i > done; --i)
+        queue_.push_front(std::move(batch[i - 1]));
+    if (done < n)
+        metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "settle"}}));
+    if ((queue_.empty() && inflight_.empty()) || appendedSinceCompact_ >= kCompactEvery)
+        compact();
+    metrics_.set("trollproxy_settlement_queue_depth",
+                 static_cast<double>(queue_.size() + inflight_.size()));
+    return done == n;
+}
+
+void SettlementQueue::compact() {
+    appendedSinceCompact_ = 0;
+    if (queue_.empty() && inflight_.empty()) {
+        // Everything is settled. The common case, after journal-first charges:
+        // empty the file in place (a crash before that replays settled charges,
+        // which the ledger ignores). After an outage or at start, remove it.
+        if (!removeWhenEmpty_ && fd_ >= 0 && ::ftruncate(fd_, 0) == 0)
+            return;
+        if (fd_ >= 0)
+            ::close(fd_);
+        fd_ = -1;
+        ::unlink(path_.c_str());
+        syncDirectoryOf(path_);
+        removeWhenEmpty_ = false;
+        return;
+    }
+    if (fd_ >= 0) {
+        ::close(fd_);
+        fd_ = -1;
+    }
+    std::string tmp = path_ + ".tmp";
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    bool ok = fd >= 0;
+    for (const auto& [id, c] : inflight_)
+        ok = ok && writeAll(fd, encodeCharge(c) + "\n");
+    for (const auto& c : queue_)
+        ok = ok && writeAll(fd, encodeCharge(c) + "\n");
+    ok = ok && ::fsync(fd) == 0;
+    if (fd >= 0)
+        ::close(fd);
+    // On failure the old file stays: it holds every unsettled charge, and more.
+    if (ok && ::rename(tmp.c_str(), path_.c_str()) == 0)
+        syncDirectoryOf(path_);
+}
+
+void SettlementQueue::run() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+        wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+        if (stopping_)
+            return;
+        if (flushBatch(lock))
+            continue;
+        // The ledger is down: try again in a while, not in a tight loop.
+        wake_.wait_for(lock, std::chrono::milliseconds(500), [this] { return stopping_; });
+    }
+}
+
+void SettlementQueue::drainAll() {
+    std::unique_lock lock(mutex_);
+    while (!queue_.empty() && flushBatch(lock)) {
+    }
+}
+
+void SettlementQueue::stop() {
+    {
+        std::lock_guard lock(mutex_);
+        if (stopping_)
+            return;
+        stopping_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : flushers_)
+        t.join();
+    flushers_.clear();
+    drainAll();
+    std::lock_guard lock(mutex_);
+    removeWhenEmpty_ = true;
+    if (queue_.empty() && inflight_.empty())
+        compact();
+    if (fd_ >= 0) {
+        ::fsync(fd_);
+        ::close(fd_);
+        fd_ = -1;
+    }
+}
+
+} // namespace trollproxy::internal

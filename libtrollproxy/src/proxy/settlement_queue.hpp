@@ -1,0 +1,80 @@
+// SettlementQueue: journal-first settlement — a charge is written to the journal file, then
+// settled in the ledger by a background flusher in batches.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "trollproxy/clock.hpp"
+#include "trollproxy/ledger.hpp"
+#include "proxy/metrics.hpp"
+
+namespace trollproxy::internal {
+
+/// Owns the process's charge journal (the same line format as ChargeJournal,
+/// so `trollproxy-admin journal replay` reads it). submit() appends one line
+/// with one write(2) — it survives the process dying — and returns; the
+/// flusher settles queued charges in batches, idempotent by request id, and
+/// keeps retrying while the ledger is down. The file always holds every
+/// charge not yet settled (settled ones are dropped when it is rewritten);
+/// it is removed when nothing is left. Thread-safe.
+class SettlementQueue {
+public:
+    SettlementQueue(std::string journalPath, CreditLedger& ledger, Metrics& metrics,
+                    const Clock& clock);
+    ~SettlementQueue();
+    SettlementQueue(const SettlementQueue&) = delete;
+    SettlementQueue& operator=(const SettlementQueue&) = delete;
+
+    /// Queues the charges a previous process left in the journal, and starts the flusher.
+    void start();
+
+    /// Journals the charge and queues it; with `sync` the line is fsync'd
+    /// before this returns (it then survives the machine too). An error when
+    /// the journal cannot be written: the charge is recorded nowhere.
+    Result<void> submit(const Charge& charge, bool sync);
+
+    /// Stops the flusher after one last attempt to settle what is queued;
+    /// what the ledger did not take stays in the journal for the next start.
+    void stop();
+
+    /// Charges journalled and not yet settled.
+    std::int64_t depth() const;
+
+private:
+    static constexpr std::size_t kBatch = 64;
+    static constexpr int kFlushers = 4; // a slow ledger's round trips overlap
+    static constexpr std::int64_t kCompactEvery = 4096; // appended lines between rewrites
+
+    void run();
+    /// Settles one batch from the queue; false when the ledger was unavailable.
+    bool flushBatch(std::unique_lock<std::mutex>& lock);
+    /// Settles everything queued on the calling thread (at stop).
+    void drainAll();
+    /// Rewrites the file with what is still unsettled (or removes it). Lock held.
+    void compact();
+    Result<void> appendLine(const std::string& line);
+
+    const std::string path_;
+    CreditLedger& ledger_;
+    Metrics& metrics_;
+    const Clock& clock_;
+
+    mutable std::mutex mutex_;
+    std::condition_variable wake_;
+    std::deque<Charge> queue_;               // journalled, waiting
+    std::map<std::string, Charge> inflight_; // being settled now, by request id
+    std::int64_t appendedSinceCompact_ = 0;
+    int fd_ = -1;
+    bool removeWhenEmpty_ = false; // the file held fsync'd or inherited lines
+    bool stopping_ = false;
+    std::vector<std::thread> flushers_;
+};
+
+} // namespace trollproxy::internal
