@@ -59,18 +59,21 @@ public:
 private:
     struct Connection;
     struct Exchange;
-    class Engine;
+    class HeadCollector;
     class ConnectionStream;
 
     bool process_and_close_socket(socket_t sock) override;
     /// Serves a connection's requests on a worker while whole heads are buffered.
     void serve(const std::shared_ptr<Connection>& conn);
+    /// Runs the request whose head ex.conn holds; sets ex.keepAlive when the
+    /// connection can carry another.
+    void runRequest(Exchange& ex, ConnectionStream& stream);
     void markResponse(httplib::Response& res);
     bool stopping() const { return svr_sock_ == INVALID_SOCKET; }
 
     HeadLimits limits_;
     const ElasticPool::Options workers_;
-    std::atomic<Engine*> engine_{nullptr};
+    std::atomic<HeadCollector*> collector_{nullptr};
     static thread_local Exchange* current_;
 };
 
