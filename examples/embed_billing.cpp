@@ -2,9 +2,9 @@
 // settles it.
 //
 // Uses only the installed public API. For every model of the config it creates
-// a user in an embedded SQLite ledger, credits the model's pool, prices a usage,
-// reserves a hold, settles the actual cost and checks the balance moved by
-// exactly that cost. Exits 1 on any mismatch.
+// a user in an embedded SQLite ledger and credits the model's pool (LedgerAdmin),
+// prices a usage, reserves a hold and settles the actual cost (CreditLedger), and
+// checks the balance moved by exactly that cost. Exits 1 on any mismatch.
 //
 //   embed_billing [CONFIG] [LEDGER_FILE]
 //   (defaults: configs/example.json, a temporary file that is removed at the end)
@@ -57,19 +57,20 @@ void printBalance(const char* label, Pool pool, const Balance& b) {
                 spendable(pool, b).toString().c_str(), used(pool, b).toString().c_str());
 }
 
-// One request's money, start to end, on the model's pool.
-void billOneRequest(CreditLedger& ledger, const ModelConfig& model, int n) {
+// One request's money, start to end, on the model's pool: `admin` sets the user up
+// and reads balances, `ledger` charges as the proxy's request path does.
+void billOneRequest(CreditLedger& ledger, LedgerAdmin& admin, const ModelConfig& model, int n) {
     std::printf("%s (billing_upstream %s, pool %s)\n", model.id.c_str(),
                 model.billingUpstream.c_str(), poolName(model.pool));
     const std::string user = "embed-user-" + std::to_string(n);
     const Money deposit = Money::fromNanos(Money::kNanosPerUsd); // 1 USD
-    check(ledger.addUser(user).ok(), "add user " + user);
-    auto key = ledger.addKey(user);
+    check(admin.addUser(user).ok(), "add user " + user);
+    auto key = admin.addKey(user);
     check(key.ok(), "add key");
     if (!key)
         return;
-    check(ledger.credit(user, poolName(model.pool), deposit).ok(),
-          "credit 1 USD to " + std::string(poolName(model.pool)));
+    check(admin.credit(user, depositField(model.pool), deposit).ok(),
+          "credit 1 USD to " + std::string(balanceFieldName(depositField(model.pool))));
     AuthOutcome auth = ledger.authenticate(*key);
     check(auth.status == AuthStatus::Authorized && auth.account.userId == user,
           "the key authenticates");
@@ -85,7 +86,7 @@ void billOneRequest(CreditLedger& ledger, const ModelConfig& model, int n) {
         cost.toString().c_str());
     check(cost == expectedCost(model.prices, usage), "priceUsage matches the documented formula");
 
-    auto before = ledger.balance(user);
+    auto before = admin.balance(user);
     check(before.ok(), "read balance");
     if (!before)
         return;
@@ -102,7 +103,7 @@ void billOneRequest(CreditLedger& ledger, const ModelConfig& model, int n) {
     HoldRequest hold{requestId, user, model.pool, holdAmount, 4'102'444'800'000}; // expires in 2100
     check(ledger.reserve(hold) == ReserveStatus::Reserved,
           "reserve a hold of " + holdAmount.toString());
-    auto held = ledger.balance(user);
+    auto held = admin.balance(user);
     check(held.ok() && spendable(model.pool, *held) == spendable(model.pool, *before) - holdAmount,
           "the hold left the balance");
 
@@ -121,7 +122,7 @@ void billOneRequest(CreditLedger& ledger, const ModelConfig& model, int n) {
     check(ledger.settle(charge).status == SettleStatus::AlreadySettled,
           "settling again changes nothing");
 
-    auto after = ledger.balance(user);
+    auto after = admin.balance(user);
     check(after.ok(), "read balance");
     if (!after)
         return;
@@ -134,7 +135,7 @@ void billOneRequest(CreditLedger& ledger, const ModelConfig& model, int n) {
               after->totalOutputTokens == before->totalOutputTokens + usage.output,
           "token counters grew by the usage");
 
-    auto log = ledger.usage(user, 10);
+    auto log = admin.usage(user, 10);
     check(log.ok() && log->size() == 1 && log->front().requestId == requestId &&
               log->front().cost == cost && log->front().creditType == poolCreditType(model.pool),
           "one request log entry with the cost");
@@ -171,9 +172,14 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "ledger: %s\n", ledger.error().message.c_str());
             return 1;
         }
+        auto admin = openLedgerAdmin("sqlite:" + ledgerPath);
+        if (!admin) {
+            std::fprintf(stderr, "ledger admin: %s\n", admin.error().message.c_str());
+            return 1;
+        }
         int n = 0;
         for (const ModelConfig& model : config->models)
-            billOneRequest(**ledger, model, n++);
+            billOneRequest(**ledger, **admin, model, n++);
         check(n > 0, "the config has models");
     }
     if (temporary)

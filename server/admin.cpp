@@ -1,7 +1,9 @@
-// trollproxy-admin: users, keys, credits, balances and usage in either ledger; price quotes.
+// trollproxy-admin: users, keys, credits, balances and usage in either ledger; journal replay; price quotes.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -12,14 +14,16 @@ using namespace trollproxy;
 namespace {
 
 const char kUsage[] =
-    "usage: trollproxy-admin [--ledger URI] COMMAND ...\n"
+    "usage: trollproxy-admin [--ledger URI] [--config FILE] [--journal PATH] COMMAND ...\n"
     "  user add NAME\n"
     "  key add NAME                 prints a new sk-trollllm- key\n"
     "  key revoke KEY\n"
     "  credit NAME POOL AMOUNT      POOL: credits, refCredits, creditsNew; AMOUNT in USD\n"
     "  balance NAME\n"
     "  usage NAME [--last N]\n"
-    "  journal replay [--journal PATH]\n"
+    "  journal replay               the --journal file, else the one the --config file names\n"
+    "                               (journal_path, else trollproxy-PORT.journal), else every\n"
+    "                               trollproxy-*.journal in this directory\n"
     "  quote --config FILE --model ID --input N --output N [--cache-write N] [--cache-write-1h N]\n"
     "        [--cache-read N]   (--cache-write: 5-minute writes; --cache-write-1h: 1-hour writes)\n"
     "--ledger defaults to $MONGODB_URI, else sqlite:trollproxy.db.\n";
@@ -36,8 +40,8 @@ bool parseCount(const std::string& s, std::int64_t& out) {
     return true;
 }
 
-int quote(const std::vector<std::string>& args) {
-    std::string config, model;
+int quote(const std::vector<std::string>& args, const std::string& config) {
+    std::string model;
     std::int64_t counts[5] = {-1, -1, 0, 0, 0}; // input, output, cache write (5 min), cache read, (1 h)
     const char* names[5] = {"--input", "--output", "--cache-write", "--cache-read", "--cache-write-1h"};
     for (std::size_t i = 0; i < args.size(); i += 2) {
@@ -46,10 +50,7 @@ int quote(const std::vector<std::string>& args) {
         const std::string& k = args[i];
         const std::string& v = args[i + 1];
         bool known = false;
-        if (k == "--config") {
-            config = v;
-            known = true;
-        } else if (k == "--model") {
+        if (k == "--model") {
             model = v;
             known = true;
         }
@@ -85,7 +86,7 @@ std::string isoTime(std::int64_t ms) {
     return buf;
 }
 
-int ledgerCommand(CreditLedger& l, const std::vector<std::string>& a, const std::string& journalPath) {
+int adminCommand(LedgerAdmin& l, const std::vector<std::string>& a) {
     auto is = [&](std::initializer_list<const char*> words) {
         if (a.size() < words.size())
             return false;
@@ -115,7 +116,10 @@ int ledgerCommand(CreditLedger& l, const std::vector<std::string>& a, const std:
             return fail("AMOUNT: " + amount.error().message);
         if (amount->nanos < 0)
             return fail("AMOUNT must not be negative");
-        auto r = l.credit(a[1], a[2], *amount);
+        auto field = parseBalanceField(a[2]);
+        if (!field)
+            return fail(field.error().message);
+        auto r = l.credit(a[1], *field, *amount);
         return r ? (std::printf("%s %s +%s\n", a[1].c_str(), a[2].c_str(), amount->toString().c_str()), 0)
                  : fail(r.error().message);
     }
@@ -152,29 +156,75 @@ int ledgerCommand(CreditLedger& l, const std::vector<std::string>& a, const std:
         }
         return 0;
     }
-    if (is({"journal", "replay"}) && a.size() == 2) {
-        ChargeJournal journal(journalPath);
-        auto r = journal.replay(l);
-        if (!r)
-            return fail(r.error().message);
-        std::printf("applied %lld, already settled %lld, pending %lld, unreadable %lld\n",
-                    static_cast<long long>(r->applied), static_cast<long long>(r->alreadySettled),
-                    static_cast<long long>(r->pending), static_cast<long long>(r->corrupt));
-        return r->pending ? 1 : 0;
-    }
     std::fputs(kUsage, stderr);
     return 1;
+}
+
+// The server's default journal names (Config::journalFile() without journal_path) in
+// the working directory, sorted.
+std::vector<std::string> defaultJournals() {
+    std::vector<std::string> out;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(".", ec)) {
+        std::string name = e.path().filename().string();
+        if (e.is_regular_file(ec) && name.size() > 19 && name.rfind("trollproxy-", 0) == 0 &&
+            name.compare(name.size() - 8, 8, ".journal") == 0)
+            out.push_back(name);
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+// Settles the charges waiting in each journal (the request path's settle(), so
+// each counts once however often it is replayed); 1 when any is left pending.
+int replayJournals(const std::string& ledgerUri, const std::vector<std::string>& paths) {
+    auto ledger = openLedger(ledgerUri);
+    if (!ledger)
+        return fail(ledger.error().message);
+    int status = 0;
+    for (const auto& path : paths) {
+        ChargeJournal journal(path);
+        auto r = journal.replay(**ledger);
+        if (!r) {
+            std::fprintf(stderr, "trollproxy-admin: %s: %s\n", path.c_str(), r.error().message.c_str());
+            status = 1;
+            continue;
+        }
+        std::printf("%s: applied %lld, already settled %lld, pending %lld, unreadable %lld\n", path.c_str(),
+                    static_cast<long long>(r->applied), static_cast<long long>(r->alreadySettled),
+                    static_cast<long long>(r->pending), static_cast<long long>(r->corrupt));
+        if (r->pending)
+            status = 1;
+    }
+    return status;
+}
+
+int journalReplay(const std::string& ledgerUri, const std::string& configPath, const std::string& journalPath) {
+    if (!journalPath.empty())
+        return replayJournals(ledgerUri, {journalPath});
+    if (!configPath.empty()) {
+        auto cfg = loadConfigFile(configPath);
+        if (!cfg)
+            return fail(cfg.error().message);
+        return replayJournals(ledgerUri, {cfg->journalFile()});
+    }
+    std::vector<std::string> found = defaultJournals();
+    if (found.empty()) {
+        std::printf("no trollproxy-*.journal here: nothing to replay (or give --journal PATH or --config FILE)\n");
+        return 0;
+    }
+    return replayJournals(ledgerUri, found);
 }
 
 } // namespace
 
 int main(int argc, char** argv) {
-    std::string ledgerUri, journalPath = "trollproxy.journal";
+    std::string ledgerUri, configPath, journalPath;
     std::vector<std::string> args;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
-        if ((a == "--ledger" || a == "--journal") && i + 1 < argc) {
-            (a == "--ledger" ? ledgerUri : journalPath) = argv[++i];
+        if ((a == "--ledger" || a == "--config" || a == "--journal") && i + 1 < argc) {
+            (a == "--ledger" ? ledgerUri : a == "--config" ? configPath : journalPath) = argv[++i];
         } else if (a == "--help" || a == "-h") {
             std::fputs(kUsage, stdout);
             return 0;
@@ -187,9 +237,13 @@ int main(int argc, char** argv) {
         return 1;
     }
     if (args[0] == "quote")
-        return quote(std::vector<std::string>(args.begin() + 1, args.end()));
-    auto ledger = openLedger(ledgerUri.empty() ? defaultLedgerUri() : ledgerUri);
-    if (!ledger)
-        return fail(ledger.error().message);
-    return ledgerCommand(**ledger, args, journalPath);
+        return quote(std::vector<std::string>(args.begin() + 1, args.end()), configPath);
+    if (ledgerUri.empty())
+        ledgerUri = defaultLedgerUri();
+    if (args.size() == 2 && args[0] == "journal" && args[1] == "replay")
+        return journalReplay(ledgerUri, configPath, journalPath);
+    auto admin = openLedgerAdmin(ledgerUri);
+    if (!admin)
+        return fail(admin.error().message);
+    return adminCommand(**admin, args);
 }

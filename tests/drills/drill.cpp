@@ -114,7 +114,7 @@ DrillStack::DrillStack(const std::string& settings, std::string uri, std::vector
     if (!cfg)
         throw std::runtime_error(cfg.error().message);
     prices = cfg->findModel("m")->prices;
-    auto opened = openLedger(ledgerUri);
+    auto opened = openLedgerAdmin(ledgerUri);
     if (!opened)
         throw std::runtime_error(opened.error().message);
     ledger = std::move(*opened);
@@ -164,7 +164,7 @@ std::string DrillStack::userWithKey(const std::string& plainName, Money creditsN
     auto key = ledger->addKey(name);
     if (!key)
         throw std::runtime_error(key.error().message);
-    if (auto r = ledger->credit(name, "creditsNew", creditsNew); !r)
+    if (auto r = ledger->credit(name, BalanceField::CreditsNew, creditsNew); !r)
         throw std::runtime_error(r.error().message);
     return *key;
 }

@@ -55,7 +55,7 @@ struct DrillStack {
     std::unique_ptr<harness::Process> upstream;
     std::unique_ptr<harness::Process> proxy;
     int metricsPort = 0; ///< the proxy's /metrics listener
-    std::unique_ptr<trollproxy::CreditLedger> ledger;
+    std::unique_ptr<trollproxy::LedgerAdmin> ledger;
     trollproxy::PriceTable prices; ///< model "m"
 
     /// `settings` is the body of the config's "trollproxy" object; an empty

@@ -73,7 +73,7 @@ Deployment::Deployment() {
     chat2Config = loadConfig(chat2Path);
 
     ledgerUri = mongoVariant() ? std::getenv("TROLLPROXY_TEST_LEDGER_URI") : "sqlite:" + dir + "/ledger.db";
-    auto opened = trollproxy::openLedger(ledgerUri);
+    auto opened = trollproxy::openLedgerAdmin(ledgerUri);
     if (!opened)
         throw std::runtime_error("ledger " + ledgerUri + ": " + opened.error().message);
     ledger = std::move(*opened);
@@ -111,7 +111,7 @@ std::string Deployment::user(const std::string& name, const std::string& credits
         throw std::runtime_error(key.error().message);
     for (auto [field, amount] :
          {std::pair{"credits", credits}, {"refCredits", refCredits}, {"creditsNew", creditsNew}}) {
-        if (auto r = ledger->credit(name, field, *trollproxy::Money::parse(amount)); !r)
+        if (auto r = ledger->credit(name, *trollproxy::parseBalanceField(field), *trollproxy::Money::parse(amount)); !r)
             throw std::runtime_error(r.error().message);
     }
     return *key;

@@ -30,7 +30,7 @@ std::string userName(const std::string& stem);
 struct Deployment {
     std::string dir;
     std::string ledgerUri;
-    std::unique_ptr<trollproxy::CreditLedger> ledger;
+    std::unique_ptr<trollproxy::LedgerAdmin> ledger;
     std::unique_ptr<harness::Process> upstream;
     std::unique_ptr<harness::Process> chat;
     std::unique_ptr<harness::Process> chat2;

@@ -92,7 +92,7 @@ Stack::Stack(std::string config, const std::string& upstreamKeys) {
     for (std::size_t p; (p = config.find("UPSTREAM")) != std::string::npos;)
         config.replace(p, 8, base);
     harness::writeFile(dir + "/config.json", config);
-    auto opened = trollproxy::openLedger(ledgerUri);
+    auto opened = trollproxy::openLedgerAdmin(ledgerUri);
     if (!opened)
         throw std::runtime_error(opened.error().message);
     ledger = std::move(*opened);
@@ -113,7 +113,7 @@ std::string Stack::user(const std::string& name, const std::string& usd) {
     auto key = ledger->addKey(name);
     if (!key)
         throw std::runtime_error(key.error().message);
-    if (auto r = ledger->credit(name, "creditsNew", *Money::parse(usd)); !r)
+    if (auto r = ledger->credit(name, trollproxy::BalanceField::CreditsNew, *Money::parse(usd)); !r)
         throw std::runtime_error(r.error().message);
     return *key;
 }

@@ -36,7 +36,7 @@ struct Stack {
     std::string dir, ledgerUri, logPath;
     std::unique_ptr<harness::Process> upstream;
     std::unique_ptr<harness::Process> proxy;
-    std::unique_ptr<trollproxy::CreditLedger> ledger;
+    std::unique_ptr<trollproxy::LedgerAdmin> ledger;
 
     /// `config` as harness::Stack's ("UPSTREAM" = the test upstream's base URL);
     /// empty: the default config (models m, cheap-model, gpt-5.1).

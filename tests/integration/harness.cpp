@@ -196,7 +196,7 @@ Stack::Stack(const std::string& configTemplate, std::map<std::string, std::strin
     for (std::size_t p; (p = cfg.find("UPSTREAM")) != std::string::npos;)
         cfg.replace(p, 8, base);
     writeFile(dir + "/config.json", cfg);
-    auto opened = trollproxy::openLedger(ledgerUri);
+    auto opened = trollproxy::openLedgerAdmin(ledgerUri);
     if (!opened)
         throw std::runtime_error(opened.error().message);
     ledger = std::move(*opened);
@@ -220,7 +220,7 @@ std::string Stack::userWithKey(const std::string& name, const std::string& credi
         throw std::runtime_error(key.error().message);
     for (auto [field, amount] : {std::pair{"credits", credits}, {"refCredits", refCredits},
                                  {"creditsNew", creditsNew}}) {
-        if (auto r = ledger->credit(name, field, *trollproxy::Money::parse(amount)); !r)
+        if (auto r = ledger->credit(name, *trollproxy::parseBalanceField(field), *trollproxy::Money::parse(amount)); !r)
             throw std::runtime_error(r.error().message);
     }
     return *key;

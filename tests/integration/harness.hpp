@@ -50,7 +50,7 @@ struct Stack {
     std::string ledgerUri;
     std::unique_ptr<Process> upstream;
     std::unique_ptr<Process> proxy;
-    std::unique_ptr<trollproxy::CreditLedger> ledger;
+    std::unique_ptr<trollproxy::LedgerAdmin> ledger;
     int metricsPort = 0; ///< the proxy's /metrics listener
 
     /// `configTemplate` is a config JSON in which "UPSTREAM" is replaced by

@@ -50,6 +50,34 @@ check "unknown command" 1 "$ADMIN" $L frobnicate
 check "bad ledger uri" 1 "$ADMIN" --ledger "postgres://x" balance alice
 check "balance after bad input" 0 "$ADMIN" $L balance alice
 expect "unchanged" "^creditsNew 1.500000000$"
+
+# journal replay finds the server's journal: --journal PATH, else the one --config names
+# (journal_path, else trollproxy-PORT.journal), else every trollproxy-*.journal here.
+work=$dir/work; mkdir -p "$work/.run"
+inwork() { (cd "$work" && "$@"); }
+charge() { # charge FILE ID: appends a journalled charge of 0.001 from carol's creditsNew
+  printf '{"requestId":"%s","userId":"carol","keyId":"k","model":"m","pool":"creditsNew","input":1,"cacheWrite":0,"cacheRead":0,"output":1,"estimated":false,"costNanos":1000000,"statusCode":200,"latencyMs":1,"success":true,"createdAtMs":1700000000000}\n' "$2" >>"$1"
+}
+PROD=$SRC/configs/goproxy/config-ohmygpt-prod.json # port 8005, no journal_path
+check "carol" 0 "$ADMIN" $L user add carol
+check "carol credit" 0 "$ADMIN" $L credit carol creditsNew 1
+check "replay: no journal here" 0 inwork "$ADMIN" $L journal replay; expect "says none" "no trollproxy-\*\.journal"
+charge "$work/trollproxy-8005.journal" j1; charge "$work/trollproxy-9000.journal" j2
+check "replay: every server journal here" 0 inwork "$ADMIN" $L journal replay
+expect "names 8005" "^trollproxy-8005\.journal: applied 1,"
+expect "names 9000" "^trollproxy-9000\.journal: applied 1,"
+charge "$work/trollproxy-8005.journal" j3; charge "$work/trollproxy-9000.journal" j4
+check "replay --config: that port's journal" 0 inwork "$ADMIN" $L --config "$PROD" journal replay
+expect "names 8005 only" "^trollproxy-8005\.journal: applied 1,"
+[ -e "$work/trollproxy-9000.journal" ] || { echo "FAIL --config replayed another port's journal"; fails=$((fails+1)); }
+charge "$work/.run/trollproxy-8080.journal" j5
+check "replay --config: journal_path" 0 inwork "$ADMIN" $L --config "$SRC/configs/example.json" journal replay
+expect "names journal_path" "^\.run/trollproxy-8080\.journal: applied 1,"
+check "replay --journal wins over --config" 0 inwork "$ADMIN" $L --config "$PROD" --journal "$work/trollproxy-9000.journal" journal replay
+expect "names --journal" "trollproxy-9000\.journal: applied 1,"
+check "replay --config unreadable" 1 "$ADMIN" $L --config "$dir/none.json" journal replay
+check "carol charged once each" 0 "$ADMIN" $L balance carol
+expect "five charges" "^creditsNew 0.995000000$"
 rm -rf "$dir"
 echo "$fails failures"
 [ "$fails" -eq 0 ]

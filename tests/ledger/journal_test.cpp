@@ -1,7 +1,11 @@
-// ChargeJournal and its line format: escaping, torn lines, replay against a locked ledger.
+// ChargeJournal and its line format: escaping, torn lines, duplicates, replay against a
+// locked ledger, kill -9 while replaying (the SQLite ledger; MongoDB's is in tests/mongo).
 #include <chrono>
+#include <csignal>
 #include <fstream>
+#include <set>
 #include <sqlite3.h>
+#include <thread>
 #include <unistd.h>
 
 #include <doctest/doctest.h>
@@ -9,9 +13,14 @@
 #include "ledger_test_util.hpp"
 #include "trollproxy/journal.hpp"
 #include "trollproxy/ledger.hpp"
+#include "trollproxy/ledger_admin.hpp"
+#include "worker_process.hpp"
 
 using namespace trollproxy;
+using trollproxy::test::linesWith;
+using trollproxy::test::spawnWorker;
 using trollproxy::test::TempDir;
+using trollproxy::test::waitFor;
 
 namespace {
 
@@ -35,16 +44,23 @@ std::string readFile(const std::string& path) {
     return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-std::unique_ptr<CreditLedger> openWithUser(const std::string& path, std::int64_t timeoutMs = 3000) {
-    auto l = openLedger("sqlite:" + path, LedgerOptions{timeoutMs, ""});
+std::unique_ptr<test::BothRoles> openWithUser(const std::string& path, std::int64_t timeoutMs = 3000) {
+    auto l = test::BothRoles::open("sqlite:" + path, LedgerOptions{timeoutMs, ""});
     REQUIRE_MESSAGE(l, l.error().message);
     auto ledger = std::move(l).value();
     if (ledger->balance("u").ok())
         return ledger;
     REQUIRE(ledger->addUser("u"));
-    REQUIRE(ledger->credit("u", "creditsNew", Money{1'000'000'000}));
+    REQUIRE(ledger->credit("u", BalanceField::CreditsNew, Money{1'000'000'000}));
     return ledger;
 }
+
+// A fresh SQLite ledger in its own directory, in both roles.
+struct Fixture {
+    TempDir dir;
+    std::string uri = "sqlite:" + dir.file("ledger.db");
+    std::unique_ptr<test::BothRoles> ledger = std::move(*test::BothRoles::open(uri));
+};
 
 } // namespace
 
@@ -170,4 +186,64 @@ TEST_CASE("replay against a locked ledger keeps everything pending, quickly, the
     CHECK(r->applied == 0);
     CHECK(ledger->usage("u", 100)->size() == 20);
     CHECK(ledger->balance("u")->creditsNew == Money{1'000'000'000 - 20 * 1000});
+}
+
+TEST_CASE("journal: replay is exactly once, duplicates and torn lines are harmless") {
+    Fixture f;
+    REQUIRE(f.ledger->addUser("u"));
+    REQUIRE(f.ledger->credit("u", BalanceField::Credits, Money{1'000'000'000}));
+    std::string jpath = f.dir.file("j");
+    ChargeJournal journal(jpath);
+    Charge c;
+    c.userId = "u";
+    c.keyId = "k";
+    c.model = "m\"odd\\name";
+    c.pool = Pool::Credits;
+    c.usage = Usage{1, 2, 3, 4, true};
+    c.cost = Money{123};
+    c.statusCode = 200;
+    c.createdAtMs = 42;
+    for (const char* id : {"a", "b", "a"}) {
+        c.requestId = id;
+        REQUIRE(journal.append(c));
+    }
+    std::ofstream(jpath, std::ios::app) << "{\"requestId\":\"torn\",\"userId\":"; // crash mid-write
+    auto decoded = decodeCharge(encodeCharge(c));
+    REQUIRE(decoded);
+    CHECK(decoded->model == c.model);
+    CHECK(decoded->usage == c.usage);
+    CHECK(decoded->cost == c.cost);
+    CHECK(decoded->pool == Pool::Credits);
+    auto rep = journal.replay(*f.ledger);
+    REQUIRE(rep);
+    CHECK(rep->applied == 2);
+    CHECK(rep->alreadySettled == 1);
+    CHECK(rep->corrupt == 1);
+    CHECK(f.ledger->balance("u")->credits == Money{1'000'000'000 - 246});
+    rep = journal.replay(*f.ledger);
+    CHECK(rep->applied == 0);
+    CHECK(f.ledger->usage("u", 10)->front().usage.estimated);
+}
+
+TEST_CASE("kill -9 while replaying the journal: after a restart each charge counts once") {
+    Fixture f;
+    REQUIRE(f.ledger->addUser("j"));
+    REQUIRE(f.ledger->credit("j", BalanceField::CreditsNew, Money{100'000'000'000}));
+    std::string jpath = f.dir.file("charges.journal");
+    pid_t p = spawnWorker({"journal", f.uri, "j", "3000", "j", jpath}, f.dir.file("j.out"));
+    // Let it journal everything and start replaying, then kill it.
+    while (linesWith(f.dir.file("j.out"), "journalled").size() < 3000)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    ::kill(p, SIGKILL);
+    waitFor(p);
+    pid_t r = spawnWorker({"replay", f.uri, jpath}, f.dir.file("r.out"));
+    CHECK(WEXITSTATUS(waitFor(r)) == 0);
+    auto logs = *f.ledger->usage("j", 1'000'000);
+    CHECK(logs.size() == 3000);
+    std::set<std::string> ids;
+    for (const auto& e : logs)
+        ids.insert(e.requestId);
+    CHECK(ids.size() == 3000);
+    CHECK(f.ledger->balance("j")->creditsNew == Money{100'000'000'000 - 3000LL * 10'000'000});
 }

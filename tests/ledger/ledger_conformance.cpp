@@ -1,4 +1,4 @@
-// One behaviour test for every CreditLedger backend; the URI comes from TROLLPROXY_TEST_LEDGER_URI.
+// One behaviour test for every ledger backend, both roles; the URI comes from TROLLPROXY_TEST_LEDGER_URI.
 //
 // Only the public interface is used (no raw SQL, no driver calls), and every case
 // makes its own users and request ids, because a MongoDB database is shared by
@@ -14,6 +14,7 @@
 
 #include "ledger_test_util.hpp"
 #include "trollproxy/ledger.hpp"
+#include "trollproxy/ledger_admin.hpp"
 
 using namespace trollproxy;
 using trollproxy::test::uniqueName;
@@ -66,8 +67,9 @@ std::string userName(const char* stem) {
     return uniqueName(stem);
 }
 
-std::unique_ptr<CreditLedger> openTestLedger() {
-    auto l = openLedger(ledgerUri());
+// The request path and administration of one ledger, behind one pointer.
+std::unique_ptr<test::BothRoles> openTestLedger() {
+    auto l = test::BothRoles::open(ledgerUri());
     if (!l)
         FAIL("cannot open ledger ", ledgerUri(), ": ", l.error().message);
     return std::move(l).value();
@@ -90,18 +92,18 @@ std::int64_t slack(std::int64_t operations) {
         CHECK(std::llabs(a_ - e_) <= slack(ops));                                                       \
     } while (0)
 
-std::string makeUser(CreditLedger& l, const char* stem) {
+std::string makeUser(LedgerAdmin& l, const char* stem) {
     std::string name = userName(stem);
     REQUIRE(l.addUser(name));
     return name;
 }
 
-void give(CreditLedger& l, const std::string& user, const char* field, const char* amount) {
+void give(LedgerAdmin& l, const std::string& user, BalanceField field, const char* amount) {
     auto r = l.credit(user, field, usd(amount));
     REQUIRE_MESSAGE(r, r.error().message);
 }
 
-Balance balanceOf(CreditLedger& l, const std::string& user) {
+Balance balanceOf(LedgerAdmin& l, const std::string& user) {
     auto b = l.balance(user);
     REQUIRE_MESSAGE(b, b.error().message);
     return *b;
@@ -128,7 +130,7 @@ Charge charge(const std::string& id, const std::string& user, Pool pool, const c
     return c;
 }
 
-std::vector<LogEntry> logOf(CreditLedger& l, const std::string& user, std::int64_t last = 1000) {
+std::vector<LogEntry> logOf(LedgerAdmin& l, const std::string& user, std::int64_t last = 1000) {
     auto u = l.usage(user, last);
     REQUIRE_MESSAGE(u, u.error().message);
     return *u;
@@ -187,9 +189,9 @@ TEST_CASE("authenticate: valid, unknown, second key, revoked") {
 TEST_CASE("reserve takes the hold from the right fields or refuses") {
     auto l = openTestLedger();
     std::string user = makeUser(*l, "reserve");
-    give(*l, user, "creditsNew", "1.0");
-    give(*l, user, "credits", "0.3");
-    give(*l, user, "refCredits", "0.5");
+    give(*l, user, BalanceField::CreditsNew, "1.0");
+    give(*l, user, BalanceField::Credits, "0.3");
+    give(*l, user, BalanceField::RefCredits, "0.5");
     std::string id = uniqueName("req");
 
     CHECK(l->reserve(hold(id + "-1", user, Pool::CreditsNew, "0.6")) == ReserveStatus::Reserved);
@@ -223,9 +225,9 @@ TEST_CASE("reserve takes the hold from the right fields or refuses") {
 TEST_CASE("settle, credits pool: hold pays credits then refCredits, rest returned, counters") {
     auto l = openTestLedger();
     std::string user = makeUser(*l, "settle-credits");
-    give(*l, user, "credits", "1.0");
-    give(*l, user, "refCredits", "1.0");
-    give(*l, user, "creditsNew", "2.0");
+    give(*l, user, BalanceField::Credits, "1.0");
+    give(*l, user, BalanceField::RefCredits, "1.0");
+    give(*l, user, BalanceField::CreditsNew, "2.0");
     std::string id = uniqueName("req");
     REQUIRE(l->reserve(hold(id, user, Pool::Credits, "1.5")) == ReserveStatus::Reserved);
 
@@ -263,8 +265,8 @@ TEST_CASE("settle, credits pool: hold pays credits then refCredits, rest returne
 TEST_CASE("settle, creditsNew pool: creditsNew only, tokensUserNew, the other pool untouched") {
     auto l = openTestLedger();
     std::string user = makeUser(*l, "settle-new");
-    give(*l, user, "creditsNew", "2.0");
-    give(*l, user, "credits", "1.0");
+    give(*l, user, BalanceField::CreditsNew, "2.0");
+    give(*l, user, BalanceField::Credits, "1.0");
     std::string id = uniqueName("req");
     REQUIRE(l->reserve(hold(id, user, Pool::CreditsNew, "1.0")) == ReserveStatus::Reserved);
     SettleOutcome s = l->settle(charge(id, user, Pool::CreditsNew, "0.25"));
@@ -288,7 +290,7 @@ TEST_CASE("settle, creditsNew pool: creditsNew only, tokensUserNew, the other po
 TEST_CASE("settle is exactly once per request id") {
     auto l = openTestLedger();
     std::string user = makeUser(*l, "idempotent");
-    give(*l, user, "creditsNew", "1.0");
+    give(*l, user, BalanceField::CreditsNew, "1.0");
     std::string id = uniqueName("req");
     REQUIRE(l->reserve(hold(id, user, Pool::CreditsNew, "0.5")) == ReserveStatus::Reserved);
     Charge c = charge(id, user, Pool::CreditsNew, "0.3");
@@ -317,7 +319,7 @@ TEST_CASE("a cost above the hold takes what the balance has and records the shor
     REQUIRE(shortBefore);
 
     std::string user = makeUser(*l, "shortfall");
-    give(*l, user, "creditsNew", "1.0");
+    give(*l, user, BalanceField::CreditsNew, "1.0");
     std::string id = uniqueName("req");
     REQUIRE(l->reserve(hold(id + "-a", user, Pool::CreditsNew, "0.5")) == ReserveStatus::Reserved);
     SettleOutcome s = l->settle(charge(id + "-a", user, Pool::CreditsNew, "1.7"));
@@ -330,8 +332,8 @@ TEST_CASE("a cost above the hold takes what the balance has and records the shor
     CHECK_MONEY(b.creditsNewUsed, usd("1.0"), 2);
 
     // Credits pool without a hold: credits, then refCredits, then shortfall.
-    give(*l, user, "credits", "0.2");
-    give(*l, user, "refCredits", "0.1");
+    give(*l, user, BalanceField::Credits, "0.2");
+    give(*l, user, BalanceField::RefCredits, "0.1");
     SettleOutcome t = l->settle(charge(id + "-b", user, Pool::Credits, "0.5"));
     REQUIRE(t.status == SettleStatus::Settled);
     CHECK_MONEY(t.charged, usd("0.3"), 2);
@@ -363,8 +365,8 @@ TEST_CASE("a cost above the hold takes what the balance has and records the shor
 TEST_CASE("settle without a hold takes the cost directly") {
     auto l = openTestLedger();
     std::string user = makeUser(*l, "nohold");
-    give(*l, user, "credits", "1.0");
-    give(*l, user, "creditsNew", "1.0");
+    give(*l, user, BalanceField::Credits, "1.0");
+    give(*l, user, BalanceField::CreditsNew, "1.0");
     std::string id = uniqueName("req");
     SettleOutcome s = l->settle(charge(id + "-1", user, Pool::Credits, "0.4"));
     REQUIRE(s.status == SettleStatus::Settled);
@@ -381,8 +383,8 @@ TEST_CASE("settle without a hold takes the cost directly") {
 TEST_CASE("release returns a hold to the fields it came from, once") {
     auto l = openTestLedger();
     std::string user = makeUser(*l, "release");
-    give(*l, user, "credits", "0.3");
-    give(*l, user, "refCredits", "0.5");
+    give(*l, user, BalanceField::Credits, "0.3");
+    give(*l, user, BalanceField::RefCredits, "0.5");
     std::string id = uniqueName("req");
     REQUIRE(l->reserve(hold(id, user, Pool::Credits, "0.5")) == ReserveStatus::Reserved);
     Balance held = balanceOf(*l, user);
@@ -410,7 +412,7 @@ TEST_CASE("release returns a hold to the fields it came from, once") {
 TEST_CASE("sweepExpiredHolds releases only expired holds") {
     auto l = openTestLedger();
     std::string user = makeUser(*l, "sweep");
-    give(*l, user, "creditsNew", "1.0");
+    give(*l, user, BalanceField::CreditsNew, "1.0");
     std::string id = uniqueName("req");
     std::int64_t now = nowMs();
     REQUIRE(l->reserve(hold(id + "-old", user, Pool::CreditsNew, "0.25", now - 1000)) == ReserveStatus::Reserved);
@@ -432,7 +434,7 @@ TEST_CASE("sweepExpiredHolds releases only expired holds") {
 TEST_CASE("renewHold: a sweep between the old and the new expiry keeps the hold") {
     auto l = openTestLedger();
     std::string user = makeUser(*l, "renew");
-    give(*l, user, "creditsNew", "1.0");
+    give(*l, user, BalanceField::CreditsNew, "1.0");
     std::string id = uniqueName("req");
     std::int64_t t = nowMs();
     REQUIRE(l->reserve(hold(id + "-stream", user, Pool::CreditsNew, "0.4", t + 60'000)) ==
@@ -480,8 +482,8 @@ TEST_CASE("renewHold: a sweep between the old and the new expiry keeps the hold"
 TEST_CASE("renewHold: the sweep goes by the new expiry; gone or unknown ids are NotFound") {
     auto l = openTestLedger();
     std::string user = makeUser(*l, "renew-gone");
-    give(*l, user, "credits", "0.3");
-    give(*l, user, "refCredits", "0.5");
+    give(*l, user, BalanceField::Credits, "0.3");
+    give(*l, user, BalanceField::RefCredits, "0.5");
     std::string id = uniqueName("req");
     std::int64_t t = nowMs();
     Balance start = balanceOf(*l, user);
@@ -526,7 +528,7 @@ TEST_CASE("renewHold: the sweep goes by the new expiry; gone or unknown ids are 
 TEST_CASE("recordRequest logs without money, once") {
     auto l = openTestLedger();
     std::string user = makeUser(*l, "record");
-    give(*l, user, "creditsNew", "1.0");
+    give(*l, user, BalanceField::CreditsNew, "1.0");
     LogEntry e;
     e.requestId = uniqueName("req");
     e.userId = user;
@@ -554,7 +556,7 @@ TEST_CASE("recordRequest logs without money, once") {
 TEST_CASE("usage lists the newest entries first") {
     auto l = openTestLedger();
     std::string user = makeUser(*l, "usage");
-    give(*l, user, "creditsNew", "1.0");
+    give(*l, user, BalanceField::CreditsNew, "1.0");
     std::string id = uniqueName("req");
     std::int64_t t = nowMs();
     for (int i = 0; i < 3; ++i) {
@@ -574,7 +576,7 @@ TEST_CASE("usage lists the newest entries first") {
 TEST_CASE("admin errors change nothing") {
     auto l = openTestLedger();
     std::string user = makeUser(*l, "admin");
-    give(*l, user, "credits", "1.0");
+    give(*l, user, BalanceField::Credits, "1.0");
 
     auto dup = l->addUser(user);
     REQUIRE_FALSE(dup);
@@ -584,7 +586,7 @@ TEST_CASE("admin errors change nothing") {
     auto key = l->addKey(ghost);
     REQUIRE_FALSE(key);
     CHECK(key.error().code == ErrorCode::NotFound);
-    auto cr = l->credit(ghost, "credits", usd("1"));
+    auto cr = l->credit(ghost, BalanceField::Credits, usd("1"));
     REQUIRE_FALSE(cr);
     CHECK(cr.error().code == ErrorCode::NotFound);
     auto bal = l->balance(ghost);
@@ -592,14 +594,16 @@ TEST_CASE("admin errors change nothing") {
     CHECK(bal.error().code == ErrorCode::NotFound);
 
     for (const char* field : {"creditsUsed", "tokensUserNew", "", "Credits", "apiKey"}) {
-        auto bad = l->credit(user, field, usd("1"));
+        auto bad = parseBalanceField(field); // what trollproxy-admin's POOL goes through
         REQUIRE_FALSE(bad);
         CHECK(bad.error().code == ErrorCode::InvalidArgument);
     }
-    auto neg = l->credit(user, "credits", Money{-1});
+    for (BalanceField f : {BalanceField::Credits, BalanceField::RefCredits, BalanceField::CreditsNew})
+        CHECK(*parseBalanceField(balanceFieldName(f)) == f);
+    auto neg = l->credit(user, BalanceField::Credits, Money{-1});
     REQUIRE_FALSE(neg);
     CHECK(neg.error().code == ErrorCode::InvalidArgument);
-    REQUIRE(l->credit(user, "credits", Money{0}));
+    REQUIRE(l->credit(user, BalanceField::Credits, Money{0}));
 
     Balance b = balanceOf(*l, user);
     CHECK_MONEY(b.credits, usd("1.0"), 1);
@@ -613,8 +617,8 @@ TEST_CASE("200 parallel reserve/settle cycles on a balance that covers 50") {
     auto l = openTestLedger();
     std::string user = makeUser(*l, "parallel");
     // 50 holds of 0.01 fit; half from `credits`, half spilling into `refCredits`.
-    give(*l, user, "credits", "0.25");
-    give(*l, user, "refCredits", "0.25");
+    give(*l, user, BalanceField::Credits, "0.25");
+    give(*l, user, BalanceField::RefCredits, "0.25");
     Balance start = balanceOf(*l, user);
     std::string id = uniqueName("req");
 

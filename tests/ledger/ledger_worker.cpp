@@ -1,19 +1,31 @@
 // A helper process for the ledger tests: charges in a loop, printing each
 // acknowledged request id, so a test can run several at once or kill -9 one.
+//   ledger_worker [--crash-at POINT] MODE ...
 //   ledger_worker settle URI USER COUNT PREFIX      reserve+settle COUNT charges of 0.01
 //   ledger_worker journal URI USER COUNT PREFIX JOURNAL   append COUNT charges, then replay
 //   ledger_worker replay URI JOURNAL
+// --crash-at POINT: exit 86 at once when the ledger reaches the test point POINT
+// (see src/ledger/test_hooks.hpp), e.g. mongo-crash-after-charge.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <string_view>
 
+#include "ledger/test_hooks.hpp"
 #include "trollproxy/journal.hpp"
 #include "trollproxy/ledger.hpp"
 
 using namespace trollproxy;
 
 namespace {
+
+std::string crashPoint;
+
+void crashAt(std::string_view point) {
+    if (point == crashPoint)
+        std::_Exit(86); // like kill -9 there: no destructors, nothing flushed
+}
 
 Charge makeCharge(const std::string& user, const std::string& id) {
     Charge c;
@@ -33,6 +45,12 @@ Charge makeCharge(const std::string& user, const std::string& id) {
 } // namespace
 
 int main(int argc, char** argv) {
+    if (argc > 2 && std::string_view(argv[1]) == "--crash-at") {
+        crashPoint = argv[2];
+        internal::setLedgerTestHook(crashAt);
+        argc -= 2;
+        argv += 2;
+    }
     if (argc < 4)
         return 2;
     std::string mode = argv[1];

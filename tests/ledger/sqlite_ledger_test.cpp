@@ -1,34 +1,29 @@
 // SQLite-only ledger tests: fields the interface cannot set, several processes on one
-// file, kill -9 in the middle of settling, and the journal.
+// file, kill -9 in the middle of settling, a locked file. The journal's are in journal_test.cpp.
 #include <csignal>
-#include <fcntl.h>
-#include <fstream>
 #include <set>
-#include <spawn.h>
 #include <sqlite3.h>
-#include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
 
 #include <doctest/doctest.h>
 
+#include "ledger_test_util.hpp"
 #include "trollproxy/journal.hpp"
 #include "trollproxy/ledger.hpp"
-
-extern char** environ;
+#include "trollproxy/ledger_admin.hpp"
+#include "worker_process.hpp"
 
 using namespace trollproxy;
+using test::linesWith;
+using test::spawnWorker;
+using test::waitFor;
 
 namespace {
 
 std::string tempDir() {
     char dir[] = "/tmp/trollproxy-sqlite-XXXXXX";
     return ::mkdtemp(dir);
-}
-
-std::string worker() {
-    const char* b = std::getenv("TROLLPROXY_BUILD_ROOT");
-    return std::string(b ? b : ".") + "/tests/ledger/ledger_worker";
 }
 
 void sql(const std::string& path, const std::string& statement) {
@@ -39,44 +34,11 @@ void sql(const std::string& path, const std::string& statement) {
     sqlite3_close(db);
 }
 
-// Runs the worker with stdout to a file; returns its pid.
-pid_t spawnWorker(std::vector<std::string> args, const std::string& out) {
-    args.insert(args.begin(), worker());
-    std::vector<char*> argv;
-    for (auto& a : args)
-        argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    pid_t pid = 0;
-    REQUIRE(posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ) == 0);
-    posix_spawn_file_actions_destroy(&fa);
-    return pid;
-}
-
-int waitFor(pid_t pid) {
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    return status;
-}
-
-std::vector<std::string> linesWith(const std::string& file, const std::string& word) {
-    std::ifstream in(file);
-    std::vector<std::string> out;
-    std::string line;
-    while (std::getline(in, line)) {
-        if (line.rfind(word + " ", 0) == 0)
-            out.push_back(line.substr(word.size() + 1));
-    }
-    return out;
-}
-
 struct Fixture {
     std::string dir = tempDir();
     std::string path = dir + "/ledger.db";
     std::string uri = "sqlite:" + path;
-    std::unique_ptr<CreditLedger> ledger = std::move(*openLedger(uri));
+    std::unique_ptr<test::BothRoles> ledger = std::move(*test::BothRoles::open(uri));
 };
 
 } // namespace
@@ -85,12 +47,12 @@ TEST_CASE("sqlite URI options: synchronous=full opens the same file, unknown opt
     std::string dir = tempDir();
     std::string path = dir + "/ledger.db";
     {
-        auto full = openLedger("sqlite:" + path + "?synchronous=full");
+        auto full = openLedgerAdmin("sqlite:" + path + "?synchronous=full");
         REQUIRE(full);
         REQUIRE((*full)->addUser("u"));
-        REQUIRE((*full)->credit("u", "credits", Money{5}));
+        REQUIRE((*full)->credit("u", BalanceField::Credits, Money{5}));
     }
-    auto normal = openLedger("sqlite:" + path + "?synchronous=normal");
+    auto normal = openLedgerAdmin("sqlite:" + path + "?synchronous=normal");
     REQUIRE(normal);
     auto b = (*normal)->balance("u");
     REQUIRE(b);
@@ -122,7 +84,7 @@ TEST_CASE("expiry, inactive users and migration") {
 TEST_CASE("a database another process holds locked is unavailable, not a hang") {
     Fixture f;
     REQUIRE(f.ledger->addUser("u"));
-    REQUIRE(f.ledger->credit("u", "creditsNew", Money{1'000'000'000}));
+    REQUIRE(f.ledger->credit("u", BalanceField::CreditsNew, Money{1'000'000'000}));
     auto quick = std::move(*openLedger(f.uri, LedgerOptions{200, ""}));
     sqlite3* db = nullptr;
     REQUIRE(sqlite3_open(f.path.c_str(), &db) == SQLITE_OK);
@@ -155,47 +117,10 @@ TEST_CASE("a database another process holds locked is unavailable, not a hang") 
     CHECK(f.ledger->balance("u")->creditsNew == Money{999'999'995});
 }
 
-TEST_CASE("journal: replay is exactly once, duplicates and torn lines are harmless") {
-    Fixture f;
-    REQUIRE(f.ledger->addUser("u"));
-    REQUIRE(f.ledger->credit("u", "credits", Money{1'000'000'000}));
-    std::string jpath = f.dir + "/j";
-    ChargeJournal journal(jpath);
-    Charge c;
-    c.userId = "u";
-    c.keyId = "k";
-    c.model = "m\"odd\\name";
-    c.pool = Pool::Credits;
-    c.usage = Usage{1, 2, 3, 4, true};
-    c.cost = Money{123};
-    c.statusCode = 200;
-    c.createdAtMs = 42;
-    for (const char* id : {"a", "b", "a"}) {
-        c.requestId = id;
-        REQUIRE(journal.append(c));
-    }
-    std::ofstream(jpath, std::ios::app) << "{\"requestId\":\"torn\",\"userId\":"; // crash mid-write
-    auto decoded = decodeCharge(encodeCharge(c));
-    REQUIRE(decoded);
-    CHECK(decoded->model == c.model);
-    CHECK(decoded->usage == c.usage);
-    CHECK(decoded->cost == c.cost);
-    CHECK(decoded->pool == Pool::Credits);
-    auto rep = journal.replay(*f.ledger);
-    REQUIRE(rep);
-    CHECK(rep->applied == 2);
-    CHECK(rep->alreadySettled == 1);
-    CHECK(rep->corrupt == 1);
-    CHECK(f.ledger->balance("u")->credits == Money{1'000'000'000 - 246});
-    rep = journal.replay(*f.ledger);
-    CHECK(rep->applied == 0);
-    CHECK(f.ledger->usage("u", 10)->front().usage.estimated);
-}
-
 TEST_CASE("two processes on one file cannot overspend") {
     Fixture f;
     REQUIRE(f.ledger->addUser("shared"));
-    REQUIRE(f.ledger->credit("shared", "creditsNew", Money{500'000'000})); // covers 50 x 0.01
+    REQUIRE(f.ledger->credit("shared", BalanceField::CreditsNew, Money{500'000'000})); // covers 50 x 0.01
     pid_t a = spawnWorker({"settle", f.uri, "shared", "100", "a"}, f.dir + "/a.out");
     pid_t b = spawnWorker({"settle", f.uri, "shared", "100", "b"}, f.dir + "/b.out");
     CHECK(WEXITSTATUS(waitFor(a)) == 0);
@@ -213,7 +138,7 @@ TEST_CASE("two processes on one file cannot overspend") {
 TEST_CASE("kill -9 while settling: every acknowledged charge is there exactly once") {
     Fixture f;
     REQUIRE(f.ledger->addUser("crash"));
-    REQUIRE(f.ledger->credit("crash", "creditsNew", Money{100'000'000'000}));
+    REQUIRE(f.ledger->credit("crash", BalanceField::CreditsNew, Money{100'000'000'000}));
     pid_t p = spawnWorker({"settle", f.uri, "crash", "100000", "c"}, f.dir + "/c.out");
     while (linesWith(f.dir + "/c.out", "settled").size() < 200)
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -238,25 +163,3 @@ TEST_CASE("kill -9 while settling: every acknowledged charge is there exactly on
     CHECK(bal->creditsNewUsed == sum);
 }
 
-TEST_CASE("kill -9 while replaying the journal: after a restart each charge counts once") {
-    Fixture f;
-    REQUIRE(f.ledger->addUser("j"));
-    REQUIRE(f.ledger->credit("j", "creditsNew", Money{100'000'000'000}));
-    std::string jpath = f.dir + "/charges.journal";
-    pid_t p = spawnWorker({"journal", f.uri, "j", "3000", "j", jpath}, f.dir + "/j.out");
-    // Let it journal everything and start replaying, then kill it.
-    while (linesWith(f.dir + "/j.out", "journalled").size() < 3000)
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    std::this_thread::sleep_for(std::chrono::milliseconds(30));
-    ::kill(p, SIGKILL);
-    waitFor(p);
-    pid_t r = spawnWorker({"replay", f.uri, jpath}, f.dir + "/r.out");
-    CHECK(WEXITSTATUS(waitFor(r)) == 0);
-    auto logs = *f.ledger->usage("j", 1'000'000);
-    CHECK(logs.size() == 3000);
-    std::set<std::string> ids;
-    for (const auto& e : logs)
-        ids.insert(e.requestId);
-    CHECK(ids.size() == 3000);
-    CHECK(f.ledger->balance("j")->creditsNew == Money{100'000'000'000 - 3000LL * 10'000'000});
-}

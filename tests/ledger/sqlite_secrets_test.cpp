@@ -10,6 +10,7 @@
 #include "core/sha256.hpp"
 #include "ledger_test_util.hpp"
 #include "trollproxy/ledger.hpp"
+#include "trollproxy/ledger_admin.hpp"
 
 using namespace trollproxy;
 using trollproxy::internal::sha256Hex;
@@ -65,8 +66,8 @@ std::vector<std::string> column(const std::string& path, const std::string& quer
     return out;
 }
 
-std::unique_ptr<CreditLedger> open(const std::string& path) {
-    auto l = openLedger("sqlite:" + path);
+std::unique_ptr<test::BothRoles> open(const std::string& path) {
+    auto l = test::BothRoles::open("sqlite:" + path);
     REQUIRE_MESSAGE(l, l.error().message);
     return std::move(l).value();
 }
@@ -115,11 +116,11 @@ TEST_CASE("a new ledger file, its -wal and -shm are created 0600 whatever the um
     TempDir dir;
     std::string path = dir.file("new.db");
     mode_t before = ::umask(0);
-    auto l = openLedger("sqlite:" + path);
+    auto l = openLedgerAdmin("sqlite:" + path);
     ::umask(before);
     REQUIRE_MESSAGE(l, l.error().message);
     REQUIRE((*l)->addUser("u"));
-    REQUIRE((*l)->credit("u", "credits", Money{1}));
+    REQUIRE((*l)->credit("u", BalanceField::Credits, Money{1}));
     CHECK(modeOf(path) == 0600);
     CHECK(modeOf(path + "-wal") == 0600); // WAL mode: it exists while the ledger is open
     int shm = modeOf(path + "-shm");
@@ -162,7 +163,7 @@ TEST_CASE("client keys are stored as SHA-256 digests: the plain key is nowhere i
     std::string path = dir.file("keys.db");
     auto l = open(path);
     REQUIRE(l->addUser("alice"));
-    REQUIRE(l->credit("alice", "creditsNew", Money{1'000'000'000}));
+    REQUIRE(l->credit("alice", BalanceField::CreditsNew, Money{1'000'000'000}));
     auto own = l->addKey("alice");   // usersNew.apiKey
     auto extra = l->addKey("alice"); // user_keys
     REQUIRE(own);

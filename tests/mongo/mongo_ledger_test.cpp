@@ -8,25 +8,25 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
-#include <fcntl.h>
 #include <filesystem>
-#include <fstream>
 #include <netinet/in.h>
 #include <set>
-#include <spawn.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
 #include <vector>
 
 #include <mongoc/mongoc.h>
 
+#include "ledger_test_util.hpp"
 #include "trollproxy/ledger.hpp"
-
-extern char** environ;
+#include "trollproxy/ledger_admin.hpp"
+#include "worker_process.hpp"
 
 using namespace trollproxy;
+using test::linesWith;
+using test::spawnWorker;
+using test::waitFor;
 
 namespace {
 
@@ -54,8 +54,9 @@ std::int64_t nowMs() {
     return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
 }
 
-std::unique_ptr<CreditLedger> open(const std::string& uri, const LedgerOptions& o = {}) {
-    auto l = openLedger(uri, o);
+// The request path and administration of one ledger, behind one pointer.
+std::unique_ptr<test::BothRoles> open(const std::string& uri, const LedgerOptions& o = {}) {
+    auto l = test::BothRoles::open(uri, o);
     REQUIRE_MESSAGE(l, uri);
     return std::move(l).value();
 }
@@ -110,47 +111,6 @@ bson_type_t typeOf(const bson_t* doc, const char* path) {
     if (!bson_iter_init(&it, doc) || !bson_iter_find_descendant(&it, path, &found))
         return BSON_TYPE_EOD;
     return bson_iter_type(&found);
-}
-
-// Runs the ledger worker (tests/ledger) with stdout to a file; returns its pid.
-pid_t spawnWorker(std::vector<std::string> args, const std::string& out, const char* extraEnv = nullptr) {
-    const char* b = std::getenv("TROLLPROXY_BUILD_ROOT");
-    args.insert(args.begin(), std::string(b ? b : ".") + "/tests/ledger/ledger_worker");
-    std::vector<char*> argv;
-    for (auto& a : args)
-        argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    pid_t pid = 0;
-    std::vector<char*> env;
-    for (char** e = environ; *e; ++e)
-        env.push_back(*e);
-    std::string extra = extraEnv ? extraEnv : "";
-    if (extraEnv)
-        env.push_back(extra.data());
-    env.push_back(nullptr);
-    REQUIRE(posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), env.data()) == 0);
-    posix_spawn_file_actions_destroy(&fa);
-    return pid;
-}
-
-int waitFor(pid_t pid) {
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    return status;
-}
-
-std::vector<std::string> linesWith(const std::string& file, const std::string& word) {
-    std::ifstream in(file);
-    std::vector<std::string> out;
-    std::string line;
-    while (std::getline(in, line)) {
-        if (line.rfind(word + " ", 0) == 0)
-            out.push_back(line.substr(word.size() + 1));
-    }
-    return out;
 }
 
 std::string tempDir() {
@@ -348,7 +308,7 @@ TEST_CASE("write concern majority") {
     auto l = open(ledgerUri(), o);
     std::string user = userName("wc");
     REQUIRE(l->addUser(user));
-    REQUIRE(l->credit(user, "creditsNew", Money{1'000'000'000}));
+    REQUIRE(l->credit(user, BalanceField::CreditsNew, Money{1'000'000'000}));
     std::string id = "wc-" + hex(12);
     REQUIRE(l->reserve(HoldRequest{id, user, Pool::CreditsNew, Money{500'000'000}, nowMs() + 60'000}) ==
             ReserveStatus::Reserved);
@@ -376,7 +336,7 @@ TEST_CASE("kill -9 while settling: every acknowledged charge is there exactly on
     std::string user = userName("crash");
     REQUIRE(l->addUser(user));
     const Money start{100'000'000'000};
-    REQUIRE(l->credit(user, "creditsNew", start));
+    REQUIRE(l->credit(user, BalanceField::CreditsNew, start));
     pid_t p = spawnWorker({"settle", ledgerUri(), user, "100000", "c" + hex(6) + "-"}, dir + "/c.out");
     auto t0 = std::chrono::steady_clock::now();
     while (linesWith(dir + "/c.out", "settled").size() < 150 &&
@@ -417,7 +377,7 @@ TEST_CASE("kill -9 while replaying the journal: after a restart each charge coun
     std::string user = userName("journal");
     REQUIRE(l->addUser(user));
     const Money start{100'000'000'000};
-    REQUIRE(l->credit(user, "creditsNew", start));
+    REQUIRE(l->credit(user, BalanceField::CreditsNew, start));
     const int kCharges = 400;
     std::string jpath = dir + "/charges.journal";
     pid_t p = spawnWorker({"journal", ledgerUri(), user, std::to_string(kCharges), "j" + hex(6) + "-", jpath},
@@ -457,11 +417,17 @@ TEST_CASE("a crash between moving the money and writing its log entry: the retry
     std::string dir = tempDir();
     std::string user = userName("failpoint");
     REQUIRE(l->addUser(user));
-    REQUIRE(l->credit(user, "creditsNew", Money{1'000'000'000}));
-    const char* failpoint = "TROLLPROXY_TEST_FAILPOINT=mongo-crash-after-charge";
+    REQUIRE(l->credit(user, BalanceField::CreditsNew, Money{1'000'000'000}));
+    // The worker's test hook exits 86 at this point of settle().
+    const std::vector<std::string> crash = {"--crash-at", "mongo-crash-after-charge"};
+    auto settleOne = [&](const std::string& prefix) {
+        std::vector<std::string> args = crash;
+        args.insert(args.end(), {"settle", ledgerUri(), user, "1", prefix});
+        return args;
+    };
     std::string a = "fpa" + hex(6) + "-", b = "fpb" + hex(6) + "-";
     // The worker reserves 0.01, settles 0.01 and dies right after the money moved.
-    int st = waitFor(spawnWorker({"settle", ledgerUri(), user, "1", a}, dir + "/a.out", failpoint));
+    int st = waitFor(spawnWorker(settleOne(a), dir + "/a.out"));
     REQUIRE(WIFEXITED(st));
     REQUIRE(WEXITSTATUS(st) == 86);
     CHECK(std::llabs(l->balance(user)->creditsNew.nanos - 990'000'000) <= 2);
@@ -482,7 +448,7 @@ TEST_CASE("a crash between moving the money and writing its log entry: the retry
     CHECK(l->usage(user, 100)->size() == 1);
 
     // Nobody retries the second one: the sweep finishes it, once it is old enough.
-    st = waitFor(spawnWorker({"settle", ledgerUri(), user, "1", b}, dir + "/b.out", failpoint));
+    st = waitFor(spawnWorker(settleOne(b), dir + "/b.out"));
     REQUIRE(WEXITSTATUS(st) == 86);
     REQUIRE(l->sweepExpiredHolds(nowMs()));
     CHECK(l->usage(user, 100)->size() == 1); // younger than the grace period: may still be running

@@ -8,20 +8,10 @@
 #include <vector>
 
 #include "trollproxy/money.hpp"
+#include "trollproxy/pool.hpp"
 #include "trollproxy/result.hpp"
 
 namespace trollproxy {
-
-/// Which credit pool pays for a model (`billing_upstream`).
-enum class Pool {
-    Credits,    ///< billing_upstream "ohmygpt": `credits`, then `refCredits`
-    CreditsNew, ///< billing_upstream "openhands": `creditsNew` only
-};
-
-/// "credits" or "creditsNew".
-const char* poolName(Pool pool) noexcept;
-/// The request log's `creditType`: "ohmygpt" or "openhands".
-const char* poolCreditType(Pool pool) noexcept;
 
 /// USD per million tokens, exact.
 struct PriceTable {

@@ -1,14 +1,13 @@
-// CreditLedger: the users' keys and money. One interface, several backends.
+// CreditLedger: the users' keys and money on the request path. One interface, several backends.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
-#include <vector>
 
-#include "trollproxy/config.hpp"
 #include "trollproxy/money.hpp"
+#include "trollproxy/pool.hpp"
 #include "trollproxy/result.hpp"
 #include "trollproxy/usage.hpp"
 
@@ -76,18 +75,6 @@ struct SettleOutcome {
     Money shortfall; ///< cost that could not be taken (balance ran out)
 };
 
-/// A user's balance fields.
-struct Balance {
-    Money credits;
-    Money creditsUsed;
-    Money refCredits;
-    Money creditsNew;
-    Money creditsNewUsed;
-    std::int64_t tokensUserNew = 0;
-    std::int64_t totalInputTokens = 0;
-    std::int64_t totalOutputTokens = 0;
-};
-
 /// One `request_logs` entry.
 struct LogEntry {
     std::string requestId;
@@ -105,8 +92,9 @@ struct LogEntry {
     std::string responseId; ///< Responses API: the response the request created
 };
 
-/// The money store. All operations are safe to call from many threads, and
-/// from several processes sharing one database.
+/// The money store as the request path sees it: keys, holds, charges. All
+/// operations are safe to call from many threads, and from several processes
+/// sharing one database. Administration is LedgerAdmin (ledger_admin.hpp).
 class CreditLedger {
 public:
     virtual ~CreditLedger() = default;
@@ -142,21 +130,6 @@ public:
 
     /// True when the database answers now (bounded time).
     virtual bool ping() = 0;
-
-    // Administration.
-    virtual Result<void> addUser(std::string_view name) = 0;
-    /// Creates a new `sk-trollllm-` + 64 hex key for the user and returns it (the
-    /// only time it is shown: the SQLite ledger stores its SHA-256 only).
-    virtual Result<std::string> addKey(std::string_view name) = 0;
-    virtual Result<void> revokeKey(std::string_view apiKey) = 0;
-    /// Adds a non-negative amount to a pool field: "credits", "refCredits" or
-    /// "creditsNew".
-    virtual Result<void> credit(std::string_view name, std::string_view field, Money amount) = 0;
-    virtual Result<Balance> balance(std::string_view name) = 0;
-    /// The user's latest log entries, newest first.
-    virtual Result<std::vector<LogEntry>> usage(std::string_view name, std::int64_t last) = 0;
-    /// Total shortfall recorded (cost that could not be taken), over all users.
-    virtual Result<Money> totalShortfall() = 0;
 };
 
 /// Options for opening a ledger.
@@ -173,8 +146,5 @@ Result<std::unique_ptr<CreditLedger>> openLedger(std::string_view uri,
 
 /// The default ledger URI: MONGODB_URI when set, else "sqlite:trollproxy.db".
 std::string defaultLedgerUri();
-
-/// Makes a fresh random API key: "sk-trollllm-" + 64 lowercase hex digits.
-std::string newApiKey();
 
 } // namespace trollproxy

@@ -17,14 +17,6 @@ namespace trollproxy {
 
 namespace od = simdjson::ondemand;
 
-const char* poolName(Pool pool) noexcept {
-    return pool == Pool::Credits ? "credits" : "creditsNew";
-}
-
-const char* poolCreditType(Pool pool) noexcept {
-    return pool == Pool::Credits ? "ohmygpt" : "openhands";
-}
-
 const ModelConfig* Config::findModel(std::string_view idOrAlias) const {
     for (const auto& m : models) {
         if (m.id == idOrAlias)

@@ -1,18 +1,20 @@
-// Picks a ledger backend from a URI, and makes API keys.
+// Picks a ledger backend from a URI, hands out its two roles, and makes API keys.
 #include "trollproxy/ledger.hpp"
+#include "trollproxy/ledger_admin.hpp"
 
 #include <cstdlib>
 #include <sys/random.h>
 
+#include "ledger/backend.hpp"
 #include "ledger/sqlite_ledger.hpp"
 #if defined(TROLLPROXY_HAVE_MONGODB) && __has_include("ledger/mongo_ledger.hpp")
 #include "ledger/mongo_ledger.hpp"
 #define TROLLPROXY_MONGO_BACKEND 1
 #endif
 
-namespace trollproxy {
+namespace trollproxy::internal {
 
-Result<std::unique_ptr<CreditLedger>> openLedger(std::string_view uri, const LedgerOptions& options) {
+Result<std::unique_ptr<LedgerBackend>> openLedgerBackend(std::string_view uri, const LedgerOptions& options) {
     if (uri.rfind("sqlite:", 0) == 0) {
         std::string path(uri.substr(7));
         bool fullSync = false;
@@ -27,7 +29,7 @@ Result<std::unique_ptr<CreditLedger>> openLedger(std::string_view uri, const Led
         }
         if (path.empty())
             return Error{ErrorCode::InvalidArgument, "sqlite: needs a file path (sqlite:PATH)"};
-        return internal::openSqliteLedger(path, options, fullSync);
+        return openSqliteLedger(path, options, fullSync);
     }
     if (uri.rfind("mongodb://", 0) == 0 || uri.rfind("mongodb+srv://", 0) == 0) {
 #ifdef TROLLPROXY_MONGO_BACKEND
@@ -38,6 +40,29 @@ Result<std::unique_ptr<CreditLedger>> openLedger(std::string_view uri, const Led
     }
     return Error{ErrorCode::InvalidArgument,
                  "unknown ledger URI \"" + std::string(uri) + "\" (use sqlite:PATH or mongodb://...)"};
+}
+
+} // namespace trollproxy::internal
+
+namespace trollproxy {
+
+namespace {
+
+template <typename Role> Result<std::unique_ptr<Role>> openRole(std::string_view uri, const LedgerOptions& options) {
+    auto backend = internal::openLedgerBackend(uri, options);
+    if (!backend)
+        return backend.error();
+    return std::unique_ptr<Role>(std::move(*backend));
+}
+
+} // namespace
+
+Result<std::unique_ptr<CreditLedger>> openLedger(std::string_view uri, const LedgerOptions& options) {
+    return openRole<CreditLedger>(uri, options);
+}
+
+Result<std::unique_ptr<LedgerAdmin>> openLedgerAdmin(std::string_view uri, const LedgerOptions& options) {
+    return openRole<LedgerAdmin>(uri, options);
 }
 
 std::string defaultLedgerUri() {

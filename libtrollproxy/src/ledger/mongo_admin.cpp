@@ -93,11 +93,8 @@ Result<void> MongoLedger::revokeKey(std::string_view apiKey) {
     return {};
 }
 
-Result<void> MongoLedger::credit(std::string_view name, std::string_view field, Money amount) {
-    int index = field == "credits" ? 0 : field == "refCredits" ? 1 : field == "creditsNew" ? 2 : -1;
-    if (index < 0)
-        return Error{ErrorCode::InvalidArgument,
-                     "unknown pool \"" + std::string(field) + "\" (one of credits, refCredits, creditsNew)"};
+Result<void> MongoLedger::credit(std::string_view name, BalanceField field, Money amount) {
+    int index = field == BalanceField::Credits ? 0 : field == BalanceField::RefCredits ? 1 : 2; // kBalanceFields
     if (amount.nanos < 0)
         return Error{ErrorCode::InvalidArgument, "the amount must not be negative"};
     Cas r = casUser(std::string(name), [&](const bson_t* user, bson_t*, bson_t* update) {

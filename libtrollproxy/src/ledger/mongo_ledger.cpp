@@ -6,8 +6,10 @@
 #include "ledger/mongo_ledger.hpp"
 
 #include <cstdio>
+#include <cstdlib>
 
 #include "ledger/mongo_ledger_impl.hpp"
+#include "ledger/test_hooks.hpp"
 
 namespace trollproxy::internal::mongo {
 
@@ -318,8 +320,8 @@ SettleOutcome MongoLedger::settle(const Charge& ch) {
     });
     if (r == Cas::Unavailable || r == Cas::Refused)
         return out;
-    if (r == Cas::Applied && crashAfterCharge_)
-        std::_Exit(86); // test failpoint: die between moving the money and writing its log entry
+    if (r == Cas::Applied)
+        ledgerTestPoint("mongo-crash-after-charge"); // the money moved, its log entry is not written yet
     if (r == Cas::NotFound) {
         // The user is gone: nothing to take; the whole cost is shortfall.
         bson_reinit(record.get());
@@ -531,12 +533,11 @@ bool MongoLedger::ping() {
 
 } // namespace trollproxy::internal::mongo
 
-namespace trollproxy {
+namespace trollproxy::internal {
 
-using internal::mongo::MongoLedger;
+using mongo::MongoLedger;
 
-
-Result<std::unique_ptr<CreditLedger>> openMongoLedger(std::string_view uriText, const LedgerOptions& options) {
+Result<std::unique_ptr<LedgerBackend>> openMongoLedger(std::string_view uriText, const LedgerOptions& options) {
     static std::once_flag once;
     std::call_once(once, [] {
         mongoc_init();
@@ -581,7 +582,7 @@ Result<std::unique_ptr<CreditLedger>> openMongoLedger(std::string_view uriText, 
         return Error{ErrorCode::InvalidArgument, "cannot create a MongoDB client pool"};
     mongoc_client_pool_set_error_api(pool, MONGOC_ERROR_API_VERSION_2);
     mongoc_client_pool_max_size(pool, 256);
-    return std::unique_ptr<CreditLedger>(new MongoLedger(pool, std::move(db)));
+    return std::unique_ptr<LedgerBackend>(new MongoLedger(pool, std::move(db)));
 }
 
-} // namespace trollproxy
+} // namespace trollproxy::internal

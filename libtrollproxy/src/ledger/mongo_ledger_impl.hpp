@@ -5,7 +5,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <cstdlib>
 #include <functional>
 #include <mutex>
 #include <random>
@@ -16,9 +15,9 @@
 
 #include <mongoc/mongoc.h>
 
+#include "ledger/backend.hpp"
 #include "ledger/mongo_doc.hpp"
 #include "ledger/pool_math.hpp"
-#include "trollproxy/ledger.hpp"
 
 namespace trollproxy::internal::mongo {
 
@@ -32,12 +31,9 @@ PoolFields readBalance(const bson_t* user);
 void setChangedBalances(bson_t* set, const PoolFields& before, const PoolFields& after);
 
 
-class MongoLedger final : public CreditLedger {
+class MongoLedger final : public LedgerBackend {
 public:
-    MongoLedger(mongoc_client_pool_t* pool, std::string db) : pool_(pool), db_(std::move(db)) {
-        const char* fp = std::getenv("TROLLPROXY_TEST_FAILPOINT");
-        crashAfterCharge_ = fp && std::string_view(fp) == "mongo-crash-after-charge";
-    }
+    MongoLedger(mongoc_client_pool_t* pool, std::string db) : pool_(pool), db_(std::move(db)) {}
     ~MongoLedger() override { mongoc_client_pool_destroy(pool_); }
 
     AuthOutcome authenticate(std::string_view apiKey) override;
@@ -52,7 +48,7 @@ public:
     Result<void> addUser(std::string_view name) override;
     Result<std::string> addKey(std::string_view name) override;
     Result<void> revokeKey(std::string_view apiKey) override;
-    Result<void> credit(std::string_view name, std::string_view field, Money amount) override;
+    Result<void> credit(std::string_view name, BalanceField field, Money amount) override;
     Result<Balance> balance(std::string_view name) override;
     Result<std::vector<LogEntry>> usage(std::string_view name, std::int64_t last) override;
     Result<Money> totalShortfall() override;
@@ -166,7 +162,6 @@ private:
     mongoc_client_pool_t* pool_;
     std::string db_;
     std::atomic<bool> indexed_{false};
-    bool crashAfterCharge_ = false; // TROLLPROXY_TEST_FAILPOINT, for the crash tests
     std::mutex ownersMutex_;
     std::unordered_map<std::string, std::string> holdOwner_; // request id -> user, for release()
 };

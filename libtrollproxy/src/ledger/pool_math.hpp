@@ -3,7 +3,7 @@
 
 #include <cstdint>
 
-#include "trollproxy/config.hpp"
+#include "trollproxy/pool.hpp"
 
 namespace trollproxy::internal {
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 
 #include <sqlite3.h>
 
@@ -56,7 +57,7 @@ Error unavailable(Connection& c) {
     return Error{ErrorCode::Unavailable, "ledger database: " + c.lastError()};
 }
 
-class SqliteLedger final : public CreditLedger {
+class SqliteLedger final : public LedgerBackend {
 public:
     SqliteLedger(std::string path, const LedgerOptions& o, bool fullSync)
         : pool_(std::move(path), o.timeoutMs, fullSync), commits_(pool_, std::chrono::milliseconds(o.timeoutMs)) {}
@@ -219,7 +220,7 @@ public:
     Result<void> addUser(std::string_view name) override;
     Result<std::string> addKey(std::string_view name) override;
     Result<void> revokeKey(std::string_view apiKey) override;
-    Result<void> credit(std::string_view name, std::string_view field, Money amount) override;
+    Result<void> credit(std::string_view name, BalanceField field, Money amount) override;
     Result<Balance> balance(std::string_view name) override;
     Result<std::vector<LogEntry>> usage(std::string_view name, std::int64_t last) override;
     Result<Money> totalShortfall() override;
@@ -422,15 +423,15 @@ private:
 
 } // namespace
 
-Result<std::unique_ptr<CreditLedger>> openSqliteLedger(const std::string& path, const LedgerOptions& options,
-                                                       bool fullSync) {
+Result<std::unique_ptr<LedgerBackend>> openSqliteLedger(const std::string& path, const LedgerOptions& options,
+                                                        bool fullSync) {
     // Before any connection: SQLite creates -wal and -shm with the database's mode.
     if (auto r = makeDatabasePrivate(path); !r)
         return r.error();
     auto l = std::make_unique<SqliteLedger>(path, options, fullSync);
     if (auto r = l->init(); !r)
         return r.error();
-    return std::unique_ptr<CreditLedger>(std::move(l));
+    return std::unique_ptr<LedgerBackend>(std::move(l));
 }
 
 } // namespace trollproxy::internal
@@ -439,14 +440,16 @@ Result<std::unique_ptr<CreditLedger>> openSqliteLedger(const std::string& path, 
 namespace trollproxy::internal {
 namespace {
 
-const char* fieldColumn(std::string_view field) {
-    if (field == "credits")
+const char* creditSql(BalanceField field) {
+    switch (field) {
+    case BalanceField::Credits:
         return "UPDATE usersNew SET credits = credits + ? WHERE id = ?";
-    if (field == "refCredits")
+    case BalanceField::RefCredits:
         return "UPDATE usersNew SET refCredits = refCredits + ? WHERE id = ?";
-    if (field == "creditsNew")
-        return "UPDATE usersNew SET creditsNew = creditsNew + ? WHERE id = ?";
-    return nullptr;
+    case BalanceField::CreditsNew:
+        break;
+    }
+    return "UPDATE usersNew SET creditsNew = creditsNew + ? WHERE id = ?";
 }
 
 } // namespace
@@ -529,17 +532,13 @@ Result<void> SqliteLedger::revokeKey(std::string_view apiKey) {
     return {};
 }
 
-Result<void> SqliteLedger::credit(std::string_view name, std::string_view field, Money amount) {
-    const char* sql = fieldColumn(field);
-    if (!sql)
-        return Error{ErrorCode::InvalidArgument,
-                     "unknown pool \"" + std::string(field) + "\" (one of credits, refCredits, creditsNew)"};
+Result<void> SqliteLedger::credit(std::string_view name, BalanceField field, Money amount) {
     if (amount.nanos < 0)
         return Error{ErrorCode::InvalidArgument, "the amount must not be negative"};
     auto c = pool_.take(nullptr);
     if (!c)
         return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
-    Stmt s = (*c)->prepare(sql);
+    Stmt s = (*c)->prepare(creditSql(field));
     s.bind(1, amount.nanos).bind(2, std::string(name));
     if (s.step() != SQLITE_DONE)
         return unavailable(**c);
