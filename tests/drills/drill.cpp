@@ -12,6 +12,8 @@
 #include <sqlite3.h>
 #include <unistd.h>
 
+#include "../support/users.hpp"
+
 using namespace trollproxy;
 
 namespace drills {
@@ -98,11 +100,9 @@ DrillStack::DrillStack(const std::string& settings, std::string uri, std::vector
                        std::string modelPrices) {
     dir = harness::tempDir();
     ledgerUri = uri.empty() ? "sqlite:" + dir + "/ledger.db" : uri;
-    std::vector<std::string> args{"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>>" + dir + "/upstream.log",
-                                  harness::buildRoot() + "/tests/fake_upstream/trollproxy-fake-upstream", "--listen",
-                                  "127.0.0.1:0"};
-    args.insert(args.end(), upstreamArgs.begin(), upstreamArgs.end());
-    upstream = std::make_unique<harness::Process>(args);
+    upstream = std::make_unique<harness::Process>(support::fakeUpstreamArgv(upstreamArgs),
+                                                  std::map<std::string, std::string>{},
+                                                  harness::Process::Options{.stderrPath = dir + "/upstream.log"});
     config = kConfig;
     replaceAll(config, "PRICES", modelPrices.empty() ? kPrices : modelPrices);
     // The test upstream is steered by x-fake-* request headers.
@@ -114,10 +114,7 @@ DrillStack::DrillStack(const std::string& settings, std::string uri, std::vector
     if (!cfg)
         throw std::runtime_error(cfg.error().message);
     prices = cfg->findModel("m")->prices;
-    auto opened = openLedgerAdmin(ledgerUri);
-    if (!opened)
-        throw std::runtime_error(opened.error().message);
-    ledger = std::move(*opened);
+    ledger = support::openAdmin(ledgerUri);
     startProxy();
 }
 
@@ -129,11 +126,9 @@ DrillStack::~DrillStack() {
 void DrillStack::startProxy() {
     proxy.reset();
     proxy = std::make_unique<harness::Process>(
-        std::vector<std::string>{"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>>" + dir + "/proxy.log",
-                                 harness::buildRoot() + "/server/trollproxy", "--config", dir + "/config.json",
-                                 "--ledger", ledgerUri, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-                                 "--journal", journalPath()},
-        std::map<std::string, std::string>{{"TROLLPROXY_UPSTREAM_KEYS", "upstream-key-1,upstream-key-2"}});
+        support::proxyArgv(dir + "/config.json", ledgerUri, journalPath()),
+        std::map<std::string, std::string>{{"TROLLPROXY_UPSTREAM_KEYS", "upstream-key-1,upstream-key-2"}},
+        harness::Process::Options{.stderrPath = dir + "/proxy.log"});
     metricsPort = proxy->portOnLine("metrics listening on ");
 }
 
@@ -158,15 +153,7 @@ std::string DrillStack::ledgerName(const std::string& name) const {
 }
 
 std::string DrillStack::userWithKey(const std::string& plainName, Money creditsNew) {
-    const std::string name = ledgerName(plainName);
-    if (auto r = ledger->addUser(name); !r)
-        throw std::runtime_error(r.error().message);
-    auto key = ledger->addKey(name);
-    if (!key)
-        throw std::runtime_error(key.error().message);
-    if (auto r = ledger->credit(name, BalanceField::CreditsNew, creditsNew); !r)
-        throw std::runtime_error(r.error().message);
-    return *key;
+    return support::addUserWithKey(*ledger, ledgerName(plainName), {{BalanceField::CreditsNew, creditsNew}});
 }
 
 Balance DrillStack::balance(const std::string& plainName) {

@@ -7,6 +7,8 @@
 #include <stdexcept>
 #include <unistd.h>
 
+#include "../support/users.hpp"
+
 namespace e2e {
 
 namespace {
@@ -78,9 +80,7 @@ Deployment::Deployment() {
         throw std::runtime_error("ledger " + ledgerUri + ": " + opened.error().message);
     ledger = std::move(*opened);
 
-    upstream = std::make_unique<harness::Process>(std::vector<std::string>{
-        harness::buildRoot() + "/tests/fake_upstream/trollproxy-fake-upstream", "--listen", "127.0.0.1:0",
-        "--keys", kUpstreamKey});
+    upstream = std::make_unique<harness::Process>(support::fakeUpstreamArgv({"--keys", kUpstreamKey}));
     auto startProxy = [&](const std::string& configPath, const std::string& name) {
         std::string cfg = pointAtUpstream(configPath, dir, upstream->port());
         return std::make_unique<harness::Process>(
@@ -104,24 +104,11 @@ Deployment::~Deployment() {
 
 std::string Deployment::user(const std::string& name, const std::string& credits, const std::string& refCredits,
                              const std::string& creditsNew) {
-    if (auto r = ledger->addUser(name); !r)
-        throw std::runtime_error(r.error().message);
-    auto key = ledger->addKey(name);
-    if (!key)
-        throw std::runtime_error(key.error().message);
-    for (auto [field, amount] :
-         {std::pair{"credits", credits}, {"refCredits", refCredits}, {"creditsNew", creditsNew}}) {
-        if (auto r = ledger->credit(name, *trollproxy::parseBalanceField(field), *trollproxy::Money::parse(amount)); !r)
-            throw std::runtime_error(r.error().message);
-    }
-    return *key;
+    return support::addUserWithKey(*ledger, name, credits, refCredits, creditsNew);
 }
 
 trollproxy::Balance Deployment::balance(const std::string& name) {
-    auto b = ledger->balance(name);
-    if (!b)
-        throw std::runtime_error(b.error().message);
-    return *b;
+    return support::balanceOf(*ledger, name);
 }
 
 Deployment& deployment() {

@@ -2,24 +2,15 @@
 #include "nginx_runner.hpp"
 
 #include <arpa/inet.h>
-#include <chrono>
-#include <csignal>
 #include <cstdlib>
-#include <fstream>
 #include <netinet/in.h>
-#include <spawn.h>
-#include <sstream>
 #include <stdexcept>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <thread>
 #include <unistd.h>
 #include <vector>
 
 #include "harness.hpp"
-
-extern char** environ;
 
 namespace e2e {
 
@@ -42,24 +33,6 @@ int freePort() {
     }
     ::close(fd);
     return ntohs(addr.sin_port);
-}
-
-bool accepts(int port) {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(port));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-    ::close(fd);
-    return ok;
-}
-
-std::string readFile(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
 }
 
 } // namespace
@@ -100,7 +73,7 @@ Nginx::Nginx(const std::string& dir, int openhandsPort, int ohmygptPort) {
         throw std::runtime_error("nginx is not installed");
     // Workers drop to `nobody` when the test runs as root: let them reach the files.
     ::chmod(dir.c_str(), 0755);
-    std::string original = readFile(harness::sourceRoot() + "/configs/nginx/nginx.conf");
+    std::string original = support::readFile(harness::sourceRoot() + "/configs/nginx/nginx.conf");
     for (int attempt = 0; attempt < 5; ++attempt) {
         int port = freePort();
         // Ports and upstream addresses, and the run paths an unprivileged nginx needs.
@@ -118,50 +91,28 @@ Nginx::Nginx(const std::string& dir, int openhandsPort, int ohmygptPort) {
         if (start(binary, dir, port))
             return;
     }
-    throw std::runtime_error("nginx did not start; error log:\n" + readFile(dir + "/error.log"));
+    throw std::runtime_error("nginx did not start; error log:\n" + support::readFile(dir + "/error.log"));
 }
 
 bool Nginx::start(const std::string& binary, const std::string& dir, int port) {
-    std::vector<std::string> argv{binary, "-p", dir + "/", "-e", dir + "/error.log",
-                                  "-c", dir + "/nginx.conf", "-g", "daemon off;"};
-    std::vector<char*> args;
-    for (auto& a : argv)
-        args.push_back(a.data());
-    args.push_back(nullptr);
-    if (posix_spawn(&pid_, args[0], nullptr, nullptr, args.data(), environ) != 0)
-        throw std::runtime_error("cannot start " + binary);
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (std::chrono::steady_clock::now() < deadline) {
-        int status = 0;
-        if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-            pid_ = -1; // exited: most likely the port was taken meanwhile
-            return false;
-        }
-        if (accepts(port)) {
-            port_ = port;
-            return true;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    process_ = std::make_unique<support::Process>(
+        std::vector<std::string>{binary, "-p", dir + "/", "-e", dir + "/error.log", "-c",
+                                 dir + "/nginx.conf", "-g", "daemon off;"},
+        std::map<std::string, std::string>{},
+        support::Process::Options{.stderrPath = {}, .awaitListening = false});
+    // An exit means most likely that the port was taken meanwhile.
+    if (process_->waitForPort(port, 10)) {
+        port_ = port;
+        return true;
     }
     stop();
     return false;
 }
 
 void Nginx::stop() {
-    if (pid_ <= 0)
-        return;
-    ::kill(pid_, SIGTERM); // fast shutdown: the master stops its workers
-    for (int i = 0; i < 250; ++i) {
-        int status = 0;
-        if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-            pid_ = -1;
-            return;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-    pid_ = -1;
+    if (process_)
+        process_->stop(5); // SIGTERM: fast shutdown, the master stops its workers
+    process_.reset();
 }
 
 Nginx::~Nginx() {

@@ -2,8 +2,10 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <string>
-#include <sys/types.h>
+
+#include "../support/process.hpp"
 
 namespace e2e {
 
@@ -32,7 +34,7 @@ private:
     bool start(const std::string& binary, const std::string& dir, int port);
     void stop();
 
-    pid_t pid_ = -1;
+    std::unique_ptr<support::Process> process_;
     int port_ = 0;
     std::string config_;
 };

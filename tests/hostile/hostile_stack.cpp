@@ -2,13 +2,14 @@
 #include "hostile_stack.hpp"
 
 #include <chrono>
-#include <fstream>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
 
 #include <doctest/doctest.h>
 #include <simdjson.h>
+
+#include "../support/users.hpp"
 
 namespace hostile {
 
@@ -18,13 +19,6 @@ std::string lower(std::string s) {
     for (auto& c : s)
         c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     return s;
-}
-
-std::string readFile(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
 }
 
 std::string str(simdjson::dom::element e, const char* key) {
@@ -85,37 +79,18 @@ Stack::Stack(std::string config, const std::string& upstreamKeys) {
     dir = harness::tempDir();
     ledgerUri = "sqlite:" + dir + "/ledger.db";
     logPath = dir + "/proxy.log";
-    upstream = std::make_unique<harness::Process>(std::vector<std::string>{
-        harness::buildRoot() + "/tests/fake_upstream/trollproxy-fake-upstream", "--listen",
-        "127.0.0.1:0"});
-    std::string base = "http://127.0.0.1:" + std::to_string(upstream->port());
-    for (std::size_t p; (p = config.find("UPSTREAM")) != std::string::npos;)
-        config.replace(p, 8, base);
-    harness::writeFile(dir + "/config.json", config);
-    auto opened = trollproxy::openLedgerAdmin(ledgerUri);
-    if (!opened)
-        throw std::runtime_error(opened.error().message);
-    ledger = std::move(*opened);
-    // The shell only sends stderr to the log file; exec keeps the pid and stdout.
+    upstream = std::make_unique<harness::Process>(support::fakeUpstreamArgv());
+    harness::writeFile(dir + "/config.json", support::withUpstream(config, upstream->port()));
+    ledger = support::openAdmin(ledgerUri);
     proxy = std::make_unique<harness::Process>(
-        std::vector<std::string>{"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>>\"$TROLLPROXY_TEST_LOG\"",
-                                 harness::buildRoot() + "/server/trollproxy", "--config",
-                                 dir + "/config.json", "--ledger", ledgerUri, "--listen",
-                                 "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--journal",
-                                 dir + "/charges.journal"},
-        std::map<std::string, std::string>{{"TROLLPROXY_UPSTREAM_KEYS", upstreamKeys},
-                                           {"TROLLPROXY_TEST_LOG", logPath}});
+        support::proxyArgv(dir + "/config.json", ledgerUri, dir + "/charges.journal"),
+        std::map<std::string, std::string>{{"TROLLPROXY_UPSTREAM_KEYS", upstreamKeys}},
+        harness::Process::Options{.stderrPath = logPath});
 }
 
 std::string Stack::user(const std::string& name, const std::string& usd) {
-    if (auto r = ledger->addUser(name); !r)
-        throw std::runtime_error(r.error().message);
-    auto key = ledger->addKey(name);
-    if (!key)
-        throw std::runtime_error(key.error().message);
-    if (auto r = ledger->credit(name, trollproxy::BalanceField::CreditsNew, *Money::parse(usd)); !r)
-        throw std::runtime_error(r.error().message);
-    return *key;
+    return support::addUserWithKey(*ledger, name,
+                                   {{trollproxy::BalanceField::CreditsNew, support::usd(usd)}});
 }
 
 Money Stack::total(const std::string& name) {
@@ -127,7 +102,7 @@ Money Stack::total(const std::string& name) {
 
 std::vector<LogLine> Stack::log() {
     std::vector<LogLine> out;
-    std::istringstream in(readFile(logPath));
+    std::istringstream in(support::readFile(logPath));
     simdjson::dom::parser parser;
     for (std::string line; std::getline(in, line);) {
         simdjson::dom::element e;

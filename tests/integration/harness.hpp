@@ -4,45 +4,19 @@
 #include <map>
 #include <memory>
 #include <string>
-#include <sys/types.h>
 #include <vector>
 
+#include "../support/process.hpp"
 #include "trollproxy/trollproxy.hpp"
 
 namespace harness {
 
-/// A child process whose first stdout line says where it listens.
-class Process {
-public:
-    /// Starts argv with extra environment; waits for a line containing
-    /// "listening on HOST:PORT" and records the port.
-    Process(std::vector<std::string> argv, std::map<std::string, std::string> env = {});
-    ~Process();
-    Process(const Process&) = delete;
-    Process& operator=(const Process&) = delete;
-
-    int port() const { return port_; }
-    pid_t pid() const { return pid_; }
-    /// Waits up to `seconds` for a later stdout line containing `marker` (e.g.
-    /// "metrics listening on ") followed by HOST:PORT; returns the port, -1 if none.
-    int portOnLine(const std::string& marker, double seconds = 5);
-    /// Sends a signal; waits for exit when wait is true and returns the status.
-    int signal(int sig, bool wait);
-    bool running();
-
-private:
-    pid_t pid_ = -1;
-    int port_ = 0;
-    int stdoutFd_ = -1;
-    std::string output_; // stdout read so far
-};
-
-std::string buildRoot();
-std::string sourceRoot();
-/// A fresh empty directory under /tmp, removed by the OS's tmp cleaning only.
-std::string tempDir();
-/// Writes a file.
-void writeFile(const std::string& path, const std::string& text);
+// Processes and paths come from tests/support; the old names stay for the tests.
+using support::buildRoot;
+using support::Process;
+using support::sourceRoot;
+using support::tempDir;
+using support::writeFile;
 
 /// The test upstream, the proxy in front of it, and the ledger file they share.
 struct Stack {
