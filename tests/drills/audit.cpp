@@ -12,6 +12,9 @@ Audit audit(Verdict& v, DrillStack& s, const std::string& user, Money start, con
             bool allowUnmatched) {
     Audit a;
     auto logs = s.logs(user, &a.duplicates);
+    // Refusals are in the request log too (402, 503, an upstream 429), with no
+    // cost and success false: the audit is about charges.
+    std::erase_if(logs, [](const auto& kv) { return !kv.second.success && kv.second.cost.nanos == 0; });
     Balance b = s.balance(user);
     a.billed = static_cast<int>(logs.size());
     a.decrease = start - b.creditsNew;
