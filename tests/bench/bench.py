@@ -259,7 +259,7 @@ def portkey_target(run_dir):
     return Target("portkey", "Portkey", port, headers, p)
 
 
-def trollproxy_target(run_dir, name, label, ledger, proxy=None, delay_ms=CHUNK_DELAY_MS):
+def trollproxy_target(run_dir, name, label, ledger, proxy=None, delay_ms=CHUNK_DELAY_MS, settings=None):
     up = start_upstream(run_dir, name, delay_ms)
     cfg = os.path.join(run_dir, f"{name}.json")
     with open(cfg, "w") as f:
@@ -272,7 +272,7 @@ def trollproxy_target(run_dir, name, label, ledger, proxy=None, delay_ms=CHUNK_D
                         "cache_write_price_per_mtok": 3.75, "cache_hit_price_per_mtok": 0.3,
                         "billing_multiplier": 1.1}],
             "trollproxy": {"rate_limit_per_minute": 0, "worker_threads": WORKERS,
-                           "journal_path": os.path.join(run_dir, f"{name}.journal")},
+                           "journal_path": os.path.join(run_dir, f"{name}.journal"), **(settings or {})},
         }, f, indent=1)
     admin = [args.admin, "--ledger", ledger]
     env = dict(os.environ, TROLLPROXY_UPSTREAM_KEYS=UPSTREAM_KEY)
@@ -304,8 +304,11 @@ def mongo_target(run_dir):
     # congo.mjs stops when its stdin closes: keep a pipe open until the end.
     p = start("congo", ["node", os.path.join(mongo, "congo.mjs")], run_dir, cwd=mongo, stdin=subprocess.PIPE)
     port = wait_listening(p, run_dir)
-    return trollproxy_target(run_dir, "trollproxy-mongo", "trollproxy (MongoDB ledger)",
-                             f"mongodb://127.0.0.1:{port}/trollproxy_bench")
+    return [trollproxy_target(run_dir, "trollproxy-mongo", "trollproxy (MongoDB ledger)",
+                              f"mongodb://127.0.0.1:{port}/trollproxy_bench"),
+            trollproxy_target(run_dir, "trollproxy-mongo-jf", "trollproxy (MongoDB ledger, journal_first)",
+                              f"mongodb://127.0.0.1:{port}/trollproxy_bench_jf",
+                              settings={"settlement": "journal_first"})]
 
 
 def check_target(t):
@@ -423,7 +426,8 @@ def table(title, rows, targets, note=""):
     others = [(n, l) for n, l in (("nginx", "nginx"), ("portkey", "Portkey")) if n in names]
     head = ["", *[t.label for t in targets]]
     for o in ours:
-        short = {"trollproxy": "trollproxy", "trollproxy-mongo": "tp-mongo"}.get(o.name, o.name[len("trollproxy-"):])
+        short = {"trollproxy": "trollproxy", "trollproxy-mongo": "tp-mongo",
+                 "trollproxy-mongo-jf": "tp-mongo-jf"}.get(o.name, o.name[len("trollproxy-"):])
         head += [f"{short} / {label}" for _, label in others]
     lines = [f"### {title}", ""]
     if note:
@@ -635,7 +639,7 @@ def main():
     ap.add_argument("--memory-only", action="store_true",
                     help="only the memory comparison: idle, one burst of --memory-streams slow streams, "
                          f"{AFTER_RUN_S} s after (nginx and trollproxy, and --baseline if given)")
-    ap.add_argument("--baseline", help="with --memory-only: another trollproxy binary to measure next to this one")
+    ap.add_argument("--baseline", help="another trollproxy binary (an earlier commit's) to measure next to this one")
     ap.add_argument("--memory-streams", type=int, default=2000)
     ap.add_argument("--memory-delay-ms", type=int, default=100, help="the test upstream's chunk delay in the burst")
     args = ap.parse_args()
@@ -648,7 +652,9 @@ def main():
         os.makedirs(run_dir, exist_ok=True)
         R = json.load(open(os.path.join(args.out, "results.json")))
         labels = R.get("labels") or {"direct": "direct", "nginx": "nginx", "portkey": "Portkey", "trollproxy": "trollproxy",
-                                     "trollproxy-mongo": "trollproxy (MongoDB ledger)"}
+                                     "trollproxy-mongo": "trollproxy (MongoDB ledger)",
+                                     "trollproxy-jf": "trollproxy (journal_first)", "trollproxy-baseline": "trollproxy (baseline)",
+                                     "trollproxy-mongo-jf": "trollproxy (MongoDB ledger, journal_first)"}
         names = list(R["wrk"][next(iter(R["wrk"]))])
         write_report(R, [Target(n, labels[n], 0, []) for n in names], run_dir)
         return
@@ -671,12 +677,20 @@ def run(run_dir):
     targets.append(portkey_target(run_dir))
     db = os.path.join(run_dir, "ledger.db")
     targets.append(trollproxy_target(run_dir, "trollproxy", "trollproxy", f"sqlite:{db}"))
+    # The same binary settling journal-first (trollproxy.settlement), on its own ledger file.
+    targets.append(trollproxy_target(run_dir, "trollproxy-jf", "trollproxy (journal_first)",
+                                     f"sqlite:{os.path.join(run_dir, 'ledger-jf.db')}",
+                                     settings={"settlement": "journal_first"}))
+    if args.baseline:
+        targets.append(trollproxy_target(run_dir, "trollproxy-baseline", "trollproxy (baseline)",
+                                         f"sqlite:{os.path.join(run_dir, 'ledger-baseline.db')}",
+                                         proxy=args.baseline))
     if not args.no_mongo:
         before = len(children)
         try:
-            t = mongo_target(run_dir)
-            check_target(t)
-            targets.append(t)
+            for t in mongo_target(run_dir):
+                check_target(t)
+                targets.append(t)
         except Exception as e:  # the row is optional: say why it is missing
             R["notes"].append(f"MongoDB row left out: {e}")
             log(R["notes"][-1])
