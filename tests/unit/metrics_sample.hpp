@@ -42,8 +42,11 @@ inline void recordLikeTheService(Metrics& m) {
               n);
     m.set("trollproxy_ledger_up", 1);
     m.add("trollproxy_holds_expired_total", 3);
-    m.add("trollproxy_journal_replayed_total", 2);
     m.set("trollproxy_journal_pending", 0);
+    m.add("trollproxy_settlement_batches_total", 2);
+    m.add("trollproxy_settlement_charges_total", 70);
+    m.add("trollproxy_settlement_flush_seconds_total", 0.0125);
+    m.set("trollproxy_settlement_queue_depth", 0);
     for (auto [state, on] : {std::pair{"active", 0}, {"cooling_down", 1}, {"set_aside", 0}})
         m.set(Metrics::series("trollproxy_upstream_key_state",
                               {{"endpoint", "main"}, {"key", "0"}, {"state", state}}),
