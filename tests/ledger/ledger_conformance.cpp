@@ -431,6 +431,101 @@ TEST_CASE("sweepExpiredHolds releases only expired holds") {
     CHECK_MONEY(balanceOf(*l, user).creditsNew, usd("0.5"), 5);
 }
 
+TEST_CASE("releaseHolds gives back a dead process's holds by request id prefix; balance shows holds") {
+    auto l = openTestLedger();
+    std::string a = makeUser(*l, "relholds-a");
+    std::string b = makeUser(*l, "relholds-b");
+    give(*l, a, BalanceField::Credits, "1.0");
+    give(*l, a, BalanceField::RefCredits, "1.0");
+    give(*l, a, BalanceField::CreditsNew, "1.0");
+    give(*l, b, BalanceField::CreditsNew, "1.0");
+    std::string base = uniqueName("rh");
+    REQUIRE(l->reserve(hold(base + "-p1-a", a, Pool::Credits, "1.5")) == ReserveStatus::Reserved);
+    REQUIRE(l->reserve(hold(base + "-p1-b", b, Pool::CreditsNew, "0.4")) == ReserveStatus::Reserved);
+    REQUIRE(l->reserve(hold(base + "-p2-a", a, Pool::CreditsNew, "0.3")) == ReserveStatus::Reserved);
+
+    // balance: the held money by the field it came from, next to what is left.
+    Balance ba = balanceOf(*l, a);
+    CHECK(ba.heldCredits == usd("1.0"));
+    CHECK(ba.heldRefCredits == usd("0.5"));
+    CHECK(ba.heldCreditsNew == usd("0.3"));
+    CHECK_MONEY(ba.credits, usd("0"), 2);
+    CHECK_MONEY(ba.refCredits, usd("0.5"), 2);
+    CHECK_MONEY(ba.creditsNew, usd("0.7"), 2);
+    Balance bb = balanceOf(*l, b);
+    CHECK(bb.heldCreditsNew == usd("0.4"));
+    CHECK(bb.heldCredits.nanos == 0);
+    CHECK(bb.heldRefCredits.nanos == 0);
+
+    auto released = l->releaseHolds(base + "-p1-");
+    REQUIRE_MESSAGE(released, released.error().message);
+    CHECK(*released == 2);
+    ba = balanceOf(*l, a);
+    CHECK_MONEY(ba.credits, usd("1.0"), 3);
+    CHECK_MONEY(ba.refCredits, usd("1.0"), 3);
+    CHECK_MONEY(ba.creditsNew, usd("0.7"), 2);
+    CHECK(ba.heldCredits.nanos == 0);
+    CHECK(ba.heldRefCredits.nanos == 0);
+    CHECK(ba.heldCreditsNew == usd("0.3")); // p2-a is still held
+    bb = balanceOf(*l, b);
+    CHECK_MONEY(bb.creditsNew, usd("1.0"), 3);
+    CHECK(bb.heldCreditsNew.nanos == 0);
+    CHECK(ba.creditsUsed.nanos == 0);
+    CHECK(bb.creditsNewUsed.nanos == 0);
+
+    // The other process's hold settles normally: the hold pays, the rest goes back.
+    SettleOutcome s2 = l->settle(charge(base + "-p2-a", a, Pool::CreditsNew, "0.1"));
+    REQUIRE(s2.status == SettleStatus::Settled);
+    CHECK(s2.shortfall.nanos == 0);
+    ba = balanceOf(*l, a);
+    CHECK_MONEY(ba.creditsNew, usd("0.9"), 4);
+    CHECK(ba.heldCreditsNew.nanos == 0);
+
+    // A late settle of a released request: as after a sweep, the cost comes from the balance.
+    SettleOutcome s1 = l->settle(charge(base + "-p1-a", a, Pool::Credits, "0.2"));
+    REQUIRE(s1.status == SettleStatus::Settled);
+    CHECK_MONEY(s1.charged, usd("0.2"), 1);
+    ba = balanceOf(*l, a);
+    CHECK_MONEY(ba.credits, usd("0.8"), 5);
+    CHECK_MONEY(ba.refCredits, usd("1.0"), 3);
+    CHECK_MONEY(ba.creditsUsed, usd("0.2"), 1);
+
+    auto again = l->releaseHolds(base + "-p1-");
+    REQUIRE_MESSAGE(again, again.error().message);
+    CHECK(*again == 0);
+    auto empty = l->releaseHolds("");
+    REQUIRE_FALSE(empty);
+    CHECK(empty.error().code == ErrorCode::InvalidArgument);
+}
+
+TEST_CASE("releaseHolds matches the prefix literally: no wildcards, no regex, case kept") {
+    auto l = openTestLedger();
+    std::string user = makeUser(*l, "relholds-literal");
+    give(*l, user, BalanceField::CreditsNew, "1.0");
+    std::string base = uniqueName("rl");
+    for (const char* tail : {"-x%1", "-xz1", "-a_1", "-ab1", "-v.1", "-v_2", "-vz3", "-Q1"})
+        REQUIRE(l->reserve(hold(base + tail, user, Pool::CreditsNew, "0.01")) == ReserveStatus::Reserved);
+    CHECK(balanceOf(*l, user).heldCreditsNew == usd("0.08"));
+
+    auto count = [&](const std::string& prefix) {
+        auto r = l->releaseHolds(prefix);
+        REQUIRE_MESSAGE(r, r.error().message);
+        return *r;
+    };
+    CHECK(count(base + "-x%") == 1); // not "-xz1"
+    CHECK(count(base + "-a_") == 1); // not "-ab1"
+    CHECK(count(base + "-v.") == 1); // not "-v_2" nor "-vz3"
+    CHECK(count(base + "-q") == 0);  // not "-Q1"
+    CHECK(count(base + "-x%") == 0);
+    Balance b = balanceOf(*l, user);
+    CHECK(b.heldCreditsNew == usd("0.05"));
+    CHECK_MONEY(b.creditsNew, usd("0.95"), 12);
+    CHECK(count(base + "-") == 5);
+    b = balanceOf(*l, user);
+    CHECK(b.heldCreditsNew.nanos == 0);
+    CHECK_MONEY(b.creditsNew, usd("1.0"), 16);
+}
+
 TEST_CASE("renewHold: a sweep between the old and the new expiry keeps the hold") {
     auto l = openTestLedger();
     std::string user = makeUser(*l, "renew");

@@ -34,6 +34,7 @@ public:
     Result<void> release(std::string_view id) override { return ledger_->release(id); }
     Result<void> renewHold(std::string_view id, std::int64_t ms) override { return ledger_->renewHold(id, ms); }
     Result<std::int64_t> sweepExpiredHolds(std::int64_t ms) override { return ledger_->sweepExpiredHolds(ms); }
+    Result<std::int64_t> releaseHolds(std::string_view prefix) override { return ledger_->releaseHolds(prefix); }
     Result<std::string> responseOwner(std::string_view id) override { return ledger_->responseOwner(id); }
     Result<void> recordRequest(const LogEntry& e) override { return ledger_->recordRequest(e); }
     bool ping() override { return ledger_->ping(); }

@@ -145,6 +145,9 @@ public:
     Result<std::int64_t> sweepExpiredHolds(std::int64_t now) override {
         return real_->sweepExpiredHolds(now);
     }
+    Result<std::int64_t> releaseHolds(std::string_view prefix) override {
+        return real_->releaseHolds(prefix);
+    }
     Result<std::string> responseOwner(std::string_view id) override {
         return real_->responseOwner(id);
     }

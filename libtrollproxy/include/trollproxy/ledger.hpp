@@ -121,6 +121,13 @@ public:
     /// Releases holds whose expiry is before nowMs. Returns how many.
     virtual Result<std::int64_t> sweepExpiredHolds(std::int64_t nowMs) = 0;
 
+    /// Releases every outstanding hold whose request id starts with
+    /// `requestIdPrefix` (the holds of a process that died: a restarted process
+    /// passes its own prefix), returning their money to the pools exactly as
+    /// release() does. The prefix is matched literally. Returns how many. An empty
+    /// prefix is InvalidArgument (it would release everyone's).
+    virtual Result<std::int64_t> releaseHolds(std::string_view requestIdPrefix) = 0;
+
     /// Responses API: the user whose settled request created `responseId`.
     /// NotFound when no request recorded it.
     virtual Result<std::string> responseOwner(std::string_view responseId) = 0;

@@ -24,6 +24,13 @@ struct Balance {
     std::int64_t tokensUserNew = 0;
     std::int64_t totalInputTokens = 0;
     std::int64_t totalOutputTokens = 0;
+    /// Money in outstanding holds (requests in flight, or left by a process that
+    /// died until releaseHolds() or the sweep), by the field it was taken from. It
+    /// is not in the fields above: a hold moved it out until its request settles.
+    /// A Credits-pool hold takes `credits` first, then `refCredits`.
+    Money heldCredits;
+    Money heldRefCredits;
+    Money heldCreditsNew; ///< the CreditsNew pool's holds
 };
 
 /// Administration of the same store a CreditLedger charges: what

@@ -114,6 +114,34 @@ Result<void> MongoLedger::credit(std::string_view name, BalanceField field, Mone
     return {};
 }
 
+namespace {
+
+// What the user's outstanding holds took from each balance field.
+PoolFields heldTotal(const bson_t* user) {
+    PoolFields sum;
+    bson_iter_t sub, entry;
+    if (!bson_iter_init_find(&sub, user, "trollproxyHolds") || !BSON_ITER_HOLDS_DOCUMENT(&sub) ||
+        !bson_iter_recurse(&sub, &entry))
+        return sum;
+    while (bson_iter_next(&entry)) {
+        bson_iter_t field;
+        if (!BSON_ITER_HOLDS_DOCUMENT(&entry) || !bson_iter_recurse(&entry, &field))
+            continue;
+        while (bson_iter_next(&field)) {
+            std::string_view k = bson_iter_key(&field);
+            std::int64_t* to = k == "credits"      ? &sum.credits
+                               : k == "refCredits" ? &sum.refCredits
+                               : k == "creditsNew" ? &sum.creditsNew
+                                                   : nullptr;
+            if (to && BSON_ITER_HOLDS_NUMBER(&field))
+                *to += bson_iter_as_int64(&field);
+        }
+    }
+    return sum;
+}
+
+} // namespace
+
 Result<Balance> MongoLedger::balance(std::string_view name) {
     Doc doc;
     Found f = findUser(std::string(name), doc);
@@ -122,9 +150,11 @@ Result<Balance> MongoLedger::balance(std::string_view name) {
     if (f == Found::No)
         return Error{ErrorCode::NotFound, "no user " + std::string(name)};
     auto m = [&](const char* k) { return internal::moneyField(doc.get(), k).value_or(Money{}); };
+    PoolFields held = heldTotal(doc.get());
     return Balance{m("credits"), m("creditsUsed"), m("refCredits"), m("creditsNew"), m("creditsNewUsed"),
                    internal::intField(doc.get(), "tokensUserNew"), internal::intField(doc.get(), "totalInputTokens"),
-                   internal::intField(doc.get(), "totalOutputTokens")};
+                   internal::intField(doc.get(), "totalOutputTokens"), Money{held.credits},
+                   Money{held.refCredits}, Money{held.creditsNew}};
 }
 
 Result<std::vector<LogEntry>> MongoLedger::usage(std::string_view name, std::int64_t last) {

@@ -113,6 +113,8 @@ ReserveStatus MongoLedger::reserve(const HoldRequest& h) {
         BSON_APPEND_INT64(&hold, "refCredits", take.refCredits);
         BSON_APPEND_INT64(&hold, "creditsNew", take.creditsNew);
         BSON_APPEND_INT64(&hold, "expiresAt", h.expiresAtMs);
+        // The key is fieldSafe(id); releaseHolds() matches prefixes on the id itself.
+        BSON_APPEND_UTF8(&hold, "requestId", h.requestId.c_str());
         bson_append_document_end(&set, &hold);
         bson_append_document_end(update, &set);
         bson_append_document_begin(filter, holdKey.c_str(), -1, &cond);
@@ -358,9 +360,15 @@ SettleOutcome MongoLedger::settle(const Charge& ch) {
 }
 
 MongoLedger::Cas MongoLedger::releaseOn(const std::string& user, const std::string& id) {
+    bool gaveBack = false;
+    return releaseOn(user, id, gaveBack);
+}
+
+MongoLedger::Cas MongoLedger::releaseOn(const std::string& user, const std::string& id, bool& gaveBack) {
     std::string holdKey = "trollproxyHolds." + fieldSafe(id);
     return casUser(user, [&](const bson_t* doc, bson_t* filter, bson_t* update) {
-        if (hasField(doc, holdKey))
+        gaveBack = hasField(doc, holdKey); // as of the attempt that was applied
+        if (gaveBack)
             appendGiveBack(doc, holdKey, filter, update);
         return true; // nothing held: settled or released before
     });

@@ -42,6 +42,7 @@ public:
     Result<void> release(std::string_view requestId) override;
     Result<void> renewHold(std::string_view requestId, std::int64_t expiresAtMs) override;
     Result<std::int64_t> sweepExpiredHolds(std::int64_t nowMs) override;
+    Result<std::int64_t> releaseHolds(std::string_view requestIdPrefix) override;
     Result<std::string> responseOwner(std::string_view responseId) override;
     Result<void> recordRequest(const LogEntry& entry) override;
     bool ping() override;
@@ -158,6 +159,8 @@ private:
     Write writeLog(const bson_t* entry);
     void unsetPending(const std::string& user, const std::string& id);
     Cas releaseOn(const std::string& user, const std::string& id);
+    /// The same; gaveBack tells whether this call returned the hold (false: it was gone).
+    Cas releaseOn(const std::string& user, const std::string& id, bool& gaveBack);
 
     mongoc_client_pool_t* pool_;
     std::string db_;

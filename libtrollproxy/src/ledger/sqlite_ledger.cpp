@@ -188,6 +188,36 @@ public:
         return static_cast<std::int64_t>(expired.size());
     }
 
+    Result<std::int64_t> releaseHolds(std::string_view requestIdPrefix) override {
+        if (requestIdPrefix.empty())
+            return Error{ErrorCode::InvalidArgument, "an empty request id prefix would release every hold"};
+        auto c = pool_.take(nullptr);
+        if (!c)
+            return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
+        Transaction tx(**c);
+        if (!tx.began())
+            return unavailable(**c);
+        std::vector<std::string> ids;
+        {
+            // Bytes, not LIKE: the prefix is literal (LIKE has wildcards and ignores ASCII case).
+            Stmt s = (*c)->prepare("SELECT requestId FROM holds WHERE "
+                                   "substr(CAST(requestId AS BLOB), 1, length(CAST(?1 AS BLOB))) = CAST(?1 AS BLOB)");
+            s.bind(1, std::string(requestIdPrefix));
+            int rc;
+            while ((rc = s.step()) == SQLITE_ROW)
+                ids.push_back(s.text(0));
+            if (rc != SQLITE_DONE)
+                return unavailable(**c);
+        }
+        for (const auto& id : ids) {
+            if (!releaseIn(**c, id))
+                return unavailable(**c);
+        }
+        if (!tx.commit())
+            return unavailable(**c);
+        return static_cast<std::int64_t>(ids.size());
+    }
+
     Result<std::string> responseOwner(std::string_view responseId) override {
         auto c = pool_.take(nullptr);
         if (!c)
@@ -551,8 +581,12 @@ Result<Balance> SqliteLedger::balance(std::string_view name) {
     auto c = pool_.take(nullptr);
     if (!c)
         return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
-    Stmt s = (*c)->prepare("SELECT credits, creditsUsed, refCredits, creditsNew, creditsNewUsed, tokensUserNew, "
-                           "totalInputTokens, totalOutputTokens FROM usersNew WHERE id = ?");
+    // One statement, one snapshot: a hold moves money between the two tables.
+    Stmt s = (*c)->prepare(
+        "SELECT credits, creditsUsed, refCredits, creditsNew, creditsNewUsed, tokensUserNew, totalInputTokens, "
+        "totalOutputTokens, h.c, h.r, h.n FROM usersNew, (SELECT coalesce(sum(fromCredits), 0) AS c, "
+        "coalesce(sum(fromRefCredits), 0) AS r, coalesce(sum(fromCreditsNew), 0) AS n FROM holds WHERE userId = ?1) "
+        "AS h WHERE id = ?1");
     s.bind(1, std::string(name));
     int rc = s.step();
     if (rc == SQLITE_DONE)
@@ -560,7 +594,8 @@ Result<Balance> SqliteLedger::balance(std::string_view name) {
     if (rc != SQLITE_ROW)
         return unavailable(**c);
     return Balance{Money{s.integer(0)}, Money{s.integer(1)}, Money{s.integer(2)}, Money{s.integer(3)},
-                   Money{s.integer(4)}, s.integer(5), s.integer(6), s.integer(7)};
+                   Money{s.integer(4)}, s.integer(5), s.integer(6), s.integer(7),
+                   Money{s.integer(8)}, Money{s.integer(9)}, Money{s.integer(10)}};
 }
 
 Result<std::vector<LogEntry>> SqliteLedger::usage(std::string_view name, std::int64_t last) {
