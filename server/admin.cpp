@@ -19,7 +19,7 @@ const char kUsage[] =
     "  key add NAME                 prints a new sk-trollllm- key\n"
     "  key revoke KEY\n"
     "  credit NAME POOL AMOUNT      POOL: credits, refCredits, creditsNew; AMOUNT in USD\n"
-    "  balance NAME\n"
+    "  balance NAME                 the balance fields, then the money held in open requests\n"
     "  usage NAME [--last N]\n"
     "  journal replay               the --journal file, else the one the --config file names\n"
     "                               (journal_path, else trollproxy-PORT.journal), else every\n"
@@ -133,6 +133,10 @@ int adminCommand(LedgerAdmin& l, const std::vector<std::string>& a) {
                     b->creditsUsed.toString().c_str(), b->creditsNew.toString().c_str(),
                     b->creditsNewUsed.toString().c_str(), static_cast<long long>(b->tokensUserNew),
                     static_cast<long long>(b->totalInputTokens), static_cast<long long>(b->totalOutputTokens));
+        // Holds come after the fields, so that scripts reading those lines see no change.
+        std::printf("heldCredits %s\nheldRefCredits %s\nheldCreditsNew %s\n",
+                    b->heldCredits.toString().c_str(), b->heldRefCredits.toString().c_str(),
+                    b->heldCreditsNew.toString().c_str());
         return 0;
     }
     if (is({"usage", nullptr}) && (a.size() == 2 || (a.size() == 4 && a[2] == "--last"))) {

@@ -30,6 +30,18 @@ check "balance" 0 "$ADMIN" $L balance alice
 expect "creditsNew" "^creditsNew 1.500000000$"
 expect "refCredits" "^refCredits 0.000000001$"
 expect "credits untouched" "^credits 0.000000000$"
+expect "nothing held" "^heldCreditsNew 0.000000000$"
+worker="${TROLLPROXY_BUILD_ROOT:-.}/tests/ledger/ledger_worker"
+check "holds left by a dead process" 0 "$worker" hold "sqlite:$dir/l.db" alice 2 dead-
+check "balance with holds" 0 "$ADMIN" $L balance alice
+expect "held" "^heldCreditsNew 0.020000000$"
+expect "held elsewhere" "^heldCredits 0.000000000$"
+expect "held out of creditsNew" "^creditsNew 1.480000000$"
+check "release the dead process's holds" 0 "$worker" release-holds "sqlite:$dir/l.db" - 0 dead-
+expect "both" "^released 2$"
+check "balance after release" 0 "$ADMIN" $L balance alice
+expect "given back" "^creditsNew 1.500000000$"
+expect "none held" "^heldCreditsNew 0.000000000$"
 check "balance unknown" 1 "$ADMIN" $L balance bob
 check "usage empty" 0 "$ADMIN" $L usage alice --last 5
 check "usage bad --last" 1 "$ADMIN" $L usage alice --last x

@@ -92,6 +92,22 @@ int main(int argc, char** argv) {
         }
         return 0;
     }
+    if (mode == "hold") { // holds left behind, as by a process killed with requests in flight
+        for (int i = 0; i < count; ++i) {
+            std::string id = prefix + std::to_string(i);
+            HoldRequest h{id, user, Pool::CreditsNew, Money{10'000'000}, makeCharge(user, id).createdAtMs + 3'600'000};
+            if (ledger.reserve(h) != ReserveStatus::Reserved)
+                return 1;
+        }
+        return 0;
+    }
+    if (mode == "release-holds") { // USER and COUNT are unused
+        auto r = ledger.releaseHolds(prefix);
+        if (!r)
+            return 1;
+        std::printf("released %lld\n", static_cast<long long>(*r));
+        return 0;
+    }
     if (mode == "journal" && argc >= 7) {
         ChargeJournal journal(argv[6]);
         for (int i = 0; i < count; ++i) {
