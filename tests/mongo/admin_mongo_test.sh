@@ -52,7 +52,9 @@ expect "given back" "^creditsNew 1.500000000$"
 expect "none held" "^heldCreditsNew 0.000000000$"
 check "balance unknown" 1 "$ADMIN" $L balance "$bob"
 check "usage empty" 0 "$ADMIN" $L usage "$alice" --last 5
-[ -z "$(grep -v '^$' <<<"$out")" ] || expect "usage header only" "^[^0-9]"
+# (mongoc warns on stderr when a stale /dev/shm/mongoc-PID has this process's pid)
+[ -z "$(grep -v -e '^$' -e 'mongoc: Falling back to malloc for counters' <<<"$out")" ] ||
+  expect "usage header only" "^[^0-9]"
 # Two charges through the library (the admin tool cannot charge), then usage lists them.
 prefix="adm$(hex 4)-"
 check "charge twice" 0 "$worker" settle "$TROLLPROXY_TEST_LEDGER_URI" "$alice" 2 "$prefix"
