@@ -13,7 +13,8 @@ using Holds = std::vector<std::pair<std::string, std::string>>; // user, request
 
 // The holds of user d whose request id starts with prefix. Holds taken before
 // they carried their id (`requestId`) go by their key, fieldSafe(id).
-void collectByPrefix(const bson_t* d, const std::string& user, std::string_view prefix, Holds& out) {
+void collectByPrefix(const bson_t* d, const std::string& user, std::string_view prefix,
+                     Holds& out) {
     bson_iter_t sub, entry;
     if (!bson_iter_init_find(&sub, d, "trollproxyHolds") || !BSON_ITER_HOLDS_DOCUMENT(&sub) ||
         !bson_iter_recurse(&sub, &entry))
@@ -33,7 +34,8 @@ void collectByPrefix(const bson_t* d, const std::string& user, std::string_view 
 
 Result<std::int64_t> MongoLedger::releaseHolds(std::string_view requestIdPrefix) {
     if (requestIdPrefix.empty())
-        return Error{ErrorCode::InvalidArgument, "an empty request id prefix would release every hold"};
+        return Error{ErrorCode::InvalidArgument,
+                     "an empty request id prefix would release every hold"};
     // Hold ids are field names, which a query cannot match by prefix: read the users
     // with holds (only that field) and compare here, literally.
     Holds found;
@@ -47,7 +49,8 @@ Result<std::int64_t> MongoLedger::releaseHolds(std::string_view requestIdPrefix)
         BSON_APPEND_DOCUMENT_BEGIN(opts.get(), "projection", &proj);
         BSON_APPEND_INT32(&proj, "trollproxyHolds", 1);
         bson_append_document_end(opts.get(), &proj);
-        mongoc_cursor_t* cur = mongoc_collection_find_with_opts(c.get(), filter.get(), opts.get(), nullptr);
+        mongoc_cursor_t* cur =
+            mongoc_collection_find_with_opts(c.get(), filter.get(), opts.get(), nullptr);
         const bson_t* d = nullptr;
         while (mongoc_cursor_next(cur, &d)) {
             bson_iter_t it;
