@@ -179,6 +179,8 @@ struct Rig {
     std::unique_ptr<CreditLedger> ledger; // a second handle, for sweeps
     std::unique_ptr<ProxyService> service;
     std::string key;
+    Config config;
+    std::string uri;
 
     explicit Rig(const std::string& settings, const std::string& usd = "10",
                  const std::function<void(Rig&)>& beforeService = {},
@@ -200,6 +202,14 @@ struct Rig {
         ledger = std::move(*openLedger(uri));
         if (beforeService)
             beforeService(*this);
+        config = std::move(*cfg);
+        this->uri = uri;
+        startService(wrap);
+    }
+    /// A new service process on the same ledger and journal (the old one is gone).
+    void startService(
+        const std::function<std::unique_ptr<CreditLedger>(std::unique_ptr<CreditLedger>)>& wrap = {}) {
+        service.reset();
         ServiceParts parts;
         parts.ledger = std::move(*openLedger(uri));
         if (wrap)
@@ -211,7 +221,7 @@ struct Rig {
             return n == "TROLLPROXY_UPSTREAM_KEYS" ? std::string("k1,k2") : std::string();
         };
         parts.clock = clock;
-        auto svc = ProxyService::create(std::move(*cfg), std::move(parts));
+        auto svc = ProxyService::create(config, std::move(parts));
         REQUIRE_MESSAGE(svc, svc.error().message);
         service = std::move(*svc);
     }
@@ -464,4 +474,26 @@ TEST_CASE("synchronous settlement settles on the request's thread before answeri
     REQUIRE(r.status == 200);
     CHECK(flaky->settledOnCaller == 1);
     CHECK(rig.balance() + *Money::parse(rig.header(r, "x-trollproxy-cost")) == *Money::parse("10"));
+}
+
+TEST_CASE("a restarted process gives back at once the holds its previous life left") {
+    Rig rig("\"hold_ttl_seconds\": 900");
+    rig.upstream->scripts.push_back(anthropicWhole(10));
+    HttpResponse r = rig.post(false, 20);
+    REQUIRE(r.status == 200);
+    const std::string id = rig.header(r, "x-request-id");
+    REQUIRE(id.rfind("req_", 0) == 0);
+    const std::string prefix = id.substr(0, id.find('_', 4) + 1); // "req_" + instance + "_"
+    REQUIRE(prefix.size() > 5);
+    const Money before = rig.balance();
+    // What the process was holding when it was killed, and another instance's hold.
+    const std::int64_t far = rig.clock->wallMs() + 3'600'000;
+    REQUIRE(rig.ledger->reserve({prefix + "dead1", "u", Pool::CreditsNew, *Money::parse("1"), far}) ==
+            ReserveStatus::Reserved);
+    REQUIRE(rig.ledger->reserve({"req_0therins_dead2", "u", Pool::CreditsNew, *Money::parse("2"), far}) ==
+            ReserveStatus::Reserved);
+    REQUIRE(rig.balance() == before - *Money::parse("3"));
+    rig.startService(); // same journal: same instance
+    CHECK(rig.balance() == before - *Money::parse("2")); // its own hold back, the other's kept
+    CHECK(rig.admin->balance("u")->heldCreditsNew == *Money::parse("2"));
 }

@@ -42,6 +42,7 @@ inline void recordLikeTheService(Metrics& m) {
               n);
     m.set("trollproxy_ledger_up", 1);
     m.add("trollproxy_holds_expired_total", 3);
+    m.add("trollproxy_holds_released_at_start_total", 2);
     m.set("trollproxy_journal_pending", 0);
     m.add("trollproxy_settlement_batches_total", 2);
     m.add("trollproxy_settlement_charges_total", 70);

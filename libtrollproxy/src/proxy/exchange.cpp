@@ -12,12 +12,12 @@ namespace trollproxy::internal {
 
 namespace {
 
-std::string newRequestId() {
+std::string newRequestId(const std::string& prefix) {
     thread_local std::mt19937_64 rng{std::random_device{}()};
-    char buf[40];
-    std::snprintf(buf, sizeof buf, "req_%016llx%08llx", static_cast<unsigned long long>(rng()),
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%016llx%08llx", static_cast<unsigned long long>(rng()),
                   static_cast<unsigned long long>(rng() & 0xffffffffULL));
-    return buf;
+    return prefix + buf;
 }
 
 HeaderList rateHeaders(const RateDecision& rate) {
@@ -38,7 +38,7 @@ std::string withCapNote(std::string note, bool capped) {
 Exchange::Exchange(const ExchangeParts& parts, std::shared_ptr<const Routing> routing,
                    const HttpRequest& http, ApiFormat format, std::string route)
     : parts_(parts), routing_(std::move(routing)), http_(&http), format_(format),
-      route_(std::move(route)), requestId_(newRequestId()), startNs_(parts.clock.steadyNs()),
+      route_(std::move(route)), requestId_(newRequestId(parts.requestIdPrefix)), startNs_(parts.clock.steadyNs()),
       promptBytes_(static_cast<std::int64_t>(http.body.size())),
       hold_(parts.ledger, parts.metrics, parts.clock) {}
 

@@ -29,6 +29,9 @@ struct ExchangeParts {
     Metrics& metrics;
     const Clock& clock;
     const std::atomic<std::int64_t>& shutdownDeadlineMs; ///< steady ms; 0: not shutting down
+    /// Starts every request id of this process ("req_" + instance + "_"), so
+    /// that a restarted process can find the holds its previous life left.
+    const std::string& requestIdPrefix;
 };
 
 /// What one request owns: the caller, the routed model, the hold, the upstream

@@ -17,6 +17,8 @@ constexpr std::string_view kLatencyFamily = "trollproxy_request_duration_seconds
 constexpr std::pair<std::string_view, std::string_view> kHelp[] = {
     {"trollproxy_cost_usd_total", "USD charged for requests, by model and pool."},
     {"trollproxy_holds_expired_total", "Credit holds released by the expiry sweep."},
+    {"trollproxy_holds_released_at_start_total",
+     "Holds this process's previous life left, released when it started again."},
     {"trollproxy_journal_corrupt_lines_total",
      "Journal lines torn by a crash mid-write, dropped at start (never acknowledged)."},
     {"trollproxy_journal_pending", "Charges in the journal not yet applied to the ledger."},

@@ -2,6 +2,7 @@
 #include "proxy/proxy_service.hpp"
 
 #include <cstdio>
+#include <filesystem>
 #include <optional>
 
 #include "core/json_writer.hpp"
@@ -51,6 +52,20 @@ HttpResponse notAllowed(ApiFormat format, std::string message) {
     return toHttp(refuse(OutcomeKind::MethodNotAllowed, std::move(message)), format);
 }
 
+// This process's request ids: "req_" + a digest of its journal's absolute path
+// (one journal per instance) + "_". The same after a restart, so the new
+// process recognises the holds the old one left.
+std::string requestIdPrefixFor(const std::string& journal) {
+    std::error_code ec;
+    std::string path = std::filesystem::absolute(journal, ec).lexically_normal().string();
+    std::uint64_t h = 1469598103934665603ULL; // FNV-1a
+    for (unsigned char c : path)
+        h = (h ^ c) * 1099511628211ULL;
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "%08llx", static_cast<unsigned long long>(h & 0xffffffffULL));
+    return std::string("req_") + buf + "_";
+}
+
 void logInternalError(std::string_view what) {
     std::fprintf(
         stderr, "%s\n",
@@ -65,9 +80,15 @@ ProxyServiceImpl::ProxyServiceImpl(std::shared_ptr<const Routing> routing, Servi
       clock_(parts.clock ? parts.clock : systemClock()),
       settlements_(routing_->config->journalFile(), *ledger_, metrics_, *clock_),
       auth_(*ledger_, metrics_, *clock_), biller_(*ledger_, settlements_, metrics_, *clock_),
-      parts_{*ledger_, auth_, biller_, *upstream_, metrics_, *clock_, shutdownDeadlineMs_} {
-    // Charges a previous process left in the journal are settled from now on.
+      requestIdPrefix_(requestIdPrefixFor(routing_->config->journalFile())),
+      parts_{*ledger_,   auth_,   biller_, *upstream_, metrics_, *clock_, shutdownDeadlineMs_,
+             requestIdPrefix_} {
+    // Charges a previous process left in the journal are settled first, then
+    // the holds it left (it died mid-request) go back now, not after
+    // hold_ttl_seconds. The ledger being down leaves them to the sweep.
     settlements_.start();
+    if (auto n = ledger_->releaseHolds(requestIdPrefix_); n && *n > 0)
+        metrics_.add("trollproxy_holds_released_at_start_total", static_cast<double>(*n));
     tick();
 }
 

@@ -57,6 +57,7 @@ private:
     CallerAuth auth_;
     Biller biller_;
     std::atomic<std::int64_t> shutdownDeadlineMs_{0};
+    const std::string requestIdPrefix_;
     ExchangeParts parts_;
     std::atomic<bool> ready_{false};
     std::int64_t lastSweepMs_ = 0;

@@ -63,16 +63,22 @@ SettlementQueue::~SettlementQueue() {
 }
 
 void SettlementQueue::start() {
+    {
+        std::lock_guard lock(mutex_);
+        if (!flushers_.empty() || stopping_)
+            return;
+        std::int64_t corrupt = 0;
+        for (auto& c : readJournal(path_, corrupt))
+            queue_.push_back(std::move(c));
+        if (corrupt > 0)
+            metrics_.add("trollproxy_journal_corrupt_lines_total", static_cast<double>(corrupt));
+        removeWhenEmpty_ = true;
+        compact(); // the file now holds exactly the queue, without torn lines
+    }
+    // What a previous process left is settled before anything else, while its
+    // holds are still in the ledger (the caller may release them next).
+    drainAll();
     std::lock_guard lock(mutex_);
-    if (!flushers_.empty() || stopping_)
-        return;
-    std::int64_t corrupt = 0;
-    for (auto& c : readJournal(path_, corrupt))
-        queue_.push_back(std::move(c));
-    if (corrupt > 0)
-        metrics_.add("trollproxy_journal_corrupt_lines_total", static_cast<double>(corrupt));
-    removeWhenEmpty_ = true;
-    compact(); // the file now holds exactly the queue, without torn lines
     for (int i = 0; i < kFlushers; ++i)
         flushers_.emplace_back([this] { run(); });
 }

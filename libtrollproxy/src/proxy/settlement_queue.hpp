@@ -32,7 +32,8 @@ public:
     SettlementQueue(const SettlementQueue&) = delete;
     SettlementQueue& operator=(const SettlementQueue&) = delete;
 
-    /// Queues the charges a previous process left in the journal, and starts the flusher.
+    /// Settles the charges a previous process left in the journal (as far as
+    /// the ledger takes them now), then starts the flushers.
     void start();
 
     /// Journals the charge and queues it; with `sync` the line is fsync'd
