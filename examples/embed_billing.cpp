@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <unistd.h>
 
@@ -57,6 +58,79 @@ void printBalance(const char* label, Pool pool, const Balance& b) {
                 spendable(pool, b).toString().c_str(), used(pool, b).toString().c_str());
 }
 
+// Adds the user and a key, credits `deposit` to the pool's deposit field and signs in
+// with the key as the proxy does; nullopt when no key was made.
+std::optional<AuthOutcome> openAccount(CreditLedger& ledger, LedgerAdmin& admin, const std::string& user,
+                                       Pool pool, Money deposit) {
+    check(admin.addUser(user).ok(), "add user " + user);
+    auto key = admin.addKey(user);
+    check(key.ok(), "add key");
+    if (!key)
+        return std::nullopt;
+    check(admin.credit(user, depositField(pool), deposit).ok(),
+          "credit 1 USD to " + std::string(balanceFieldName(depositField(pool))));
+    AuthOutcome auth = ledger.authenticate(*key);
+    check(auth.status == AuthStatus::Authorized && auth.account.userId == user,
+          "the key authenticates");
+    return auth;
+}
+
+// Prices the usage, checked against the documented formula.
+Money priceAndCheck(const PriceTable& prices, const Usage& usage) {
+    Money cost = priceUsage(prices, usage);
+    std::printf(
+        "  usage   input=1000 cache_write=2000 cache_read=10000 output=500 -> cost %s USD\n",
+        cost.toString().c_str());
+    check(cost == expectedCost(prices, usage), "priceUsage matches the documented formula");
+    return cost;
+}
+
+// Reserves `hold` on a balance of `deposit` (`before`), after one a unit too large.
+void reserveHold(CreditLedger& ledger, LedgerAdmin& admin, const HoldRequest& hold, Money deposit,
+                 const Balance& before) {
+    // A hold larger than the balance is refused and changes nothing.
+    HoldRequest tooBig{hold.requestId + "-big", hold.userId, hold.pool, deposit + Money::fromNanos(1), 0};
+    check(ledger.reserve(tooBig) == ReserveStatus::InsufficientCredits,
+          "a hold above the balance is refused");
+    check(ledger.reserve(hold) == ReserveStatus::Reserved,
+          "reserve a hold of " + hold.amount.toString());
+    auto held = admin.balance(hold.userId);
+    check(held.ok() && spendable(hold.pool, *held) == spendable(hold.pool, before) - hold.amount,
+          "the hold left the balance");
+}
+
+// Settles the charge twice: the first charges exactly its cost, the second nothing.
+void settleTwice(CreditLedger& ledger, const Charge& charge) {
+    SettleOutcome settled = ledger.settle(charge);
+    check(settled.status == SettleStatus::Settled && settled.charged == charge.cost &&
+              settled.shortfall == Money{},
+          "settle charges exactly the cost");
+    check(ledger.settle(charge).status == SettleStatus::AlreadySettled,
+          "settling again changes nothing");
+}
+
+// After the charge: the balance and the counters moved by exactly the charge from
+// `before`, and the request log has its one entry.
+void checkCharged(LedgerAdmin& admin, const Charge& charge, const Balance& before) {
+    auto after = admin.balance(charge.userId);
+    check(after.ok(), "read balance");
+    if (!after)
+        return;
+    printBalance("after", charge.pool, *after);
+    check(spendable(charge.pool, *after) == spendable(charge.pool, before) - charge.cost,
+          "balance fell by the cost");
+    check(used(charge.pool, *after) == used(charge.pool, before) + charge.cost,
+          "the used counter grew by the cost");
+    check(after->totalInputTokens == before.totalInputTokens + charge.usage.totalInput() &&
+              after->totalOutputTokens == before.totalOutputTokens + charge.usage.output,
+          "token counters grew by the usage");
+
+    auto log = admin.usage(charge.userId, 10);
+    check(log.ok() && log->size() == 1 && log->front().requestId == charge.requestId &&
+              log->front().cost == charge.cost && log->front().creditType == poolCreditType(charge.pool),
+          "one request log entry with the cost");
+}
+
 // One request's money, start to end, on the model's pool: `admin` sets the user up
 // and reads balances, `ledger` charges as the proxy's request path does.
 void billOneRequest(CreditLedger& ledger, LedgerAdmin& admin, const ModelConfig& model, int n) {
@@ -64,27 +138,16 @@ void billOneRequest(CreditLedger& ledger, LedgerAdmin& admin, const ModelConfig&
                 model.billingUpstream.c_str(), poolName(model.pool));
     const std::string user = "embed-user-" + std::to_string(n);
     const Money deposit = Money::fromNanos(Money::kNanosPerUsd); // 1 USD
-    check(admin.addUser(user).ok(), "add user " + user);
-    auto key = admin.addKey(user);
-    check(key.ok(), "add key");
-    if (!key)
+    std::optional<AuthOutcome> auth = openAccount(ledger, admin, user, model.pool, deposit);
+    if (!auth)
         return;
-    check(admin.credit(user, depositField(model.pool), deposit).ok(),
-          "credit 1 USD to " + std::string(balanceFieldName(depositField(model.pool))));
-    AuthOutcome auth = ledger.authenticate(*key);
-    check(auth.status == AuthStatus::Authorized && auth.account.userId == user,
-          "the key authenticates");
 
     Usage usage{.uncachedInput = 1000,
                 .cacheWrite = 2000,
                 .cacheRead = 10000,
                 .output = 500,
                 .estimated = false};
-    Money cost = priceUsage(model.prices, usage);
-    std::printf(
-        "  usage   input=1000 cache_write=2000 cache_read=10000 output=500 -> cost %s USD\n",
-        cost.toString().c_str());
-    check(cost == expectedCost(model.prices, usage), "priceUsage matches the documented formula");
+    Money cost = priceAndCheck(model.prices, usage);
 
     auto before = admin.balance(user);
     check(before.ok(), "read balance");
@@ -92,53 +155,22 @@ void billOneRequest(CreditLedger& ledger, LedgerAdmin& admin, const ModelConfig&
         return;
     printBalance("before", model.pool, *before);
 
-    // A hold larger than the balance is refused and changes nothing.
-    const std::string requestId = "embed-req-" + std::to_string(n);
-    HoldRequest tooBig{requestId + "-big", user, model.pool, deposit + Money::fromNanos(1), 0};
-    check(ledger.reserve(tooBig) == ReserveStatus::InsufficientCredits,
-          "a hold above the balance is refused");
-
     // Hold twice the cost (an upper bound, as the proxy does), then settle.
+    const std::string requestId = "embed-req-" + std::to_string(n);
     Money holdAmount = cost + cost;
     HoldRequest hold{requestId, user, model.pool, holdAmount, 4'102'444'800'000}; // expires in 2100
-    check(ledger.reserve(hold) == ReserveStatus::Reserved,
-          "reserve a hold of " + holdAmount.toString());
-    auto held = admin.balance(user);
-    check(held.ok() && spendable(model.pool, *held) == spendable(model.pool, *before) - holdAmount,
-          "the hold left the balance");
+    reserveHold(ledger, admin, hold, deposit, *before);
 
     Charge charge;
     charge.requestId = requestId;
     charge.userId = user;
-    charge.keyId = auth.account.keyId;
+    charge.keyId = auth->account.keyId;
     charge.model = model.id;
     charge.pool = model.pool;
     charge.usage = usage;
     charge.cost = cost;
-    SettleOutcome settled = ledger.settle(charge);
-    check(settled.status == SettleStatus::Settled && settled.charged == cost &&
-              settled.shortfall == Money{},
-          "settle charges exactly the cost");
-    check(ledger.settle(charge).status == SettleStatus::AlreadySettled,
-          "settling again changes nothing");
-
-    auto after = admin.balance(user);
-    check(after.ok(), "read balance");
-    if (!after)
-        return;
-    printBalance("after", model.pool, *after);
-    check(spendable(model.pool, *after) == spendable(model.pool, *before) - cost,
-          "balance fell by the cost");
-    check(used(model.pool, *after) == used(model.pool, *before) + cost,
-          "the used counter grew by the cost");
-    check(after->totalInputTokens == before->totalInputTokens + usage.totalInput() &&
-              after->totalOutputTokens == before->totalOutputTokens + usage.output,
-          "token counters grew by the usage");
-
-    auto log = admin.usage(user, 10);
-    check(log.ok() && log->size() == 1 && log->front().requestId == requestId &&
-              log->front().cost == cost && log->front().creditType == poolCreditType(model.pool),
-          "one request log entry with the cost");
+    settleTwice(ledger, charge);
+    checkCharged(admin, charge, *before);
 }
 
 } // namespace

@@ -246,12 +246,103 @@ void appendGiveBack(const bson_t* user, const std::string& holdKey, bson_t* filt
     appendExists(filter, holdKey, true);
 }
 
+// Copies the pending marker at `it` into record, without the time it was written.
+void copyMarker(const bson_iter_t* it, bson_t* record) {
+    uint32_t len = 0;
+    const uint8_t* data = nullptr;
+    bson_iter_document(it, &len, &data);
+    bson_t marker;
+    bson_reinit(record);
+    if (bson_init_static(&marker, data, len))
+        bson_copy_to_excluding_noinit(&marker, record, "at", nullptr);
+}
+
+// $set: the balances after the charge, and the pending marker (the log entry in record,
+// and when it was written); $inc: the pool's used counter and the token counters.
+void appendCharge(const Charge& ch, const PoolFields& bal, const internal::Settlement& st,
+                  const std::string& pendingKey, const bson_t* record, bson_t* update) {
+    bool isNew = ch.pool == Pool::CreditsNew;
+    std::int64_t tokensIn = ch.usage.totalInput();
+    bson_t set, inc, pend;
+    BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
+    setChangedBalances(&set, bal, st.after);
+    bson_append_document_begin(&set, pendingKey.c_str(), -1, &pend);
+    bson_concat(&pend, record);
+    BSON_APPEND_INT64(&pend, "at", nowMs());
+    bson_append_document_end(&set, &pend);
+    bson_append_document_end(update, &set);
+    BSON_APPEND_DOCUMENT_BEGIN(update, "$inc", &inc);
+    BSON_APPEND_DOUBLE(&inc, isNew ? "creditsNewUsed" : "creditsUsed", Money{st.charged}.toUsdDouble());
+    if (isNew)
+        BSON_APPEND_INT64(&inc, "tokensUserNew", tokensIn + ch.usage.output);
+    BSON_APPEND_INT64(&inc, "totalInputTokens", tokensIn);
+    BSON_APPEND_INT64(&inc, "totalOutputTokens", ch.usage.output);
+    bson_append_document_end(update, &inc);
+}
+
+// settle()'s compare-and-set plan, run again on every attempt: one update on the user
+// that takes the charge and leaves its log entry (record) in a pending marker.
+struct SettlePlan {
+    explicit SettlePlan(const Charge& c)
+        : ch(c), holdKey("trollproxyHolds." + fieldSafe(c.requestId)),
+          pendingKey("trollproxyPending." + fieldSafe(c.requestId)),
+          entry{c.requestId,  c.userId,    c.keyId,   c.model,
+                c.usage,      Money{},     c.cost,    poolCreditType(c.pool),
+                c.statusCode, c.latencyMs, c.success, c.createdAtMs,
+                c.responseId} {}
+
+    bool operator()(const bson_t* user, bson_t* filter, bson_t* update) {
+        bool hasHold = hasField(user, holdKey);
+        bson_iter_t it;
+        if (bson_iter_init(&it, user) && bson_iter_find_descendant(&it, pendingKey.c_str(), &it) &&
+            BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            // The money moved before (a crash, or a racing settle) and its log
+            // entry is not written yet: write that one; give back a newer hold.
+            copyMarker(&it, record.get());
+            if (hasHold)
+                appendGiveBack(user, holdKey, filter, update);
+            return true;
+        }
+        PoolFields bal = readBalance(user), held = heldBy(user, holdKey);
+        internal::Settlement st = internal::settleAgainst(ch.pool, ch.cost.nanos, held, bal);
+        entry.cost = Money{st.charged};
+        entry.shortfall = Money{st.shortfall};
+        bson_reinit(record.get());
+        internal::appendLogEntry(record.get(), entry, poolName(ch.pool));
+        appendCharge(ch, bal, st, pendingKey, record.get(), update);
+        if (hasHold) {
+            bson_t unset;
+            BSON_APPEND_DOCUMENT_BEGIN(update, "$unset", &unset);
+            BSON_APPEND_UTF8(&unset, holdKey.c_str(), "");
+            bson_append_document_end(update, &unset);
+        }
+        appendExists(filter, holdKey, hasHold);
+        appendExists(filter, pendingKey, false);
+        return true;
+    }
+
+    const Charge& ch;
+    std::string holdKey, pendingKey;
+    LogEntry entry;
+    Doc record; // the log entry, as stored in the pending marker and then in request_logs
+};
+
+// The key's statistics after a settlement: tokens, requests, last use.
+void appendKeyUsage(const Charge& ch, bson_t* update) {
+    bson_t inc, set;
+    BSON_APPEND_DOCUMENT_BEGIN(update, "$inc", &inc);
+    BSON_APPEND_INT64(&inc, "tokensUsed", ch.usage.totalInput() + ch.usage.output);
+    BSON_APPEND_INT64(&inc, "requestsCount", 1);
+    bson_append_document_end(update, &inc);
+    BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
+    BSON_APPEND_DATE_TIME(&set, "lastUsedAt", ch.createdAtMs);
+    bson_append_document_end(update, &set);
+}
+
 } // namespace
 
 SettleOutcome MongoLedger::settle(const Charge& ch) {
     SettleOutcome out;
-    std::string holdKey = "trollproxyHolds." + fieldSafe(ch.requestId);
-    std::string pendingKey = "trollproxyPending." + fieldSafe(ch.requestId);
     Doc logFilter, existing;
     BSON_APPEND_UTF8(logFilter.get(), "requestId", ch.requestId.c_str());
     Found logged = findOne("request_logs", logFilter.get(), existing);
@@ -265,71 +356,18 @@ SettleOutcome MongoLedger::settle(const Charge& ch) {
         out.status = SettleStatus::AlreadySettled;
         return out;
     }
-    LogEntry entry{ch.requestId,  ch.userId,    ch.keyId,   ch.model,
-                   ch.usage,      Money{},      ch.cost,    poolCreditType(ch.pool),
-                   ch.statusCode, ch.latencyMs, ch.success, ch.createdAtMs,
-                   ch.responseId};
-    Doc record; // the log entry, as stored in the pending marker and then in request_logs
-    Cas r = casUser(ch.userId, [&](const bson_t* user, bson_t* filter, bson_t* update) {
-        bool hasHold = hasField(user, holdKey);
-        bson_iter_t it;
-        if (bson_iter_init(&it, user) && bson_iter_find_descendant(&it, pendingKey.c_str(), &it) &&
-            BSON_ITER_HOLDS_DOCUMENT(&it)) {
-            // The money moved before (a crash, or a racing settle) and its log
-            // entry is not written yet: write that one; give back a newer hold.
-            uint32_t len = 0;
-            const uint8_t* data = nullptr;
-            bson_iter_document(&it, &len, &data);
-            bson_t marker;
-            bson_reinit(record.get());
-            if (bson_init_static(&marker, data, len))
-                bson_copy_to_excluding_noinit(&marker, record.get(), "at", nullptr);
-            if (hasHold)
-                appendGiveBack(user, holdKey, filter, update);
-            return true;
-        }
-        PoolFields bal = readBalance(user), held = heldBy(user, holdKey);
-        internal::Settlement st = internal::settleAgainst(ch.pool, ch.cost.nanos, held, bal);
-        entry.cost = Money{st.charged};
-        entry.shortfall = Money{st.shortfall};
-        bson_reinit(record.get());
-        internal::appendLogEntry(record.get(), entry, poolName(ch.pool));
-        bool isNew = ch.pool == Pool::CreditsNew;
-        std::int64_t tokensIn = ch.usage.totalInput();
-        bson_t set, inc, unset, pend;
-        BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
-        setChangedBalances(&set, bal, st.after);
-        bson_append_document_begin(&set, pendingKey.c_str(), -1, &pend);
-        bson_concat(&pend, record.get());
-        BSON_APPEND_INT64(&pend, "at", nowMs());
-        bson_append_document_end(&set, &pend);
-        bson_append_document_end(update, &set);
-        BSON_APPEND_DOCUMENT_BEGIN(update, "$inc", &inc);
-        BSON_APPEND_DOUBLE(&inc, isNew ? "creditsNewUsed" : "creditsUsed", Money{st.charged}.toUsdDouble());
-        if (isNew)
-            BSON_APPEND_INT64(&inc, "tokensUserNew", tokensIn + ch.usage.output);
-        BSON_APPEND_INT64(&inc, "totalInputTokens", tokensIn);
-        BSON_APPEND_INT64(&inc, "totalOutputTokens", ch.usage.output);
-        bson_append_document_end(update, &inc);
-        if (hasHold) {
-            BSON_APPEND_DOCUMENT_BEGIN(update, "$unset", &unset);
-            BSON_APPEND_UTF8(&unset, holdKey.c_str(), "");
-            bson_append_document_end(update, &unset);
-        }
-        appendExists(filter, holdKey, hasHold);
-        appendExists(filter, pendingKey, false);
-        return true;
-    });
+    SettlePlan plan(ch);
+    Cas r = casUser(ch.userId, plan);
     if (r == Cas::Unavailable || r == Cas::Refused)
         return out;
     if (r == Cas::Applied)
         ledgerTestPoint("mongo-crash-after-charge"); // the money moved, its log entry is not written yet
     if (r == Cas::NotFound) {
         // The user is gone: nothing to take; the whole cost is shortfall.
-        bson_reinit(record.get());
-        internal::appendLogEntry(record.get(), entry, poolName(ch.pool));
+        bson_reinit(plan.record.get());
+        internal::appendLogEntry(plan.record.get(), plan.entry, poolName(ch.pool));
     }
-    Write w = writeLog(record.get());
+    Write w = writeLog(plan.record.get());
     if (w == Write::Failed)
         return out; // the pending marker keeps the retry (or the sweep) from applying it twice
     unsetPending(ch.userId, ch.requestId);
@@ -341,17 +379,10 @@ SettleOutcome MongoLedger::settle(const Charge& ch) {
         out.status = SettleStatus::AlreadySettled; // a racing settle of the same id wrote it
         return out;
     }
-    LogEntry done = internal::logEntryFrom(record.get());
+    LogEntry done = internal::logEntryFrom(plan.record.get());
     Doc kf, ku;
     BSON_APPEND_UTF8(kf.get(), "_id", ch.keyId.c_str());
-    bson_t inc, set;
-    BSON_APPEND_DOCUMENT_BEGIN(ku.get(), "$inc", &inc);
-    BSON_APPEND_INT64(&inc, "tokensUsed", ch.usage.totalInput() + ch.usage.output);
-    BSON_APPEND_INT64(&inc, "requestsCount", 1);
-    bson_append_document_end(ku.get(), &inc);
-    BSON_APPEND_DOCUMENT_BEGIN(ku.get(), "$set", &set);
-    BSON_APPEND_DATE_TIME(&set, "lastUsedAt", ch.createdAtMs);
-    bson_append_document_end(ku.get(), &set);
+    appendKeyUsage(ch, ku.get());
     updateOne("user_keys", kf.get(), ku.get()); // statistics only
     out.status = SettleStatus::Settled;
     out.charged = done.cost;
@@ -430,81 +461,6 @@ Result<void> MongoLedger::renewHold(std::string_view requestId, std::int64_t exp
     if (n == 0)
         return Error{ErrorCode::NotFound, "request " + id + " holds nothing"};
     return {};
-}
-
-Result<std::int64_t> MongoLedger::sweepExpiredHolds(std::int64_t now) {
-    // Also finishes settlements whose money moved but whose log entry a crashed
-    // process never wrote (the pending marker holds the whole entry). A marker
-    // younger than kPendingGraceMs may belong to a settle still running.
-    constexpr std::int64_t kPendingGraceMs = 30'000;
-    Coll c(pool_, db_, "usersNew");
-    Doc filter, opts;
-    bson_t list, alt, cond, proj;
-    BSON_APPEND_ARRAY_BEGIN(filter.get(), "$or", &list);
-    const char* owned[2] = {"trollproxyHolds", "trollproxyPending"};
-    for (int i = 0; i < 2; ++i) {
-        bson_append_document_begin(&list, i == 0 ? "0" : "1", -1, &alt);
-        bson_append_document_begin(&alt, owned[i], -1, &cond);
-        BSON_APPEND_BOOL(&cond, "$exists", true);
-        bson_append_document_end(&alt, &cond);
-        bson_append_document_end(&list, &alt);
-    }
-    bson_append_array_end(filter.get(), &list);
-    BSON_APPEND_DOCUMENT_BEGIN(opts.get(), "projection", &proj);
-    BSON_APPEND_INT32(&proj, "trollproxyHolds", 1);
-    BSON_APPEND_INT32(&proj, "trollproxyPending", 1);
-    bson_append_document_end(opts.get(), &proj);
-    mongoc_cursor_t* cur = mongoc_collection_find_with_opts(c.get(), filter.get(), opts.get(), nullptr);
-    std::vector<std::pair<std::string, std::string>> expired;
-    std::vector<std::pair<std::string, std::unique_ptr<Doc>>> pending;
-    const bson_t* d = nullptr;
-    while (mongoc_cursor_next(cur, &d)) {
-        bson_iter_t it, sub, entry;
-        std::string user;
-        if (bson_iter_init_find(&it, d, "_id"))
-            user = internal::userNameOf(&it);
-        if (bson_iter_init_find(&sub, d, "trollproxyHolds") && BSON_ITER_HOLDS_DOCUMENT(&sub) &&
-            bson_iter_recurse(&sub, &entry)) {
-            while (bson_iter_next(&entry)) {
-                bson_iter_t exp;
-                if (bson_iter_recurse(&entry, &exp) && bson_iter_find(&exp, "expiresAt") &&
-                    bson_iter_as_int64(&exp) < now)
-                    expired.emplace_back(user, bson_iter_key(&entry));
-            }
-        }
-        if (bson_iter_init_find(&sub, d, "trollproxyPending") && BSON_ITER_HOLDS_DOCUMENT(&sub) &&
-            bson_iter_recurse(&sub, &entry)) {
-            while (bson_iter_next(&entry)) {
-                if (!BSON_ITER_HOLDS_DOCUMENT(&entry))
-                    continue;
-                uint32_t len = 0;
-                const uint8_t* data = nullptr;
-                bson_iter_document(&entry, &len, &data);
-                bson_t marker;
-                if (!bson_init_static(&marker, data, len) ||
-                    internal::intField(&marker, "at", INT64_MAX) >= now - kPendingGraceMs)
-                    continue;
-                auto record = std::make_unique<Doc>();
-                bson_copy_to_excluding_noinit(&marker, record->get(), "at", nullptr);
-                pending.emplace_back(user, std::move(record));
-            }
-        }
-    }
-    bson_error_t err;
-    bool failed = mongoc_cursor_error(cur, &err);
-    mongoc_cursor_destroy(cur);
-    if (failed)
-        return Error{ErrorCode::Unavailable, std::string("MongoDB: ") + err.message};
-    for (const auto& [user, record] : pending) {
-        if (writeLog(record->get()) != Write::Failed)
-            unsetPending(user, internal::stringField(record->get(), "requestId"));
-    }
-    std::int64_t n = 0;
-    for (const auto& [user, id] : expired) {
-        if (releaseOn(user, id) == Cas::Applied)
-            ++n;
-    }
-    return n;
 }
 
 Result<std::string> MongoLedger::responseOwner(std::string_view responseId) {

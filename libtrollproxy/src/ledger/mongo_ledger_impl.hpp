@@ -1,5 +1,5 @@
-// The MongoDB ledger's class and the helpers its two source files share
-// (mongo_ledger.cpp: the request path; mongo_admin.cpp: administration).
+// The MongoDB ledger's class and the helpers its source files share (mongo_ledger.cpp:
+// the request path; mongo_sweep.cpp: the expiry sweep; mongo_admin.cpp: administration).
 #pragma once
 
 #include <atomic>

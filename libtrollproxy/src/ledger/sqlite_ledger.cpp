@@ -302,36 +302,53 @@ private:
         }
         if (seen != SQLITE_DONE)
             return false;
-        PoolFields held;
-        {
-            Stmt s = c.prepare("SELECT fromCredits, fromRefCredits, fromCreditsNew FROM holds WHERE requestId = ?");
-            s.bind(1, ch.requestId);
-            if (s.step() == SQLITE_ROW)
-                held = {s.integer(0), s.integer(1), s.integer(2)};
-        }
+        PoolFields held = heldFor(c, ch.requestId);
         PoolFields bal;
         bool userExists = readFields(c, ch.userId, bal);
         if (!userExists)
             bal = held; // only the hold can be accounted for
         Settlement st = settleAgainst(ch.pool, ch.cost.nanos, held, bal);
-        std::int64_t tokensIn = ch.usage.totalInput();
-        if (userExists) {
-            bool isNew = ch.pool == Pool::CreditsNew;
-            Stmt up = c.prepare(
-                "UPDATE usersNew SET credits = ?, refCredits = ?, creditsNew = ?, creditsUsed = creditsUsed + ?, "
-                "creditsNewUsed = creditsNewUsed + ?, tokensUserNew = tokensUserNew + ?, "
-                "totalInputTokens = totalInputTokens + ?, totalOutputTokens = totalOutputTokens + ? WHERE id = ?");
-            up.bind(1, st.after.credits).bind(2, st.after.refCredits).bind(3, st.after.creditsNew);
-            up.bind(4, isNew ? 0 : st.charged).bind(5, isNew ? st.charged : 0);
-            up.bind(6, isNew ? tokensIn + ch.usage.output : 0).bind(7, tokensIn).bind(8, ch.usage.output);
-            up.bind(9, ch.userId);
-            if (up.step() != SQLITE_DONE)
-                return false;
-        }
+        if (userExists && !chargeUserIn(c, ch, st))
+            return false;
         Stmt del = c.prepare("DELETE FROM holds WHERE requestId = ?");
         del.bind(1, ch.requestId);
         if (del.step() != SQLITE_DONE)
             return false;
+        if (!logSettlementIn(c, ch, st) || !countKeyUseIn(c, ch))
+            return false;
+        out.status = SettleStatus::Settled;
+        out.charged = Money{st.charged};
+        out.shortfall = Money{st.shortfall};
+        return true;
+    }
+
+    // What the request's hold took from each field; zero when it holds nothing.
+    static PoolFields heldFor(Connection& c, const std::string& id) {
+        PoolFields held;
+        Stmt s = c.prepare("SELECT fromCredits, fromRefCredits, fromCreditsNew FROM holds WHERE requestId = ?");
+        s.bind(1, id);
+        if (s.step() == SQLITE_ROW)
+            held = {s.integer(0), s.integer(1), s.integer(2)};
+        return held;
+    }
+
+    // The user's balances after the settlement, and the pool's used and token counters.
+    static bool chargeUserIn(Connection& c, const Charge& ch, const Settlement& st) {
+        bool isNew = ch.pool == Pool::CreditsNew;
+        std::int64_t tokensIn = ch.usage.totalInput();
+        Stmt up = c.prepare(
+            "UPDATE usersNew SET credits = ?, refCredits = ?, creditsNew = ?, creditsUsed = creditsUsed + ?, "
+            "creditsNewUsed = creditsNewUsed + ?, tokensUserNew = tokensUserNew + ?, "
+            "totalInputTokens = totalInputTokens + ?, totalOutputTokens = totalOutputTokens + ? WHERE id = ?");
+        up.bind(1, st.after.credits).bind(2, st.after.refCredits).bind(3, st.after.creditsNew);
+        up.bind(4, isNew ? 0 : st.charged).bind(5, isNew ? st.charged : 0);
+        up.bind(6, isNew ? tokensIn + ch.usage.output : 0).bind(7, tokensIn).bind(8, ch.usage.output);
+        up.bind(9, ch.userId);
+        return up.step() == SQLITE_DONE;
+    }
+
+    // The settlement's request log entry, and its shortfall added to the running total.
+    static bool logSettlementIn(Connection& c, const Charge& ch, const Settlement& st) {
         LogEntry e{ch.requestId,
                    ch.userId,
                    ch.keyId,
@@ -349,16 +366,16 @@ private:
             return false;
         if (st.shortfall > 0 && !addCounter(c, "shortfall", st.shortfall))
             return false;
+        return true;
+    }
+
+    // The key's statistics: tokens, requests, last use.
+    static bool countKeyUseIn(Connection& c, const Charge& ch) {
         Stmt k = c.prepare("UPDATE user_keys SET tokensUsed = tokensUsed + ?, requestsCount = requestsCount + 1, "
                            "lastUsedAt = ? WHERE id = ?");
-        k.bind(1, tokensIn + ch.usage.output).bind(2, ch.createdAtMs);
+        k.bind(1, ch.usage.totalInput() + ch.usage.output).bind(2, ch.createdAtMs);
         k.bind(3, storedKeyId(ch.keyId));
-        if (k.step() != SQLITE_DONE)
-            return false;
-        out.status = SettleStatus::Settled;
-        out.charged = Money{st.charged};
-        out.shortfall = Money{st.shortfall};
-        return true;
+        return k.step() == SQLITE_DONE;
     }
 
     static bool readFields(Connection& c, const std::string& user, PoolFields& f) {
