@@ -86,6 +86,66 @@ std::string isoTime(std::int64_t ms) {
     return buf;
 }
 
+// credit NAME POOL AMOUNT
+int creditCommand(LedgerAdmin& l, const std::vector<std::string>& a) {
+    auto amount = Money::parse(a[3]);
+    if (!amount)
+        return fail("AMOUNT: " + amount.error().message);
+    if (amount->nanos < 0)
+        return fail("AMOUNT must not be negative");
+    auto field = parseBalanceField(a[2]);
+    if (!field)
+        return fail(field.error().message);
+    auto r = l.credit(a[1], *field, *amount);
+    return r ? (std::printf("%s %s +%s\n", a[1].c_str(), a[2].c_str(), amount->toString().c_str()), 0)
+             : fail(r.error().message);
+}
+
+// balance NAME
+int balanceCommand(LedgerAdmin& l, const std::string& name) {
+    auto b = l.balance(name);
+    if (!b)
+        return fail(b.error().message);
+    std::printf("credits %s\nrefCredits %s\ncreditsUsed %s\ncreditsNew %s\ncreditsNewUsed %s\n"
+                "tokensUserNew %lld\ntotalInputTokens %lld\ntotalOutputTokens %lld\n",
+                b->credits.toString().c_str(), b->refCredits.toString().c_str(),
+                b->creditsUsed.toString().c_str(), b->creditsNew.toString().c_str(),
+                b->creditsNewUsed.toString().c_str(), static_cast<long long>(b->tokensUserNew),
+                static_cast<long long>(b->totalInputTokens), static_cast<long long>(b->totalOutputTokens));
+    // Holds come after the fields, so that scripts reading those lines see no change.
+    std::printf("heldCredits %s\nheldRefCredits %s\nheldCreditsNew %s\n",
+                b->heldCredits.toString().c_str(), b->heldRefCredits.toString().c_str(),
+                b->heldCreditsNew.toString().c_str());
+    return 0;
+}
+
+// One line of `usage`.
+void printLogEntry(const LogEntry& e) {
+    std::printf("%s %s %s pool=%s status=%d input=%lld output=%lld cache_write=%lld cache_read=%lld "
+                "cost=%s%s%s\n",
+                isoTime(e.createdAtMs).c_str(), e.requestId.c_str(), e.model.c_str(),
+                e.creditType == "ohmygpt" ? "credits" : "creditsNew", e.statusCode,
+                static_cast<long long>(e.usage.uncachedInput), static_cast<long long>(e.usage.output),
+                static_cast<long long>(e.usage.cacheWrite), static_cast<long long>(e.usage.cacheRead),
+                e.cost.toString().c_str(), e.usage.estimated ? " estimated" : "",
+                e.shortfall.nanos ? (" shortfall=" + e.shortfall.toString()).c_str() : "");
+}
+
+// usage NAME [--last N]
+int usageCommand(LedgerAdmin& l, const std::vector<std::string>& a) {
+    std::int64_t last = 20;
+    if (a.size() == 4 && (!parseCount(a[3], last) || last == 0))
+        return fail("--last must be a positive whole number");
+    auto entries = l.usage(a[1], last);
+    if (!entries)
+        return fail(entries.error().message);
+    if (entries->empty() && !l.balance(a[1]))
+        return fail("no user " + a[1]);
+    for (const auto& e : *entries)
+        printLogEntry(e);
+    return 0;
+}
+
 int adminCommand(LedgerAdmin& l, const std::vector<std::string>& a) {
     auto is = [&](std::initializer_list<const char*> words) {
         if (a.size() < words.size())
@@ -110,56 +170,12 @@ int adminCommand(LedgerAdmin& l, const std::vector<std::string>& a) {
         auto r = l.revokeKey(a[2]);
         return r ? (std::printf("key revoked\n"), 0) : fail(r.error().message);
     }
-    if (is({"credit", nullptr, nullptr, nullptr}) && a.size() == 4) {
-        auto amount = Money::parse(a[3]);
-        if (!amount)
-            return fail("AMOUNT: " + amount.error().message);
-        if (amount->nanos < 0)
-            return fail("AMOUNT must not be negative");
-        auto field = parseBalanceField(a[2]);
-        if (!field)
-            return fail(field.error().message);
-        auto r = l.credit(a[1], *field, *amount);
-        return r ? (std::printf("%s %s +%s\n", a[1].c_str(), a[2].c_str(), amount->toString().c_str()), 0)
-                 : fail(r.error().message);
-    }
-    if (is({"balance", nullptr}) && a.size() == 2) {
-        auto b = l.balance(a[1]);
-        if (!b)
-            return fail(b.error().message);
-        std::printf("credits %s\nrefCredits %s\ncreditsUsed %s\ncreditsNew %s\ncreditsNewUsed %s\n"
-                    "tokensUserNew %lld\ntotalInputTokens %lld\ntotalOutputTokens %lld\n",
-                    b->credits.toString().c_str(), b->refCredits.toString().c_str(),
-                    b->creditsUsed.toString().c_str(), b->creditsNew.toString().c_str(),
-                    b->creditsNewUsed.toString().c_str(), static_cast<long long>(b->tokensUserNew),
-                    static_cast<long long>(b->totalInputTokens), static_cast<long long>(b->totalOutputTokens));
-        // Holds come after the fields, so that scripts reading those lines see no change.
-        std::printf("heldCredits %s\nheldRefCredits %s\nheldCreditsNew %s\n",
-                    b->heldCredits.toString().c_str(), b->heldRefCredits.toString().c_str(),
-                    b->heldCreditsNew.toString().c_str());
-        return 0;
-    }
-    if (is({"usage", nullptr}) && (a.size() == 2 || (a.size() == 4 && a[2] == "--last"))) {
-        std::int64_t last = 20;
-        if (a.size() == 4 && (!parseCount(a[3], last) || last == 0))
-            return fail("--last must be a positive whole number");
-        auto entries = l.usage(a[1], last);
-        if (!entries)
-            return fail(entries.error().message);
-        if (entries->empty() && !l.balance(a[1]))
-            return fail("no user " + a[1]);
-        for (const auto& e : *entries) {
-            std::printf("%s %s %s pool=%s status=%d input=%lld output=%lld cache_write=%lld cache_read=%lld "
-                        "cost=%s%s%s\n",
-                        isoTime(e.createdAtMs).c_str(), e.requestId.c_str(), e.model.c_str(),
-                        e.creditType == "ohmygpt" ? "credits" : "creditsNew", e.statusCode,
-                        static_cast<long long>(e.usage.uncachedInput), static_cast<long long>(e.usage.output),
-                        static_cast<long long>(e.usage.cacheWrite), static_cast<long long>(e.usage.cacheRead),
-                        e.cost.toString().c_str(), e.usage.estimated ? " estimated" : "",
-                        e.shortfall.nanos ? (" shortfall=" + e.shortfall.toString()).c_str() : "");
-        }
-        return 0;
-    }
+    if (is({"credit", nullptr, nullptr, nullptr}) && a.size() == 4)
+        return creditCommand(l, a);
+    if (is({"balance", nullptr}) && a.size() == 2)
+        return balanceCommand(l, a[1]);
+    if (is({"usage", nullptr}) && (a.size() == 2 || (a.size() == 4 && a[2] == "--last")))
+        return usageCommand(l, a);
     std::fputs(kUsage, stderr);
     return 1;
 }
