@@ -12,7 +12,7 @@ BUILD=${TROLLPROXY_BUILD_DIR:-build}
 
 APT_PACKAGES=(meson ninja-build pkg-config g++ clang libclang-rt-14-dev
   libcpp-httplib-dev libsimdjson-dev libcurl4-openssl-dev libmongoc-dev libbson-dev
-  libsqlite3-dev doctest-dev nginx-light nodejs npm python3 curl wrk gnuplot-nox prometheus)
+  libsqlite3-dev doctest-dev nginx-light nodejs npm python3 curl wrk gnuplot-nox prometheus clang-format)
 
 log() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 
