@@ -60,8 +60,8 @@ void printBalance(const char* label, Pool pool, const Balance& b) {
 
 // Adds the user and a key, credits `deposit` to the pool's deposit field and signs in
 // with the key as the proxy does; nullopt when no key was made.
-std::optional<AuthOutcome> openAccount(CreditLedger& ledger, LedgerAdmin& admin, const std::string& user,
-                                       Pool pool, Money deposit) {
+std::optional<AuthOutcome> openAccount(CreditLedger& ledger, LedgerAdmin& admin,
+                                       const std::string& user, Pool pool, Money deposit) {
     check(admin.addUser(user).ok(), "add user " + user);
     auto key = admin.addKey(user);
     check(key.ok(), "add key");
@@ -89,7 +89,8 @@ Money priceAndCheck(const PriceTable& prices, const Usage& usage) {
 void reserveHold(CreditLedger& ledger, LedgerAdmin& admin, const HoldRequest& hold, Money deposit,
                  const Balance& before) {
     // A hold larger than the balance is refused and changes nothing.
-    HoldRequest tooBig{hold.requestId + "-big", hold.userId, hold.pool, deposit + Money::fromNanos(1), 0};
+    HoldRequest tooBig{hold.requestId + "-big", hold.userId, hold.pool,
+                       deposit + Money::fromNanos(1), 0};
     check(ledger.reserve(tooBig) == ReserveStatus::InsufficientCredits,
           "a hold above the balance is refused");
     check(ledger.reserve(hold) == ReserveStatus::Reserved,
@@ -127,7 +128,8 @@ void checkCharged(LedgerAdmin& admin, const Charge& charge, const Balance& befor
 
     auto log = admin.usage(charge.userId, 10);
     check(log.ok() && log->size() == 1 && log->front().requestId == charge.requestId &&
-              log->front().cost == charge.cost && log->front().creditType == poolCreditType(charge.pool),
+              log->front().cost == charge.cost &&
+              log->front().creditType == poolCreditType(charge.pool),
           "one request log entry with the cost");
 }
 

@@ -1,4 +1,5 @@
-// trollproxy-admin: users, keys, credits, balances and usage in either ledger; journal replay; price quotes.
+// trollproxy-admin: users, keys, credits, balances and usage in either ledger; journal replay;
+// price quotes.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -42,8 +43,10 @@ bool parseCount(const std::string& s, std::int64_t& out) {
 
 int quote(const std::vector<std::string>& args, const std::string& config) {
     std::string model;
-    std::int64_t counts[5] = {-1, -1, 0, 0, 0}; // input, output, cache write (5 min), cache read, (1 h)
-    const char* names[5] = {"--input", "--output", "--cache-write", "--cache-read", "--cache-write-1h"};
+    std::int64_t counts[5] = {-1, -1, 0, 0,
+                              0}; // input, output, cache write (5 min), cache read, (1 h)
+    const char* names[5] = {"--input", "--output", "--cache-write", "--cache-read",
+                            "--cache-write-1h"};
     for (std::size_t i = 0; i < args.size(); i += 2) {
         if (i + 1 >= args.size())
             return fail(args[i] + " needs a value");
@@ -97,7 +100,8 @@ int creditCommand(LedgerAdmin& l, const std::vector<std::string>& a) {
     if (!field)
         return fail(field.error().message);
     auto r = l.credit(a[1], *field, *amount);
-    return r ? (std::printf("%s %s +%s\n", a[1].c_str(), a[2].c_str(), amount->toString().c_str()), 0)
+    return r ? (std::printf("%s %s +%s\n", a[1].c_str(), a[2].c_str(), amount->toString().c_str()),
+                0)
              : fail(r.error().message);
 }
 
@@ -111,7 +115,8 @@ int balanceCommand(LedgerAdmin& l, const std::string& name) {
                 b->credits.toString().c_str(), b->refCredits.toString().c_str(),
                 b->creditsUsed.toString().c_str(), b->creditsNew.toString().c_str(),
                 b->creditsNewUsed.toString().c_str(), static_cast<long long>(b->tokensUserNew),
-                static_cast<long long>(b->totalInputTokens), static_cast<long long>(b->totalOutputTokens));
+                static_cast<long long>(b->totalInputTokens),
+                static_cast<long long>(b->totalOutputTokens));
     // Holds come after the fields, so that scripts reading those lines see no change.
     std::printf("heldCredits %s\nheldRefCredits %s\nheldCreditsNew %s\n",
                 b->heldCredits.toString().c_str(), b->heldRefCredits.toString().c_str(),
@@ -121,14 +126,15 @@ int balanceCommand(LedgerAdmin& l, const std::string& name) {
 
 // One line of `usage`.
 void printLogEntry(const LogEntry& e) {
-    std::printf("%s %s %s pool=%s status=%d input=%lld output=%lld cache_write=%lld cache_read=%lld "
-                "cost=%s%s%s\n",
-                isoTime(e.createdAtMs).c_str(), e.requestId.c_str(), e.model.c_str(),
-                e.creditType == "ohmygpt" ? "credits" : "creditsNew", e.statusCode,
-                static_cast<long long>(e.usage.uncachedInput), static_cast<long long>(e.usage.output),
-                static_cast<long long>(e.usage.cacheWrite), static_cast<long long>(e.usage.cacheRead),
-                e.cost.toString().c_str(), e.usage.estimated ? " estimated" : "",
-                e.shortfall.nanos ? (" shortfall=" + e.shortfall.toString()).c_str() : "");
+    std::printf(
+        "%s %s %s pool=%s status=%d input=%lld output=%lld cache_write=%lld cache_read=%lld "
+        "cost=%s%s%s\n",
+        isoTime(e.createdAtMs).c_str(), e.requestId.c_str(), e.model.c_str(),
+        e.creditType == "ohmygpt" ? "credits" : "creditsNew", e.statusCode,
+        static_cast<long long>(e.usage.uncachedInput), static_cast<long long>(e.usage.output),
+        static_cast<long long>(e.usage.cacheWrite), static_cast<long long>(e.usage.cacheRead),
+        e.cost.toString().c_str(), e.usage.estimated ? " estimated" : "",
+        e.shortfall.nanos ? (" shortfall=" + e.shortfall.toString()).c_str() : "");
 }
 
 // usage NAME [--last N]
@@ -206,20 +212,23 @@ int replayJournals(const std::string& ledgerUri, const std::vector<std::string>&
         ChargeJournal journal(path);
         auto r = journal.replay(**ledger);
         if (!r) {
-            std::fprintf(stderr, "trollproxy-admin: %s: %s\n", path.c_str(), r.error().message.c_str());
+            std::fprintf(stderr, "trollproxy-admin: %s: %s\n", path.c_str(),
+                         r.error().message.c_str());
             status = 1;
             continue;
         }
-        std::printf("%s: applied %lld, already settled %lld, pending %lld, unreadable %lld\n", path.c_str(),
-                    static_cast<long long>(r->applied), static_cast<long long>(r->alreadySettled),
-                    static_cast<long long>(r->pending), static_cast<long long>(r->corrupt));
+        std::printf("%s: applied %lld, already settled %lld, pending %lld, unreadable %lld\n",
+                    path.c_str(), static_cast<long long>(r->applied),
+                    static_cast<long long>(r->alreadySettled), static_cast<long long>(r->pending),
+                    static_cast<long long>(r->corrupt));
         if (r->pending)
             status = 1;
     }
     return status;
 }
 
-int journalReplay(const std::string& ledgerUri, const std::string& configPath, const std::string& journalPath) {
+int journalReplay(const std::string& ledgerUri, const std::string& configPath,
+                  const std::string& journalPath) {
     if (!journalPath.empty())
         return replayJournals(ledgerUri, {journalPath});
     if (!configPath.empty()) {
@@ -230,7 +239,8 @@ int journalReplay(const std::string& ledgerUri, const std::string& configPath, c
     }
     std::vector<std::string> found = defaultJournals();
     if (found.empty()) {
-        std::printf("no trollproxy-*.journal here: nothing to replay (or give --journal PATH or --config FILE)\n");
+        std::printf("no trollproxy-*.journal here: nothing to replay (or give --journal PATH or "
+                    "--config FILE)\n");
         return 0;
     }
     return replayJournals(ledgerUri, found);

@@ -13,8 +13,8 @@
 // is the time from event 0 to event E (E chunk delays when nothing stalls).
 // Prints one JSON object on stdout.
 #include <algorithm>
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -44,7 +44,8 @@ struct Options {
     std::string host = "127.0.0.1";
     int port = 0;
     std::string path = "/v1/chat/completions";
-    std::string body = R"({"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello"}]})";
+    std::string body =
+        R"({"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello"}]})";
     std::vector<std::string> headers;
     int streams = 100;
     int rounds = 1;
@@ -384,16 +385,19 @@ double percentile(std::vector<double>& v, double p) {
 std::string stats(std::vector<double>& v) {
     std::sort(v.begin(), v.end());
     char buf[256];
-    std::snprintf(buf, sizeof buf, "{\"n\":%zu,\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"p999\":%.3f,\"max\":%.3f}",
-                  v.size(), percentile(v, 50), percentile(v, 90), percentile(v, 99), percentile(v, 99.9),
-                  v.empty() ? 0.0 : v.back());
+    std::snprintf(buf, sizeof buf,
+                  "{\"n\":%zu,\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"p999\":%.3f,\"max\":%.3f}",
+                  v.size(), percentile(v, 50), percentile(v, 90), percentile(v, 99),
+                  percentile(v, 99.9), v.empty() ? 0.0 : v.back());
     return buf;
 }
 
 int usage() {
-    std::fputs("usage: sse-load --target HOST:PORT --streams N [--rounds R] [--ramp-ms MS] [--path P]\n"
-               "                [--body-file F] [-H 'Name: value']... [--expect-events E] [--timeout-s S]\n",
-               stderr);
+    std::fputs(
+        "usage: sse-load --target HOST:PORT --streams N [--rounds R] [--ramp-ms MS] [--path P]\n"
+        "                [--body-file F] [-H 'Name: value']... [--expect-events E] [--timeout-s "
+        "S]\n",
+        stderr);
     return 2;
 }
 
@@ -433,9 +437,10 @@ int main(int argc, char** argv) {
     }
     if (opt.port <= 0 || opt.streams <= 0 || opt.rounds <= 0)
         return usage();
-    request = "POST " + opt.path + " HTTP/1.1\r\nHost: " + opt.host + ":" + std::to_string(opt.port) +
-              "\r\nAccept: text/event-stream\r\nContent-Type: application/json\r\nContent-Length: " +
-              std::to_string(opt.body.size()) + "\r\n";
+    request =
+        "POST " + opt.path + " HTTP/1.1\r\nHost: " + opt.host + ":" + std::to_string(opt.port) +
+        "\r\nAccept: text/event-stream\r\nContent-Type: application/json\r\nContent-Length: " +
+        std::to_string(opt.body.size()) + "\r\n";
     for (const auto& h : opt.headers)
         request += h + "\r\n";
     request += "\r\n" + opt.body;
@@ -449,7 +454,8 @@ int main(int argc, char** argv) {
     for (;;) {
         double t = nowMs();
         while (launched < conns.size() &&
-               (opt.rampMs <= 0 || t - start >= static_cast<double>(launched) * opt.rampMs / opt.streams)) {
+               (opt.rampMs <= 0 ||
+                t - start >= static_cast<double>(launched) * opt.rampMs / opt.streams)) {
             Conn& c = conns[launched++];
             c.roundsLeft = opt.rounds;
             ++active;
@@ -457,12 +463,14 @@ int main(int argc, char** argv) {
         }
         if ((launched == conns.size() && active == 0) || t >= deadline)
             break;
-        int n = epoll_wait(epfd, events.data(), static_cast<int>(events.size()), launched < conns.size() ? 1 : 50);
+        int n = epoll_wait(epfd, events.data(), static_cast<int>(events.size()),
+                           launched < conns.size() ? 1 : 50);
         for (int i = 0; i < n; ++i) {
             Conn& c = *static_cast<Conn*>(events[static_cast<std::size_t>(i)].data.ptr);
             if (c.fd < 0)
                 continue;
-            if (events[static_cast<std::size_t>(i)].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+            if (events[static_cast<std::size_t>(i)].events &
+                (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
                 if (c.state == State::Connecting || c.state == State::Sending)
                     onWritable(c);
                 else
@@ -488,9 +496,11 @@ int main(int argc, char** argv) {
         kinds += (kinds.size() > 1 ? "," : "") + std::string("\"") + k + "\":" + std::to_string(v);
     }
     kinds += "}";
-    std::printf("{\"streams\":%d,\"rounds\":%d,\"requests\":%d,\"served\":%d,\"errors\":%d,\"error_kinds\":%s,"
+    std::printf("{\"streams\":%d,\"rounds\":%d,\"requests\":%d,\"served\":%d,\"errors\":%d,\"error_"
+                "kinds\":%s,"
                 "\"seconds\":%.3f,\"ttfb_ms\":%s,\"gap_ms\":%s,\"span_ms\":%s}\n",
-                opt.streams, opt.rounds, opt.streams * opt.rounds, res.served, errors, kinds.c_str(),
-                (nowMs() - start) / 1000.0, stats(res.ttfb).c_str(), stats(res.gaps).c_str(), stats(res.spans).c_str());
+                opt.streams, opt.rounds, opt.streams * opt.rounds, res.served, errors,
+                kinds.c_str(), (nowMs() - start) / 1000.0, stats(res.ttfb).c_str(),
+                stats(res.gaps).c_str(), stats(res.spans).c_str());
     return 0;
 }

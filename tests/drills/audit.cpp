@@ -1,4 +1,5 @@
-// The per-request billing audit: every served answer charged once at its price, nothing else charged.
+// The per-request billing audit: every served answer charged once at its price, nothing else
+// charged.
 #include <cstdio>
 #include <set>
 
@@ -8,13 +9,14 @@ using namespace trollproxy;
 
 namespace drills {
 
-Audit audit(Verdict& v, DrillStack& s, const std::string& user, Money start, const std::vector<Outcome>& outcomes,
-            bool allowUnmatched) {
+Audit audit(Verdict& v, DrillStack& s, const std::string& user, Money start,
+            const std::vector<Outcome>& outcomes, bool allowUnmatched) {
     Audit a;
     auto logs = s.logs(user, &a.duplicates);
     // Refusals are in the request log too (402, 503, an upstream 429), with no
     // cost and success false: the audit is about charges.
-    std::erase_if(logs, [](const auto& kv) { return !kv.second.success && kv.second.cost.nanos == 0; });
+    std::erase_if(logs,
+                  [](const auto& kv) { return !kv.second.success && kv.second.cost.nanos == 0; });
     Balance b = s.balance(user);
     a.billed = static_cast<int>(logs.size());
     a.decrease = start - b.creditsNew;
@@ -65,10 +67,13 @@ Audit audit(Verdict& v, DrillStack& s, const std::string& user, Money start, con
                 ++a.wrongCost;
         }
     }
-    std::printf("  audit: %d whole answers, %d log entries (%d duplicates), %d served without entry, %d wrong "
+    std::printf("  audit: %d whole answers, %d log entries (%d duplicates), %d served without "
+                "entry, %d wrong "
                 "costs, %d charged for nothing served, %d entries without a client-visible id\n",
-                a.served, a.billed, a.duplicates, a.missing, a.wrongCost, a.unservedBilled, a.unmatched);
-    std::printf("  money: balance decrease %s, logged costs %s\n", money(a.decrease).c_str(), money(a.logged).c_str());
+                a.served, a.billed, a.duplicates, a.missing, a.wrongCost, a.unservedBilled,
+                a.unmatched);
+    std::printf("  money: balance decrease %s, logged costs %s\n", money(a.decrease).c_str(),
+                money(a.logged).c_str());
     v.check(a.missing == 0, "every answer served was billed");
     v.check(a.duplicates == 0, "no request billed twice");
     v.check(a.wrongCost == 0, "every charge is the price of what was served");

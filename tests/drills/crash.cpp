@@ -1,4 +1,5 @@
-// Drill: kill -9 the proxy under load, mid-stream (also while charges sit in the journal); restart; audit.
+// Drill: kill -9 the proxy under load, mid-stream (also while charges sit in the journal); restart;
+// audit.
 #include <algorithm>
 #include <csignal>
 #include <fstream>
@@ -49,7 +50,9 @@ bool waitSettled(DrillStack& s, const std::string& user, Money start, double sec
 
 void phase(Verdict& v, const Options& o, bool duringOutage) {
     std::printf("\n  phase: kill -9 under load%s\n",
-                duringOutage ? " while the SQLite ledger is locked (fail_open: charges go to the journal)" : "");
+                duringOutage
+                    ? " while the SQLite ledger is locked (fail_open: charges go to the journal)"
+                    : "");
     DrillStack s(std::string(R"("rate_limit_per_minute": 0, "hold_ttl_seconds": 2)") +
                  (duringOutage ? R"(, "ledger_failure_mode": "fail_open")" : ""));
     Money start = *Money::parse("100");
@@ -59,8 +62,9 @@ void phase(Verdict& v, const Options& o, bool duringOutage) {
     Tally tally;
     const int clients = o.quick ? 12 : 24;
     std::thread load([&] {
-        runLoad(clients, 0, stop, [&](int c, int n) { return crashShot(key, c, n); }, [&] { return port.load(); },
-                tally);
+        runLoad(
+            clients, 0, stop, [&](int c, int n) { return crashShot(key, c, n); },
+            [&] { return port.load(); }, tally);
     });
     std::this_thread::sleep_for(std::chrono::seconds(2));
     std::unique_ptr<harness::Process> lock;
@@ -88,7 +92,8 @@ void phase(Verdict& v, const Options& o, bool duringOutage) {
         cut += oc.status == 200 && !oc.complete;
         dropped += oc.status == 0;
     }
-    std::printf("  killed the proxy after %lld answers: %d answers cut mid-way, %d requests got no answer\n",
+    std::printf("  killed the proxy after %lld answers: %d answers cut mid-way, %d requests got no "
+                "answer\n",
                 static_cast<long long>(beforeKill), cut, dropped);
     if (duringOutage) {
         v.check(journalled > 0, "charges were waiting in the journal when the proxy died");
@@ -98,26 +103,35 @@ void phase(Verdict& v, const Options& o, bool duringOutage) {
     port = s.port();
     // Traffic after the restart is billed too.
     std::atomic<bool> never{false};
-    runLoad(4, 5, never, [&](int c, int n) { return crashShot(key, c, n + 1000); }, [&] { return port.load(); },
-            tally);
+    runLoad(
+        4, 5, never, [&](int c, int n) { return crashShot(key, c, n + 1000); },
+        [&] { return port.load(); }, tally);
     bool settled = waitSettled(s, "u", start, 40);
-    v.check(settled, "after the restart the journal was replayed and the dead process's holds were returned");
+    v.check(
+        settled,
+        "after the restart the journal was replayed and the dead process's holds were returned");
     FakeStats fs = s.stats();
     Audit a = audit(v, s, "u", start, tally.outcomes, true);
-    Money upstreamValue = priceUsage(s.prices, Usage{fs.input, fs.cacheWrite, fs.cacheRead, fs.output, false});
+    Money upstreamValue =
+        priceUsage(s.prices, Usage{fs.input, fs.cacheWrite, fs.cacheRead, fs.output, false});
     Usage openai = kUsage;
     openai.cacheWrite = 0; // OpenAI's usage carries no cache writes
     Money dearest = std::max(priceUsage(s.prices, kUsage), priceUsage(s.prices, openai));
     std::int64_t unbilled = fs.completed - a.fullEntries;
-    std::printf("  upstream served %lld whole answers (%s), ledger has %lld full charges (%s); %lld answers the "
+    std::printf("  upstream served %lld whole answers (%s), ledger has %lld full charges (%s); "
+                "%lld answers the "
                 "upstream finished while the proxy died were not billed\n",
                 static_cast<long long>(fs.completed), money(upstreamValue).c_str(),
-                static_cast<long long>(a.fullEntries), money(a.fullCharges).c_str(), static_cast<long long>(unbilled));
-    v.check(a.fullCharges <= upstreamValue && upstreamValue - a.fullCharges <= Money{dearest.nanos * unbilled},
+                static_cast<long long>(a.fullEntries), money(a.fullCharges).c_str(),
+                static_cast<long long>(unbilled));
+    v.check(a.fullCharges <= upstreamValue &&
+                upstreamValue - a.fullCharges <= Money{dearest.nanos * unbilled},
             "the ledger's charges = the upstream's served tokens, less the unbilled answers");
     v.check(unbilled >= 0 && unbilled <= clients,
-            "the ledger never bills more than the upstream served; the unbilled ones are at most the requests in "
-            "flight at the kill (" + std::to_string(clients) + ")");
+            "the ledger never bills more than the upstream served; the unbilled ones are at most "
+            "the requests in "
+            "flight at the kill (" +
+                std::to_string(clients) + ")");
     (void)atKill;
 }
 

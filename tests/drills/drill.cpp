@@ -1,4 +1,5 @@
-// Shared drill machinery: the stack, traffic shapes, the client, /proc readings and the SQLite lock helper.
+// Shared drill machinery: the stack, traffic shapes, the client, /proc readings and the SQLite lock
+// helper.
 #include "drill.hpp"
 
 #include <chrono>
@@ -32,7 +33,8 @@ const char* kConfig = R"({
   "trollproxy": {SETTINGS}
 })";
 
-const char* kPrices = R"("billing_multiplier": 1.1, "input_price_per_mtok": 3, "output_price_per_mtok": 15,
+const char* kPrices =
+    R"("billing_multiplier": 1.1, "input_price_per_mtok": 3, "output_price_per_mtok": 15,
      "cache_write_price_per_mtok": 3.75, "cache_hit_price_per_mtok": 0.3)";
 
 void replaceAll(std::string& s, const std::string& from, const std::string& to) {
@@ -66,7 +68,8 @@ std::string procStatus(pid_t pid, const std::string& field) {
 } // namespace
 
 double now() {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
 }
 
 std::string money(Money m) {
@@ -96,18 +99,19 @@ int Verdict::finish() {
     return failures_ == 0 ? 0 : 1;
 }
 
-DrillStack::DrillStack(const std::string& settings, std::string uri, std::vector<std::string> upstreamArgs,
-                       std::string modelPrices) {
+DrillStack::DrillStack(const std::string& settings, std::string uri,
+                       std::vector<std::string> upstreamArgs, std::string modelPrices) {
     dir = harness::tempDir();
     ledgerUri = uri.empty() ? "sqlite:" + dir + "/ledger.db" : uri;
-    upstream = std::make_unique<harness::Process>(support::fakeUpstreamArgv(upstreamArgs),
-                                                  std::map<std::string, std::string>{},
-                                                  harness::Process::Options{.stderrPath = dir + "/upstream.log"});
+    upstream = std::make_unique<harness::Process>(
+        support::fakeUpstreamArgv(upstreamArgs), std::map<std::string, std::string>{},
+        harness::Process::Options{.stderrPath = dir + "/upstream.log"});
     config = kConfig;
     replaceAll(config, "PRICES", modelPrices.empty() ? kPrices : modelPrices);
     // The test upstream is steered by x-fake-* request headers.
     replaceAll(config, "SETTINGS",
-               std::string("\"forward_headers\": [\"x-fake-*\"]") + (settings.empty() ? "" : ", ") + settings);
+               std::string("\"forward_headers\": [\"x-fake-*\"]") + (settings.empty() ? "" : ", ") +
+                   settings);
     replaceAll(config, "UPSTREAM", "http://127.0.0.1:" + std::to_string(upstream->port()));
     harness::writeFile(dir + "/config.json", config);
     auto cfg = parseConfig(config, "drill");
@@ -127,15 +131,17 @@ void DrillStack::startProxy() {
     proxy.reset();
     proxy = std::make_unique<harness::Process>(
         support::proxyArgv(dir + "/config.json", ledgerUri, journalPath()),
-        std::map<std::string, std::string>{{"TROLLPROXY_UPSTREAM_KEYS", "upstream-key-1,upstream-key-2"}},
+        std::map<std::string, std::string>{
+            {"TROLLPROXY_UPSTREAM_KEYS", "upstream-key-1,upstream-key-2"}},
         harness::Process::Options{.stderrPath = dir + "/proxy.log"});
     metricsPort = proxy->portOnLine("metrics listening on ");
 }
 
 FakeStats DrillStack::stats() {
     auto r = harness::get(upstream->port(), "/_stats");
-    return FakeStats{jsonInt(r.body, "requests"), jsonInt(r.body, "completed"),  jsonInt(r.body, "input"),
-                     jsonInt(r.body, "output"),   jsonInt(r.body, "cache_write"), jsonInt(r.body, "cache_read")};
+    return FakeStats{jsonInt(r.body, "requests"),    jsonInt(r.body, "completed"),
+                     jsonInt(r.body, "input"),       jsonInt(r.body, "output"),
+                     jsonInt(r.body, "cache_write"), jsonInt(r.body, "cache_read")};
 }
 
 void DrillStack::resetStats() {
@@ -148,12 +154,15 @@ std::string DrillStack::ledgerName(const std::string& name) const {
     if (ledgerUri.rfind("mongodb", 0) != 0)
         return name;
     char hex[25];
-    std::snprintf(hex, sizeof hex, "%024llx", static_cast<unsigned long long>(std::hash<std::string>{}(name) & 0xffffffffffffULL));
+    std::snprintf(
+        hex, sizeof hex, "%024llx",
+        static_cast<unsigned long long>(std::hash<std::string>{}(name)&0xffffffffffffULL));
     return std::string("oid:") + hex;
 }
 
 std::string DrillStack::userWithKey(const std::string& plainName, Money creditsNew) {
-    return support::addUserWithKey(*ledger, ledgerName(plainName), {{BalanceField::CreditsNew, creditsNew}});
+    return support::addUserWithKey(*ledger, ledgerName(plainName),
+                                   {{BalanceField::CreditsNew, creditsNew}});
 }
 
 Balance DrillStack::balance(const std::string& plainName) {
@@ -196,21 +205,30 @@ double DrillStack::metric(const std::string& series) {
 
 const char* faultName(Fault f) {
     switch (f) {
-    case Fault::None: return "ok";
-    case Fault::Status429: return "429";
-    case Fault::Status500: return "500";
-    case Fault::SlowOk: return "slow-first-byte-ok";
-    case Fault::SlowTimeout: return "slow-first-byte-timeout";
-    case Fault::Cut3: return "cut-after-3-chunks";
-    case Fault::Cut0: return "cut-before-content";
-    case Fault::Stall: return "stall-mid-stream";
-    case Fault::HangUp: return "client-hangs-up";
+    case Fault::None:
+        return "ok";
+    case Fault::Status429:
+        return "429";
+    case Fault::Status500:
+        return "500";
+    case Fault::SlowOk:
+        return "slow-first-byte-ok";
+    case Fault::SlowTimeout:
+        return "slow-first-byte-timeout";
+    case Fault::Cut3:
+        return "cut-after-3-chunks";
+    case Fault::Cut0:
+        return "cut-before-content";
+    case Fault::Stall:
+        return "stall-mid-stream";
+    case Fault::HangUp:
+        return "client-hangs-up";
     }
     return "?";
 }
 
-Shot makeShot(const std::string& key, bool anthropic, bool stream, Fault fault, Usage usage, int maxTokens,
-              std::size_t padTo) {
+Shot makeShot(const std::string& key, bool anthropic, bool stream, Fault fault, Usage usage,
+              int maxTokens, std::size_t padTo) {
     Shot s;
     s.fault = fault;
     s.anthropic = anthropic;
@@ -232,22 +250,38 @@ Shot makeShot(const std::string& key, bool anthropic, bool stream, Fault fault, 
         usage.cacheWrite = 0; // OpenAI's usage has no cache writes
     s.usage = usage;
     s.headers["Authorization"] = "Bearer " + key;
-    s.headers["x-fake-usage"] = std::to_string(usage.uncachedInput) + "," + std::to_string(usage.output) + "," +
-                                std::to_string(usage.cacheWrite) + "," + std::to_string(usage.cacheRead);
+    s.headers["x-fake-usage"] =
+        std::to_string(usage.uncachedInput) + "," + std::to_string(usage.output) + "," +
+        std::to_string(usage.cacheWrite) + "," + std::to_string(usage.cacheRead);
     s.headers["x-fake-chunks"] = "8";
     switch (fault) {
-    case Fault::None: break;
+    case Fault::None:
+        break;
     case Fault::Status429:
         s.headers["x-fake-status"] = "429";
         s.headers["x-fake-retry-after"] = "1";
         break;
-    case Fault::Status500: s.headers["x-fake-status"] = "500"; break;
-    case Fault::SlowOk: s.headers["x-fake-latency-ms"] = "400"; break;
-    case Fault::SlowTimeout: s.headers["x-fake-latency-ms"] = "2500"; break;
-    case Fault::Cut3: s.headers["x-fake-cut-after"] = "3"; break;
-    case Fault::Cut0: s.headers["x-fake-cut-after"] = "0"; break;
-    case Fault::Stall: s.headers["x-fake-chunk-delay-ms"] = "2500"; break;
-    case Fault::HangUp: s.headers["x-fake-chunk-delay-ms"] = "100"; break;
+    case Fault::Status500:
+        s.headers["x-fake-status"] = "500";
+        break;
+    case Fault::SlowOk:
+        s.headers["x-fake-latency-ms"] = "400";
+        break;
+    case Fault::SlowTimeout:
+        s.headers["x-fake-latency-ms"] = "2500";
+        break;
+    case Fault::Cut3:
+        s.headers["x-fake-cut-after"] = "3";
+        break;
+    case Fault::Cut0:
+        s.headers["x-fake-cut-after"] = "0";
+        break;
+    case Fault::Stall:
+        s.headers["x-fake-chunk-delay-ms"] = "2500";
+        break;
+    case Fault::HangUp:
+        s.headers["x-fake-chunk-delay-ms"] = "100";
+        break;
     }
     return s;
 }
@@ -272,8 +306,9 @@ Outcome fire(int port, const Shot& shot, double timeoutSeconds) {
             if (shot.stream) {
                 std::string raw = r.chunks.empty() ? "" : r.chunks.back().second;
                 bool ended = raw.size() >= 5 && raw.compare(raw.size() - 5, 5, "0\r\n\r\n") == 0;
-                o.complete = r.status == 200 && ended &&
-                             r.body.find(shot.anthropic ? "message_stop" : "[DONE]") != std::string::npos;
+                o.complete =
+                    r.status == 200 && ended &&
+                    r.body.find(shot.anthropic ? "message_stop" : "[DONE]") != std::string::npos;
             } else {
                 o.complete = r.status == 200 && r.body.find("\"usage\"") != std::string::npos;
             }
@@ -316,8 +351,9 @@ std::map<int, int> Tally::byStatus() {
     return m;
 }
 
-void runLoad(int clients, int perClient, std::atomic<bool>& stop, const std::function<Shot(int, int)>& next,
-             const std::function<int()>& port, Tally& tally) {
+void runLoad(int clients, int perClient, std::atomic<bool>& stop,
+             const std::function<Shot(int, int)>& next, const std::function<int()>& port,
+             Tally& tally) {
     std::vector<std::thread> threads;
     for (int c = 0; c < clients; ++c) {
         threads.emplace_back([&, c] {
@@ -331,10 +367,15 @@ void runLoad(int clients, int perClient, std::atomic<bool>& stop, const std::fun
 
 void warmUp(DrillStack& s, const std::string& key, Tally& tally) {
     std::atomic<bool> never{false};
-    runLoad(48, 3, never, [&](int c, int n) {
-        Shot sh = makeShot(key, (c + n) % 2 == 0, c % 2 == 0, Fault::None, Usage{100, 0, 0, 10, false});
-        sh.headers["x-fake-latency-ms"] = "200";
-        return sh; }, [&] { return s.port(); }, tally);
+    runLoad(
+        48, 3, never,
+        [&](int c, int n) {
+            Shot sh = makeShot(key, (c + n) % 2 == 0, c % 2 == 0, Fault::None,
+                               Usage{100, 0, 0, 10, false});
+            sh.headers["x-fake-latency-ms"] = "200";
+            return sh;
+        },
+        [&] { return s.port(); }, tally);
     std::this_thread::sleep_for(std::chrono::seconds(2));
 }
 
@@ -379,9 +420,11 @@ FdCensus fdCensus(pid_t pid) {
 }
 
 void checkFds(Verdict& v, const FdCensus& b, const FdCensus& n, int workers) {
-    std::printf("  descriptors: ledger files %d -> %d, sockets %d -> %d, other %d -> %d (%d workers)\n", b.ledger,
-                n.ledger, b.sockets, n.sockets, b.other, n.other, workers);
-    v.check(n.other <= b.other + 1, "descriptors other than ledger files and sockets back to baseline");
+    std::printf(
+        "  descriptors: ledger files %d -> %d, sockets %d -> %d, other %d -> %d (%d workers)\n",
+        b.ledger, n.ledger, b.sockets, n.sockets, b.other, n.other, workers);
+    v.check(n.other <= b.other + 1,
+            "descriptors other than ledger files and sockets back to baseline");
     v.check(n.ledger <= 2 * (workers + 1) + 1, "ledger connections bounded by the workers");
     v.check(n.sockets <= 3 * workers + 4, "sockets bounded by the workers (no leaked connection)");
 }
@@ -403,14 +446,16 @@ void describeFds(pid_t pid) {
     for (const auto& [k, n] : kinds)
         std::printf("    %5d %s\n", n, k.c_str());
     std::string cmd = "ss -tanp 2>/dev/null | grep 'pid=" + std::to_string(pid) +
-                      ",' | awk '{split($5, a, \":\"); print \"    \" $1 \" peer port \" a[2]}' | sort | uniq -c | "
+                      ",' | awk '{split($5, a, \":\"); print \"    \" $1 \" peer port \" a[2]}' | "
+                      "sort | uniq -c | "
                       "sort -rn | head -8";
     std::fflush(stdout);
     if (std::system(cmd.c_str()) != 0)
         std::printf("    (ss is not available)\n");
 }
 
-std::unique_ptr<harness::Process> lockSqlite(const Options& o, const std::string& dbPath, double seconds) {
+std::unique_ptr<harness::Process> lockSqlite(const Options& o, const std::string& dbPath,
+                                             double seconds) {
     return std::make_unique<harness::Process>(
         std::vector<std::string>{o.self, "lock-sqlite", dbPath, std::to_string(seconds)});
 }
@@ -421,7 +466,9 @@ int lockSqliteMain(const std::string& path, double seconds) {
         return 1;
     sqlite3_busy_timeout(db, 30'000);
     // Like an operator's long write transaction: the write lock is held, reads go on (WAL).
-    if (sqlite3_exec(db, "BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS drill_lock (x); INSERT INTO drill_lock VALUES (1)",
+    if (sqlite3_exec(db,
+                     "BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS drill_lock (x); INSERT INTO "
+                     "drill_lock VALUES (1)",
                      nullptr, nullptr, nullptr) != SQLITE_OK) {
         std::fprintf(stderr, "lock-sqlite: %s\n", sqlite3_errmsg(db));
         return 1;
@@ -429,7 +476,8 @@ int lockSqliteMain(const std::string& path, double seconds) {
     // The harness waits for this line.
     std::printf("lock held; listening on 127.0.0.1:0\n");
     std::fflush(stdout);
-    std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000)));
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000)));
     sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
     sqlite3_close(db);
     return 0;

@@ -62,8 +62,8 @@ struct DrillStack {
     /// `ledgerUri` means a fresh SQLite file in `dir`; `prices` replaces model
     /// "m"'s price fields (default: input 3, output 15, cache write 3.75, cache
     /// read 0.3 per Mtok, multiplier 1.1).
-    DrillStack(const std::string& settings, std::string ledgerUri = "", std::vector<std::string> upstreamArgs = {},
-               std::string prices = "");
+    DrillStack(const std::string& settings, std::string ledgerUri = "",
+               std::vector<std::string> upstreamArgs = {}, std::string prices = "");
     ~DrillStack();
 
     void startProxy();
@@ -74,7 +74,8 @@ struct DrillStack {
     std::string userWithKey(const std::string& name, trollproxy::Money creditsNew);
     trollproxy::Balance balance(const std::string& name);
     /// Every log entry of the user, keyed by request id; `duplicates` counts ids seen twice.
-    std::map<std::string, trollproxy::LogEntry> logs(const std::string& name, int* duplicates = nullptr);
+    std::map<std::string, trollproxy::LogEntry> logs(const std::string& name,
+                                                     int* duplicates = nullptr);
     /// The ledger's name for a drill's user (an ObjectId-shaped one on MongoDB).
     std::string ledgerName(const std::string& name) const;
     /// A value from the proxy's /metrics (0 when absent).
@@ -102,14 +103,14 @@ struct Outcome {
     int status = 0;        ///< 0: no answer (connection failed)
     std::string requestId; ///< x-request-id
     bool complete = false; ///< a whole answer arrived (stream: terminal event and last chunk)
-    double started = 0; ///< now() when sent
+    double started = 0;    ///< now() when sent
     double seconds = 0;
     std::string body;
 };
 
 /// Builds a request; `padTo` pads the prompt so every body has that many bytes.
-Shot makeShot(const std::string& key, bool anthropic, bool stream, Fault fault, trollproxy::Usage usage,
-              int maxTokens = 256, std::size_t padTo = 0);
+Shot makeShot(const std::string& key, bool anthropic, bool stream, Fault fault,
+              trollproxy::Usage usage, int maxTokens = 256, std::size_t padTo = 0);
 /// Sends it and reads the answer.
 Outcome fire(int port, const Shot& shot, double timeoutSeconds = 60);
 
@@ -129,8 +130,9 @@ struct Tally {
 
 /// Runs `clients` threads sending shots from `next` until `stop` (or each
 /// has sent `perClient` when > 0).
-void runLoad(int clients, int perClient, std::atomic<bool>& stop, const std::function<Shot(int client, int n)>& next,
-             const std::function<int()>& port, Tally& tally);
+void runLoad(int clients, int perClient, std::atomic<bool>& stop,
+             const std::function<Shot(int client, int n)>& next, const std::function<int()>& port,
+             Tally& tally);
 
 /// Sends 48 concurrent plain requests, 3 each, so every one of 32 workers has
 /// opened its ledger connection and its upstream connection (the baseline).
@@ -156,7 +158,8 @@ void checkFds(Verdict& v, const FdCensus& baseline, const FdCensus& now, int wor
 void describeFds(pid_t pid);
 
 /// Holds SQLite's write lock from another process for `seconds`.
-std::unique_ptr<harness::Process> lockSqlite(const Options& o, const std::string& dbPath, double seconds);
+std::unique_ptr<harness::Process> lockSqlite(const Options& o, const std::string& dbPath,
+                                             double seconds);
 /// The helper's body: `drills lock-sqlite PATH SECONDS`.
 int lockSqliteMain(const std::string& path, double seconds);
 

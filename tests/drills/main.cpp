@@ -1,8 +1,8 @@
 // trollproxy-drills: runs the fault drills against real processes and prints a verdict for each.
 #include <climits>
-#include <fcntl.h>
 #include <cstdio>
 #include <cstdlib>
+#include <fcntl.h>
 #include <string>
 #include <unistd.h>
 #include <vector>
@@ -41,7 +41,8 @@ int main(int argc, char** argv) {
             o.quick = true;
             o.overspendRequests = 100;
             o.overspendCovers = 10;
-            o.outageSeconds = 10; // a request can wait 3 s (reserve) + 3 s (settle) + 3 s (journal): the outage must outlast that
+            o.outageSeconds = 10; // a request can wait 3 s (reserve) + 3 s (settle) + 3 s
+                                  // (journal): the outage must outlast that
             o.soakSeconds = 20;
         } else if (a == "--requests")
             o.overspendRequests = static_cast<int>(num());
@@ -55,7 +56,8 @@ int main(int argc, char** argv) {
             mongo = true;
         else if (a == "all")
             which.insert(which.end(), {"overspend", "crash", "outage", "upstream-faults", "soak"});
-        else if (a == "overspend" || a == "crash" || a == "outage" || a == "upstream-faults" || a == "soak")
+        else if (a == "overspend" || a == "crash" || a == "outage" || a == "upstream-faults" ||
+                 a == "soak")
             which.push_back(a);
         else {
             std::fputs(kUsage, stderr);
@@ -72,9 +74,12 @@ int main(int argc, char** argv) {
 
     std::unique_ptr<harness::Process> congo;
     if (mongo) {
-        std::string src = std::getenv("TROLLPROXY_SOURCE_ROOT") ? std::getenv("TROLLPROXY_SOURCE_ROOT") : build + "/..";
+        std::string src = std::getenv("TROLLPROXY_SOURCE_ROOT")
+                              ? std::getenv("TROLLPROXY_SOURCE_ROOT")
+                              : build + "/..";
         std::string script = src + "/tests/mongo/congo.mjs";
-        if (::access((src + "/tests/mongo/node_modules/@push.rocks/smartmongo").c_str(), R_OK) == 0) {
+        if (::access((src + "/tests/mongo/node_modules/@push.rocks/smartmongo").c_str(), R_OK) ==
+            0) {
             // congo.mjs stops when its stdin closes: give it a pipe this process
             // holds open until it exits.
             int fds[2];
@@ -82,14 +87,16 @@ int main(int argc, char** argv) {
                 return 1;
             int saved = ::dup(0);
             ::dup2(fds[0], 0);
-            congo = std::make_unique<harness::Process>(std::vector<std::string>{"/usr/bin/env", "node", script});
+            congo = std::make_unique<harness::Process>(
+                std::vector<std::string>{"/usr/bin/env", "node", script});
             ::dup2(saved, 0);
             ::close(saved);
             ::close(fds[0]);
             o.mongoUri = "mongodb://127.0.0.1:" + std::to_string(congo->port());
             o.mongoPid = congo->pid();
         } else {
-            std::printf("CongoDB is not installed (tests/mongo/install.sh): the MongoDB outage drill is skipped\n");
+            std::printf("CongoDB is not installed (tests/mongo/install.sh): the MongoDB outage "
+                        "drill is skipped\n");
         }
     }
     int failed = 0;

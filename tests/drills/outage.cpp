@@ -24,15 +24,18 @@ Shot outageShot(const std::string& key, int c, int n) {
 
 struct Backend {
     std::string name;
-    std::string uri;                      // "" = SQLite in the stack's directory
+    std::string uri;                       // "" = SQLite in the stack's directory
     std::function<void(DrillStack&)> stop; // starts the outage
-    std::function<void()> resume;         // ends it
+    std::function<void()> resume;          // ends it
 };
 
 void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::string& user) {
     const char* modeName = failOpen ? "fail_open" : "fail_closed";
-    std::printf("\n  %s, %s: %.0f s outage under load\n", be.name.c_str(), modeName, o.outageSeconds);
-    DrillStack s(std::string(R"("rate_limit_per_minute": 0, "ledger_failure_mode": ")") + modeName + "\"", be.uri);
+    std::printf("\n  %s, %s: %.0f s outage under load\n", be.name.c_str(), modeName,
+                o.outageSeconds);
+    DrillStack s(std::string(R"("rate_limit_per_minute": 0, "ledger_failure_mode": ")") + modeName +
+                     "\"",
+                 be.uri);
     Money start = *Money::parse("100");
     std::string key = s.userWithKey(user, start);
     std::atomic<bool> stop{false};
@@ -40,7 +43,9 @@ void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::s
     const int clients = 12;
     int port = s.port();
     std::thread load([&] {
-        runLoad(clients, 0, stop, [&](int c, int n) { return outageShot(key, c, n); }, [port] { return port; }, tally);
+        runLoad(
+            clients, 0, stop, [&](int c, int n) { return outageShot(key, c, n); },
+            [port] { return port; }, tally);
     });
     std::this_thread::sleep_for(std::chrono::seconds(2));
     double outageFrom = now();
@@ -50,11 +55,14 @@ void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::s
     lo.timeoutMs = 1000;
     double t0 = now();
     auto probe = openLedger(s.ledgerUri, lo);
-    ReserveStatus rs = probe ? (*probe)->reserve(HoldRequest{"probe-1", s.ledgerName(user), Pool::CreditsNew, Money{1}, 0})
+    ReserveStatus rs = probe ? (*probe)->reserve(HoldRequest{"probe-1", s.ledgerName(user),
+                                                             Pool::CreditsNew, Money{1}, 0})
                              : ReserveStatus::LedgerUnavailable;
     double probeSeconds = now() - t0;
     v.check(rs == ReserveStatus::LedgerUnavailable && probeSeconds < 2.5,
-            "during the outage opening the ledger and a reserve (timeout 1 s) answer LedgerUnavailable in " + std::to_string(probeSeconds) + " s");
+            "during the outage opening the ledger and a reserve (timeout 1 s) answer "
+            "LedgerUnavailable in " +
+                std::to_string(probeSeconds) + " s");
     double left = o.outageSeconds - (now() - outageFrom);
     if (left > 0)
         std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int>(left * 1000)));
@@ -71,7 +79,8 @@ void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::s
         Money logged;
         for (const auto& [id, e] : s.logs(user))
             logged += e.cost;
-        recovered = start - s.balance(user).creditsNew == logged && !std::ifstream(s.journalPath()).good();
+        recovered =
+            start - s.balance(user).creditsNew == logged && !std::ifstream(s.journalPath()).good();
         if (!recovered)
             std::this_thread::sleep_for(std::chrono::milliseconds(500));
     }
@@ -93,16 +102,20 @@ void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::s
     std::string statuses;
     for (auto [code, n] : st)
         statuses += " " + std::to_string(code) + "x" + std::to_string(n);
-    std::printf("  %zu requests:%s; %d overlapped the outage (%d served, %d got 503); latency p50 %.2f s, max %.2f s\n",
+    std::printf("  %zu requests:%s; %d overlapped the outage (%d served, %d got 503); latency p50 "
+                "%.2f s, max %.2f s\n",
                 tally.outcomes.size(), statuses.c_str(), during, during200, during503,
                 lat.empty() ? 0 : lat[lat.size() / 2], maxSeconds);
     double journalled = s.metric("trollproxy_journalled_charges_total");
     double replayed = s.metric("trollproxy_journal_replayed_total");
-    std::printf("  journalled %.0f charges, replayed %.0f; recovered %.1f s after the ledger came back\n", journalled,
-                replayed, recoveredAfter);
+    std::printf(
+        "  journalled %.0f charges, replayed %.0f; recovered %.1f s after the ledger came back\n",
+        journalled, replayed, recoveredAfter);
     v.check(recovered, "after recovery the journal is empty and no hold is left");
-    v.check(st[200] + st[503] == static_cast<int>(tally.outcomes.size()), "every answer was 200 or 503");
-    v.check(maxSeconds < 15, "no request waited unboundedly (max " + std::to_string(maxSeconds) + " s)");
+    v.check(st[200] + st[503] == static_cast<int>(tally.outcomes.size()),
+            "every answer was 200 or 503");
+    v.check(maxSeconds < 15,
+            "no request waited unboundedly (max " + std::to_string(maxSeconds) + " s)");
     if (failOpen) {
         v.check(st[503] == 0, "fail_open: no request refused");
         v.check(journalled > 0, "fail_open: charges went through the journal");
@@ -111,30 +124,37 @@ void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::s
     }
     Audit a = audit(v, s, user, start, tally.outcomes, false);
     FakeStats fs = s.stats();
-    Money upstreamValue = priceUsage(s.prices, Usage{fs.input, fs.cacheWrite, fs.cacheRead, fs.output, false});
-    std::printf("  upstream: %lld requests, %lld whole answers worth %s\n", static_cast<long long>(fs.requests),
-                static_cast<long long>(fs.completed), money(upstreamValue).c_str());
-    v.check(fs.requests == st[200] && fs.completed == a.fullEntries && upstreamValue == a.fullCharges,
+    Money upstreamValue =
+        priceUsage(s.prices, Usage{fs.input, fs.cacheWrite, fs.cacheRead, fs.output, false});
+    std::printf("  upstream: %lld requests, %lld whole answers worth %s\n",
+                static_cast<long long>(fs.requests), static_cast<long long>(fs.completed),
+                money(upstreamValue).c_str());
+    v.check(fs.requests == st[200] && fs.completed == a.fullEntries &&
+                upstreamValue == a.fullCharges,
             "no unbilled service: what reached the upstream = the 200s = the ledger's charges");
 }
 
 } // namespace
 
 int outageDrill(const Options& o) {
-    Verdict v("ledger outage under load (" + std::to_string(static_cast<int>(o.outageSeconds)) + " s)");
+    Verdict v("ledger outage under load (" + std::to_string(static_cast<int>(o.outageSeconds)) +
+              " s)");
     std::unique_ptr<harness::Process> locker;
-    Backend sqlite{"SQLite (write lock held by another process)", "",
-                   [&](DrillStack& s) { locker = lockSqlite(o, s.dir + "/ledger.db", o.outageSeconds + 60); },
-                   [&] { locker.reset(); }};
+    Backend sqlite{
+        "SQLite (write lock held by another process)", "",
+        [&](DrillStack& s) { locker = lockSqlite(o, s.dir + "/ledger.db", o.outageSeconds + 60); },
+        [&] { locker.reset(); }};
     mode(v, o, sqlite, false, "closed");
     mode(v, o, sqlite, true, "open");
     if (!o.mongoUri.empty()) {
-        // The MongoDB-protocol server is frozen (SIGSTOP): connections hang, as a dead primary's do.
+        // The MongoDB-protocol server is frozen (SIGSTOP): connections hang, as a dead primary's
+        // do.
         pid_t mongoPid = o.mongoPid;
         std::string uri = o.mongoUri;
         static int db = 0;
         Backend mongo{"MongoDB protocol (CongoDB frozen with SIGSTOP)", "",
-                      [&](DrillStack&) { ::kill(mongoPid, SIGSTOP); }, [&] { ::kill(mongoPid, SIGCONT); }};
+                      [&](DrillStack&) { ::kill(mongoPid, SIGSTOP); },
+                      [&] { ::kill(mongoPid, SIGCONT); }};
         mongo.uri = uri + "/drill" + std::to_string(++db);
         mode(v, o, mongo, false, "mongo-closed");
         mongo.uri = uri + "/drill" + std::to_string(++db);

@@ -12,7 +12,8 @@ int soakDrill(const Options& o) {
     Verdict v("soak: " + std::to_string(static_cast<int>(o.soakSeconds)) + " s of mixed load");
     // 32 workers: each keeps its idle upstream connection (curl cache), so the
     // descriptor baseline settles within the first round.
-    DrillStack s(R"("rate_limit_per_minute": 0, "first_byte_timeout_ms": 1000, "idle_timeout_ms": 1000, "worker_threads": 32)");
+    DrillStack s(
+        R"("rate_limit_per_minute": 0, "first_byte_timeout_ms": 1000, "idle_timeout_ms": 1000, "worker_threads": 32)");
     Money start = *Money::parse("1000");
     std::string key = s.userWithKey("u", start);
     pid_t pid = s.proxy->pid();
@@ -25,7 +26,9 @@ int soakDrill(const Options& o) {
     std::atomic<bool> stop{false};
     double t0 = now();
     std::thread load([&] {
-        runLoad(clients, 0, stop, [&](int c, int n) { return faultShot(key, c, n); }, [&] { return s.port(); }, tally);
+        runLoad(
+            clients, 0, stop, [&](int c, int n) { return faultShot(key, c, n); },
+            [&] { return s.port(); }, tally);
     });
     double every = std::max(2.0, o.soakSeconds / 30);
     double warm = std::max(5.0, o.soakSeconds / 10);
@@ -43,7 +46,8 @@ int soakDrill(const Options& o) {
             std::lock_guard l(tally.mutex);
             n = tally.outcomes.size();
         }
-        std::printf("  %8.0f %10lld %6d %8d %10zu\n", t, static_cast<long long>(rss), fds, threadCount(pid), n);
+        std::printf("  %8.0f %10lld %6d %8d %10zu\n", t, static_cast<long long>(rss), fds,
+                    threadCount(pid), n);
         std::fflush(stdout);
         if (t >= warm) {
             if (!warmRss)
@@ -75,16 +79,22 @@ int soakDrill(const Options& o) {
         }
         slope = den > 0 ? num / den * 60 : 0;
     }
-    std::printf("  %zu requests in %.0f s (%.1f/s); idle before: RSS %lld kB, %d fds, %d threads; RSS after warm-up "
-                "%lld kB, at the end %lld kB (slope %.1f kB/min); idle after: %d fds, %d threads; max fds under load %d\n",
+    std::printf("  %zu requests in %.0f s (%.1f/s); idle before: RSS %lld kB, %d fds, %d threads; "
+                "RSS after warm-up "
+                "%lld kB, at the end %lld kB (slope %.1f kB/min); idle after: %d fds, %d threads; "
+                "max fds under load %d\n",
                 tally.outcomes.size(), took, static_cast<double>(tally.outcomes.size()) / took,
-                static_cast<long long>(idleRss0), idleFds0, threads0, static_cast<long long>(warmRss),
-                static_cast<long long>(endRss), slope, idleFds1, threads1, maxFds);
+                static_cast<long long>(idleRss0), idleFds0, threads0,
+                static_cast<long long>(warmRss), static_cast<long long>(endRss), slope, idleFds1,
+                threads1, maxFds);
     checkFds(v, census0, fdCensus(pid), 32);
-    v.check(maxFds <= idleFds0 + 4 * clients + 16, "descriptors under load bounded by the load's connections");
-    v.check(threads1 <= threads0 + 2, "threads flat (" + std::to_string(threads0) + " -> " + std::to_string(threads1) + ")");
+    v.check(maxFds <= idleFds0 + 4 * clients + 16,
+            "descriptors under load bounded by the load's connections");
+    v.check(threads1 <= threads0 + 2,
+            "threads flat (" + std::to_string(threads0) + " -> " + std::to_string(threads1) + ")");
     v.check(warmRss > 0 && endRss <= warmRss + std::max<std::int64_t>(8 * 1024, warmRss / 10),
-            "RSS flat after warm-up (" + std::to_string(warmRss) + " -> " + std::to_string(endRss) + " kB)");
+            "RSS flat after warm-up (" + std::to_string(warmRss) + " -> " + std::to_string(endRss) +
+                " kB)");
     audit(v, s, "u", start, tally.outcomes, false);
     return v.finish();
 }

@@ -32,7 +32,8 @@ trollproxy::Config loadConfig(const std::string& path) {
 }
 
 // A copy of a production config whose endpoints point at the test upstream.
-std::string pointAtUpstream(const std::string& sourcePath, const std::string& dir, int upstreamPort) {
+std::string pointAtUpstream(const std::string& sourcePath, const std::string& dir,
+                            int upstreamPort) {
     std::map<std::string, std::string> repl{
         {kProductionUpstream, "http://127.0.0.1:" + std::to_string(upstreamPort)}};
     std::string text = substituteAll(readFile(sourcePath), repl);
@@ -74,18 +75,20 @@ Deployment::Deployment() {
     chatConfig = loadConfig(chatPath);
     chat2Config = loadConfig(chat2Path);
 
-    ledgerUri = mongoVariant() ? std::getenv("TROLLPROXY_TEST_LEDGER_URI") : "sqlite:" + dir + "/ledger.db";
+    ledgerUri =
+        mongoVariant() ? std::getenv("TROLLPROXY_TEST_LEDGER_URI") : "sqlite:" + dir + "/ledger.db";
     auto opened = trollproxy::openLedgerAdmin(ledgerUri);
     if (!opened)
         throw std::runtime_error("ledger " + ledgerUri + ": " + opened.error().message);
     ledger = std::move(*opened);
 
-    upstream = std::make_unique<harness::Process>(support::fakeUpstreamArgv({"--keys", kUpstreamKey}));
+    upstream =
+        std::make_unique<harness::Process>(support::fakeUpstreamArgv({"--keys", kUpstreamKey}));
     auto startProxy = [&](const std::string& configPath, const std::string& name) {
         std::string cfg = pointAtUpstream(configPath, dir, upstream->port());
         return std::make_unique<harness::Process>(
-            std::vector<std::string>{harness::buildRoot() + "/server/trollproxy", "--config", cfg, "--ledger",
-                                     ledgerUri, "--listen", "127.0.0.1:0", "--journal",
+            std::vector<std::string>{harness::buildRoot() + "/server/trollproxy", "--config", cfg,
+                                     "--ledger", ledgerUri, "--listen", "127.0.0.1:0", "--journal",
                                      dir + "/" + name + ".journal"},
             std::map<std::string, std::string>{{"TROLLPROXY_UPSTREAM_KEYS", kUpstreamKey}});
     };
@@ -102,8 +105,8 @@ Deployment::~Deployment() {
     ledger.reset();
 }
 
-std::string Deployment::user(const std::string& name, const std::string& credits, const std::string& refCredits,
-                             const std::string& creditsNew) {
+std::string Deployment::user(const std::string& name, const std::string& credits,
+                             const std::string& refCredits, const std::string& creditsNew) {
     return support::addUserWithKey(*ledger, name, credits, refCredits, creditsNew);
 }
 
@@ -116,14 +119,17 @@ Deployment& deployment() {
     return d;
 }
 
-harness::RawResponse viaNginx(const std::string& host, const std::string& method, const std::string& path,
-                              const std::string& body, const std::map<std::string, std::string>& headers,
+harness::RawResponse viaNginx(const std::string& host, const std::string& method,
+                              const std::string& path, const std::string& body,
+                              const std::map<std::string, std::string>& headers,
                               double timeoutSeconds) {
-    std::string r = method + " " + path + " HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n";
+    std::string r =
+        method + " " + path + " HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n";
     for (const auto& [k, v] : headers)
         r += k + ": " + v + "\r\n";
     if (method == "POST")
-        r += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
+        r += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+             "\r\n";
     return harness::rawExchange(deployment().nginx->port(), r + "\r\n" + body, timeoutSeconds);
 }
 

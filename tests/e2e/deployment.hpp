@@ -1,4 +1,5 @@
-// The production deployment on one machine: nginx, both trollproxy processes, one ledger, a test upstream.
+// The production deployment on one machine: nginx, both trollproxy processes, one ledger, a test
+// upstream.
 #pragma once
 
 #include <map>
@@ -42,8 +43,8 @@ struct Deployment {
     ~Deployment();
 
     /// Creates a user with a key and credits in each pool (USD text).
-    std::string user(const std::string& name, const std::string& credits, const std::string& refCredits,
-                     const std::string& creditsNew);
+    std::string user(const std::string& name, const std::string& credits,
+                     const std::string& refCredits, const std::string& creditsNew);
     trollproxy::Balance balance(const std::string& name);
 };
 
@@ -51,8 +52,9 @@ struct Deployment {
 Deployment& deployment();
 
 /// Sends a request to nginx with the given Host header (Connection: close).
-harness::RawResponse viaNginx(const std::string& host, const std::string& method, const std::string& path,
-                              const std::string& body, const std::map<std::string, std::string>& headers,
+harness::RawResponse viaNginx(const std::string& host, const std::string& method,
+                              const std::string& path, const std::string& body,
+                              const std::map<std::string, std::string>& headers,
                               double timeoutSeconds = 30);
 
 } // namespace e2e

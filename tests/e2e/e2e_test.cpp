@@ -13,8 +13,8 @@
 
 using namespace e2e;
 using trollproxy::Balance;
-using trollproxy::Money;
 using trollproxy::ModelConfig;
+using trollproxy::Money;
 using trollproxy::Pool;
 using trollproxy::Usage;
 
@@ -44,14 +44,16 @@ const char* pathOf(Format f) {
 
 // The same body suits both formats: both need model, max_tokens and messages.
 std::string requestBody(const std::string& model, bool stream) {
-    std::string b = R"({"model":")" + model + R"(","max_tokens":4096,"messages":[{"role":"user","content":"Hello"}])";
+    std::string b = R"({"model":")" + model +
+                    R"(","max_tokens":4096,"messages":[{"role":"user","content":"Hello"}])";
     return b + (stream ? R"(,"stream":true})" : "}");
 }
 
 // A request through nginx with usage chosen by the test upstream's x-fake-usage
 // header; OpenAI-format answers carry it the way LiteLLM (OpenHands) does.
 harness::RawResponse ask(const std::string& host, Format f, const std::string& model, bool stream,
-                         const std::string& key, const Usage& u, std::map<std::string, std::string> extra = {}) {
+                         const std::string& key, const Usage& u,
+                         std::map<std::string, std::string> extra = {}) {
     extra["Authorization"] = "Bearer " + key;
     extra["x-fake-usage"] = std::to_string(u.uncachedInput) + "," + std::to_string(u.output) + "," +
                             std::to_string(u.cacheWrite) + "," + std::to_string(u.cacheRead);
@@ -116,8 +118,8 @@ Seen lastUpstreamRequest() {
 
 // Checks one served request: the answer, what the upstream got, the log entry,
 // and that exactly the cost left exactly the right balance fields.
-void checkServed(const std::string& host, Format f, const ModelConfig& m, bool stream, const std::string& user,
-                 const std::string& key, const Usage& u) {
+void checkServed(const std::string& host, Format f, const ModelConfig& m, bool stream,
+                 const std::string& user, const std::string& key, const Usage& u) {
     CAPTURE(host);
     CAPTURE(m.id);
     CAPTURE(pathOf(f));
@@ -127,9 +129,11 @@ void checkServed(const std::string& host, Format f, const ModelConfig& m, bool s
     REQUIRE(r.status == 200);
     if (stream) {
         CHECK(r.headers["content-type"].find("text/event-stream") == 0);
-        CHECK(r.body.find(f == Format::OpenAI ? "data: [DONE]" : "event: message_stop") != std::string::npos);
+        CHECK(r.body.find(f == Format::OpenAI ? "data: [DONE]" : "event: message_stop") !=
+              std::string::npos);
     } else {
-        CHECK(r.body.find(f == Format::OpenAI ? "\"choices\"" : "\"type\":\"message\"") != std::string::npos);
+        CHECK(r.body.find(f == Format::OpenAI ? "\"choices\"" : "\"type\":\"message\"") !=
+              std::string::npos);
     }
     Seen seen = lastUpstreamRequest();
     CHECK(seen.path == pathOf(f));
@@ -180,20 +184,23 @@ TEST_CASE("nginx routes each domain to its own proxy and refuses other hosts") {
         CHECK(viaNginx(host, "GET", "/ready", "", {}).status == 200);
     }
     // Gemini 3 Pro Preview is offered on chat only: the model lists show which proxy answered.
-    CHECK(viaNginx(kChatHost, "GET", "/v1/models", "", {}).body.find("gemini-3-pro-preview") != std::string::npos);
+    CHECK(viaNginx(kChatHost, "GET", "/v1/models", "", {}).body.find("gemini-3-pro-preview") !=
+          std::string::npos);
     harness::RawResponse chat2Models = viaNginx(kChat2Host, "GET", "/v1/models", "", {});
     CHECK(chat2Models.status == 200);
     CHECK(chat2Models.body.find("claude-opus-4-5-20251101") != std::string::npos);
     CHECK(chat2Models.body.find("gemini-3-pro-preview") == std::string::npos);
     // No cross-origin browser calls: a preflight and a request from another site get
     // no Access-Control-Allow-Origin.
-    harness::RawResponse preflight = viaNginx(kChat2Host, "OPTIONS", "/v1/chat/completions", "",
-                                              {{"Origin", "https://evil.example"},
-                                               {"Access-Control-Request-Method", "POST"},
-                                               {"Access-Control-Request-Headers", "authorization"}});
+    harness::RawResponse preflight =
+        viaNginx(kChat2Host, "OPTIONS", "/v1/chat/completions", "",
+                 {{"Origin", "https://evil.example"},
+                  {"Access-Control-Request-Method", "POST"},
+                  {"Access-Control-Request-Headers", "authorization"}});
     CHECK(preflight.status != 0);
     CHECK(preflight.headers.count("access-control-allow-origin") == 0);
-    harness::RawResponse cross = viaNginx(kChatHost, "GET", "/v1/models", "", {{"Origin", "https://evil.example"}});
+    harness::RawResponse cross =
+        viaNginx(kChatHost, "GET", "/v1/models", "", {{"Origin", "https://evil.example"}});
     CHECK(cross.status == 200);
     CHECK(cross.headers.count("access-control-allow-origin") == 0);
     // Metrics stay inside: nginx does not pass them on.
@@ -209,7 +216,8 @@ TEST_CASE("every model answers on both formats on both domains and is billed exa
     const std::string key = d.user(user, "50", "0", "50");
     int i = 0;
     for (const auto* host : {kChatHost, kChat2Host}) {
-        const trollproxy::Config& cfg = host == std::string(kChatHost) ? d.chatConfig : d.chat2Config;
+        const trollproxy::Config& cfg =
+            host == std::string(kChatHost) ? d.chatConfig : d.chat2Config;
         for (const ModelConfig& m : cfg.models) {
             for (Format f : {Format::OpenAI, Format::Anthropic}) {
                 for (bool stream : {false, true}) {
@@ -230,7 +238,8 @@ TEST_CASE("prices are those of the production files: a hand-computed Sonnet char
     Deployment& d = deployment();
     Usage u = tokens(1000, 200, 100, 400);
     for (const auto& cfg : {d.chatConfig, d.chat2Config})
-        CHECK(trollproxy::priceUsage(model(cfg, "claude-sonnet-4-5").prices, u) == Money{7'144'500});
+        CHECK(trollproxy::priceUsage(model(cfg, "claude-sonnet-4-5").prices, u) ==
+              Money{7'144'500});
 }
 
 TEST_CASE("chat2 takes credits first, then refCredits; chat refuses a user without creditsNew") {
@@ -276,7 +285,8 @@ TEST_CASE("a user with only creditsNew gets 402 on chat2 and is served on chat")
     CHECK(d.balance(user).creditsNew == *Money::parse("1"));
 
     checkServed(kChatHost, Format::OpenAI, model(d.chatConfig, "gpt-5.1"), false, user, key, u);
-    checkServed(kChatHost, Format::Anthropic, model(d.chatConfig, "claude-haiku-4-5"), true, user, key, u);
+    checkServed(kChatHost, Format::Anthropic, model(d.chatConfig, "claude-haiku-4-5"), true, user,
+                key, u);
     Balance b = d.balance(user);
     CHECK(b.credits == Money{});
     CHECK(b.refCredits == Money{});
@@ -291,14 +301,15 @@ TEST_CASE("streams pass through nginx while they are produced") {
         for (Format f : {Format::OpenAI, Format::Anthropic}) {
             CAPTURE(host);
             CAPTURE(pathOf(f));
-            harness::RawResponse r =
-                ask(host, f, "claude-opus-4-5-20251101", true, key, tokens(100, 18, 0, 0),
-                    {{"x-fake-chunks", std::to_string(kChunks)},
-                     {"x-fake-chunk-delay-ms", std::to_string(kDelayMs)},
-                     {"Accept-Encoding", "gzip, deflate"}}); // as the SDKs send: gzip must not hold it
+            harness::RawResponse r = ask(
+                host, f, "claude-opus-4-5-20251101", true, key, tokens(100, 18, 0, 0),
+                {{"x-fake-chunks", std::to_string(kChunks)},
+                 {"x-fake-chunk-delay-ms", std::to_string(kDelayMs)},
+                 {"Accept-Encoding", "gzip, deflate"}}); // as the SDKs send: gzip must not hold it
             REQUIRE(r.status == 200);
             // Arrival time of the first content event and of the end of the stream.
-            const std::string firstDelta = f == Format::OpenAI ? R"("delta":{"content":)" : "content_block_delta";
+            const std::string firstDelta =
+                f == Format::OpenAI ? R"("delta":{"content":)" : "content_block_delta";
             const std::string end = f == Format::OpenAI ? "[DONE]" : "message_stop";
             double tFirst = -1, tEnd = -1;
             int arrivals = 0;
@@ -318,8 +329,8 @@ TEST_CASE("streams pass through nginx while they are produced") {
         }
     }
     Balance b = d.balance(user);
-    const Money each = trollproxy::priceUsage(model(d.chatConfig, "claude-opus-4-5-20251101").prices,
-                                              tokens(100, 18, 0, 0));
+    const Money each = trollproxy::priceUsage(
+        model(d.chatConfig, "claude-opus-4-5-20251101").prices, tokens(100, 18, 0, 0));
     CHECK(b.creditsNew.nanos == Money::parse("5")->nanos - 2 * each.nanos);
     CHECK(b.credits.nanos == Money::parse("5")->nanos - 2 * each.nanos);
 }
@@ -329,11 +340,13 @@ TEST_CASE("nginx passes bodies up to 50 MB and refuses larger ones") {
     const std::string user = userName("erin");
     const std::string key = d.user(user, "0", "0", "20");
     // 3 MB: past nginx's default 1 MB limit and its in-memory body buffer.
-    std::string big = R"({"model":"claude-haiku-4-5","max_tokens":16,"messages":[{"role":"user","content":")" +
-                      std::string(3 * 1024 * 1024, 'x') + R"("}]})";
+    std::string big =
+        R"({"model":"claude-haiku-4-5","max_tokens":16,"messages":[{"role":"user","content":")" +
+        std::string(3 * 1024 * 1024, 'x') + R"("}]})";
     Usage u = tokens(786'000, 16, 0, 0);
-    harness::RawResponse r = viaNginx(kChatHost, "POST", "/v1/messages", big,
-                                      {{"Authorization", "Bearer " + key}, {"x-fake-usage", "786000,16,0,0"}});
+    harness::RawResponse r =
+        viaNginx(kChatHost, "POST", "/v1/messages", big,
+                 {{"Authorization", "Bearer " + key}, {"x-fake-usage", "786000,16,0,0"}});
     REQUIRE(r.status == 200);
     const Money cost = trollproxy::priceUsage(model(d.chatConfig, "claude-haiku-4-5").prices, u);
     CHECK(logEntry(user, r.headers["x-request-id"]).cost == cost);
@@ -341,9 +354,10 @@ TEST_CASE("nginx passes bodies up to 50 MB and refuses larger ones") {
 
     // Over 50 MB: refused by nginx from the header alone. (nginx then lingers for
     // the body it refused, hence the short read.)
-    std::string head = "POST /v1/messages HTTP/1.1\r\nHost: " + std::string(kChat2Host) +
-                       "\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: " +
-                       std::to_string(50 * 1024 * 1024 + 1) + "\r\nAuthorization: Bearer " + key + "\r\n\r\n";
+    std::string head =
+        "POST /v1/messages HTTP/1.1\r\nHost: " + std::string(kChat2Host) +
+        "\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: " +
+        std::to_string(50 * 1024 * 1024 + 1) + "\r\nAuthorization: Bearer " + key + "\r\n\r\n";
     CHECK(harness::rawExchange(d.nginx->port(), head, 1).status == 413);
 }
 

@@ -54,15 +54,18 @@ std::string findNginx() {
     return "";
 }
 
-std::string substituteAll(std::string text, const std::map<std::string, std::string>& replacements) {
+std::string substituteAll(std::string text,
+                          const std::map<std::string, std::string>& replacements) {
     for (const auto& [from, to] : replacements) {
         std::size_t count = 0;
-        for (std::size_t p = text.find(from); p != std::string::npos; p = text.find(from, p + to.size())) {
+        for (std::size_t p = text.find(from); p != std::string::npos;
+             p = text.find(from, p + to.size())) {
             text.replace(p, from.size(), to);
             ++count;
         }
         if (count == 0)
-            throw std::runtime_error("configs/nginx/nginx.conf no longer contains \"" + from + "\"");
+            throw std::runtime_error("configs/nginx/nginx.conf no longer contains \"" + from +
+                                     "\"");
     }
     return text;
 }
@@ -77,21 +80,25 @@ Nginx::Nginx(const std::string& dir, int openhandsPort, int ohmygptPort) {
     for (int attempt = 0; attempt < 5; ++attempt) {
         int port = freePort();
         // Ports and upstream addresses, and the run paths an unprivileged nginx needs.
-        config_ = substituteAll(original, {
-            {"goproxy-openhands:8004", "127.0.0.1:" + std::to_string(openhandsPort)},
-            {"goproxy-ohmygpt:8005", "127.0.0.1:" + std::to_string(ohmygptPort)},
-            {"listen 80", "listen 127.0.0.1:" + std::to_string(port)},
-            {"pid /var/run/nginx.pid;", "pid " + dir + "/nginx.pid;"},
-            {"/var/log/nginx/", dir + "/"},
-            {"http {", "http {\n    client_body_temp_path " + dir + "/body;\n    proxy_temp_path " + dir +
-                           "/proxy;\n    fastcgi_temp_path " + dir + "/fastcgi;\n    uwsgi_temp_path " + dir +
-                           "/uwsgi;\n    scgi_temp_path " + dir + "/scgi;\n"},
-        });
+        config_ = substituteAll(
+            original,
+            {
+                {"goproxy-openhands:8004", "127.0.0.1:" + std::to_string(openhandsPort)},
+                {"goproxy-ohmygpt:8005", "127.0.0.1:" + std::to_string(ohmygptPort)},
+                {"listen 80", "listen 127.0.0.1:" + std::to_string(port)},
+                {"pid /var/run/nginx.pid;", "pid " + dir + "/nginx.pid;"},
+                {"/var/log/nginx/", dir + "/"},
+                {"http {",
+                 "http {\n    client_body_temp_path " + dir + "/body;\n    proxy_temp_path " + dir +
+                     "/proxy;\n    fastcgi_temp_path " + dir + "/fastcgi;\n    uwsgi_temp_path " +
+                     dir + "/uwsgi;\n    scgi_temp_path " + dir + "/scgi;\n"},
+            });
         harness::writeFile(dir + "/nginx.conf", config_);
         if (start(binary, dir, port))
             return;
     }
-    throw std::runtime_error("nginx did not start; error log:\n" + support::readFile(dir + "/error.log"));
+    throw std::runtime_error("nginx did not start; error log:\n" +
+                             support::readFile(dir + "/error.log"));
 }
 
 bool Nginx::start(const std::string& binary, const std::string& dir, int port) {

@@ -1,4 +1,5 @@
-// Runs Debian's nginx with the repository's nginx.conf, adapted only in ports, upstream addresses and run paths.
+// Runs Debian's nginx with the repository's nginx.conf, adapted only in ports, upstream addresses
+// and run paths.
 #pragma once
 
 #include <map>

@@ -1,4 +1,5 @@
-// The two production configs: same models, prices, multiplier and upstream; they differ only in port and pool.
+// The two production configs: same models, prices, multiplier and upstream; they differ only in
+// port and pool.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -31,9 +32,13 @@ Config load(const char* name) {
 
 // The models tasks.md moves chat2 to (Claude Opus 4.5, Sonnet 4.5, Haiku 4.5,
 // GPT 5.1, GPT-5.2, Kimi K2, GPT-5.1 Codex Max).
-const std::set<std::string> kChat2Models{"claude-opus-4-5-20251101", "claude-sonnet-4-5-20250929",
-                                         "claude-haiku-4-5-20251001", "gpt-5.1", "gpt-5.2",
-                                         "kimi-k2-thinking", "gpt-5.1-codex-max"};
+const std::set<std::string> kChat2Models{"claude-opus-4-5-20251101",
+                                         "claude-sonnet-4-5-20250929",
+                                         "claude-haiku-4-5-20251001",
+                                         "gpt-5.1",
+                                         "gpt-5.2",
+                                         "kimi-k2-thinking",
+                                         "gpt-5.1-codex-max"};
 // Offered on chat only: tasks.md's list for chat2 leaves it out.
 const std::set<std::string> kChatOnly{"gemini-3-pro-preview"};
 
@@ -130,9 +135,10 @@ TEST_CASE("both serve the Responses API and the dateless Claude names coding age
         for (const auto& ep : cfg.endpoints)
             responses |= ep.baseUrl == "https://llm-proxy.app.all-hands.dev/v1/responses";
         CHECK(responses);
-        CHECK(cfg.routes() == std::vector<std::string>{"POST /v1/chat/completions", "POST /v1/messages",
-                                                       "POST /v1/messages/count_tokens", "POST /v1/responses",
-                                                       "GET /v1/responses/{id}", "DELETE /v1/responses/{id}"});
+        CHECK(cfg.routes() ==
+              std::vector<std::string>{"POST /v1/chat/completions", "POST /v1/messages",
+                                       "POST /v1/messages/count_tokens", "POST /v1/responses",
+                                       "GET /v1/responses/{id}", "DELETE /v1/responses/{id}"});
         for (auto [alias, id] : {std::pair{"claude-sonnet-4-5", "claude-sonnet-4-5-20250929"},
                                  {"claude-opus-4-5", "claude-opus-4-5-20251101"},
                                  {"claude-haiku-4-5", "claude-haiku-4-5-20251001"}}) {

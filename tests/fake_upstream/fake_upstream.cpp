@@ -85,11 +85,12 @@ void sendError(httplib::Response& res, bool anthropic, const std::string& what, 
     int status = what == "400budget" ? 400 : std::atoi(what.c_str());
     if (status < 400 || status > 599)
         status = 500;
-    std::string msg = what == "400budget" ? "Budget has been exceeded! Current cost: 10.5, Max budget: 10.0"
-                      : status == 429    ? "Rate limit reached for requests"
-                      : status == 401    ? "Incorrect API key provided"
-                      : status == 400    ? "Invalid request: messages is malformed"
-                                         : "The upstream had an error (" + what + ")";
+    std::string msg = what == "400budget"
+                          ? "Budget has been exceeded! Current cost: 10.5, Max budget: 10.0"
+                      : status == 429 ? "Rate limit reached for requests"
+                      : status == 401 ? "Incorrect API key provided"
+                      : status == 400 ? "Invalid request: messages is malformed"
+                                      : "The upstream had an error (" + what + ")";
     res.status = status;
     if (status == 429)
         res.set_header("Retry-After", std::to_string(retryAfter));
@@ -100,7 +101,8 @@ void sendError(httplib::Response& res, bool anthropic, const std::string& what, 
                         "application/json");
         return;
     }
-    res.set_content(anthropic ? anthropicError(status, msg) : openaiError(status, msg), "application/json");
+    res.set_content(anthropic ? anthropicError(status, msg) : openaiError(status, msg),
+                    "application/json");
 }
 
 // Reads the request fields the answer depends on.
@@ -139,7 +141,8 @@ bool admit(const httplib::Request& req, httplib::Response& res, bool anthropic) 
         sendError(res, anthropic, it->second, retryAfter);
         return false;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(intHeader(req, "x-fake-latency-ms", options.latencyMs)));
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(intHeader(req, "x-fake-latency-ms", options.latencyMs)));
     std::string status = header(req, "x-fake-status");
     if (!status.empty()) {
         int times = intHeader(req, "x-fake-fail-times", -1);
@@ -178,7 +181,8 @@ void handle(const httplib::Request& req, httplib::Response& res, bool anthropic)
     if (header(req, "x-fake-tool-call") == "0")
         a.toolName.clear(); // a text answer even with tools (an agent then finishes in one turn)
     a.chunks = std::max(1, intHeader(req, "x-fake-chunks", options.chunks));
-    a.style = header(req, "x-fake-usage-style") == "litellm" ? UsageStyle::LiteLLM : UsageStyle::OpenAI;
+    a.style =
+        header(req, "x-fake-usage-style") == "litellm" ? UsageStyle::LiteLLM : UsageStyle::OpenAI;
     a.reportUsage = header(req, "x-fake-no-usage") != "1";
     a.tokens =
         fakeUsage(req, Tokens{static_cast<std::int64_t>(req.body.size() / 4), a.chunks * 3, 0, 0});
@@ -192,25 +196,28 @@ void handle(const httplib::Request& req, httplib::Response& res, bool anthropic)
     int delay = intHeader(req, "x-fake-chunk-delay-ms", options.chunkDelayMs);
     int cutAfter = intHeader(req, "x-fake-cut-after", -1);
     res.set_header("Cache-Control", "no-cache");
-    res.set_chunked_content_provider("text/event-stream", [a, anthropic, delay, cutAfter](std::size_t, httplib::DataSink& sink) {
-        auto send = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
-        bool ok = send(anthropic ? anthropicStart(a) + anthropicBlockStart(a) : openaiFirstChunk(a));
-        for (int i = 0; ok && i < a.chunks; ++i) {
-            if (i == cutAfter)
-                return false; // drop the connection mid-stream
-            if (delay > 0)
-                std::this_thread::sleep_for(std::chrono::milliseconds(delay));
-            ok = send(anthropic ? anthropicDelta(a, i) : openaiContentChunk(a, i));
-        }
-        if (cutAfter >= a.chunks)
-            return false;
-        ok = ok && send(anthropic ? anthropicFinish(a) : openaiFinishChunk(a) + openaiUsageChunk(a));
-        if (ok) {
-            served(a.reportUsage ? a.tokens : Tokens{});
-            sink.done();
-        }
-        return ok;
-    });
+    res.set_chunked_content_provider(
+        "text/event-stream", [a, anthropic, delay, cutAfter](std::size_t, httplib::DataSink& sink) {
+            auto send = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
+            bool ok =
+                send(anthropic ? anthropicStart(a) + anthropicBlockStart(a) : openaiFirstChunk(a));
+            for (int i = 0; ok && i < a.chunks; ++i) {
+                if (i == cutAfter)
+                    return false; // drop the connection mid-stream
+                if (delay > 0)
+                    std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+                ok = send(anthropic ? anthropicDelta(a, i) : openaiContentChunk(a, i));
+            }
+            if (cutAfter >= a.chunks)
+                return false;
+            ok = ok &&
+                 send(anthropic ? anthropicFinish(a) : openaiFinishChunk(a) + openaiUsageChunk(a));
+            if (ok) {
+                served(a.reportUsage ? a.tokens : Tokens{});
+                sink.done();
+            }
+            return ok;
+        });
 }
 
 // POST /v1/responses: text (or a function call when x-fake-tool-call is 1), after a reasoning
@@ -311,7 +318,8 @@ int main(int argc, char** argv) {
         else if (k == "--keys") {
             for (std::size_t p = 0; p <= v.size();) {
                 std::size_t e = v.find(',', p);
-                options.keys.insert(v.substr(p, e == std::string::npos ? std::string::npos : e - p));
+                options.keys.insert(
+                    v.substr(p, e == std::string::npos ? std::string::npos : e - p));
                 p = e == std::string::npos ? v.size() + 1 : e + 1;
             }
         } else if (k == "--fail-key") {
@@ -325,7 +333,9 @@ int main(int argc, char** argv) {
     httplib::Server svr;
     server = &svr;
     int threads = options.threads;
-    svr.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
+    svr.new_task_queue = [threads] {
+        return new httplib::ThreadPool(static_cast<std::size_t>(threads));
+    };
     svr.set_keep_alive_max_count(100000);
     // Like a real provider: no Nagle delay between the head and the first event, and a
     // listen queue that takes bursts of connections (httplib 0.11 listens with a backlog of 5).
@@ -336,8 +346,10 @@ int main(int argc, char** argv) {
         listenFd = s;
     });
     svr.set_payload_max_length(256 * 1024 * 1024);
-    svr.Post("/v1/chat/completions", [](const httplib::Request& q, httplib::Response& r) { handle(q, r, false); });
-    svr.Post("/v1/messages", [](const httplib::Request& q, httplib::Response& r) { handle(q, r, true); });
+    svr.Post("/v1/chat/completions",
+             [](const httplib::Request& q, httplib::Response& r) { handle(q, r, false); });
+    svr.Post("/v1/messages",
+             [](const httplib::Request& q, httplib::Response& r) { handle(q, r, true); });
     svr.Post("/v1/messages/count_tokens", [](const httplib::Request& q, httplib::Response& r) {
         if (admit(q, r, true))
             r.set_content(countTokensAnswer(q.body), "application/json");
@@ -349,8 +361,9 @@ int main(int argc, char** argv) {
     svr.Delete(R"(/(?:v1/)?responses/([^/]+))",
                [](const httplib::Request& q, httplib::Response& r) { storedResponse(q, r, true); });
     svr.Get("/v1/models", [](const httplib::Request&, httplib::Response& r) {
-        r.set_content(R"({"object":"list","data":[{"id":"fake-model","object":"model","created":0,"owned_by":"fake"}]})",
-                      "application/json");
+        r.set_content(
+            R"({"object":"list","data":[{"id":"fake-model","object":"model","created":0,"owned_by":"fake"}]})",
+            "application/json");
     });
     svr.Get("/_requests", [](const httplib::Request&, httplib::Response& r) {
         std::lock_guard lock(stats.mutex);
@@ -362,10 +375,11 @@ int main(int argc, char** argv) {
     svr.Get("/_stats", [](const httplib::Request&, httplib::Response& r) {
         std::lock_guard lock(stats.mutex);
         const Tokens& t = stats.served;
-        r.set_content("{\"requests\":" + std::to_string(stats.count) + ",\"completed\":" +
-                          std::to_string(stats.completed) + ",\"input\":" + std::to_string(t.input) +
-                          ",\"output\":" + std::to_string(t.output) + ",\"cache_write\":" +
-                          std::to_string(t.cacheWrite) + ",\"cache_read\":" + std::to_string(t.cacheRead) + "}",
+        r.set_content("{\"requests\":" + std::to_string(stats.count) +
+                          ",\"completed\":" + std::to_string(stats.completed) + ",\"input\":" +
+                          std::to_string(t.input) + ",\"output\":" + std::to_string(t.output) +
+                          ",\"cache_write\":" + std::to_string(t.cacheWrite) +
+                          ",\"cache_read\":" + std::to_string(t.cacheRead) + "}",
                       "application/json");
     });
     svr.Post("/_reset", [](const httplib::Request&, httplib::Response& r) {

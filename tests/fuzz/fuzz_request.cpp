@@ -54,7 +54,8 @@ void checkAgreement(ApiFormat format, std::string_view body) {
 
     simdjson::dom::element v;
     std::string_view model;
-    require(lastMember(obj, "model", v) && !v.get_string().get(model), "the upstream reads no model");
+    require(lastMember(obj, "model", v) && !v.get_string().get(model),
+            "the upstream reads no model");
     require(model == upstreamModel, "the upstream serves another model than the one billed");
 
     bool stream = false;
@@ -77,7 +78,8 @@ void checkAgreement(ApiFormat format, std::string_view body) {
         if (req->stream) {
             simdjson::dom::element so, iu;
             bool usage = false;
-            require(lastMember(obj, "stream_options", so), "a stream is forwarded without stream_options");
+            require(lastMember(obj, "stream_options", so),
+                    "a stream is forwarded without stream_options");
             simdjson::dom::object soObj;
             require(!so.get_object().get(soObj), "stream_options is not an object upstream");
             require(lastMember(soObj, "include_usage", iu) && !iu.get_bool().get(usage) && usage,

@@ -35,8 +35,8 @@ void checkUsage(const Usage& u) {
     require(u.uncachedInput >= 0 && u.cacheWrite >= 0 && u.cacheRead >= 0 && u.output >= 0,
             "a negative token count");
     require(u.totalInput() >= 0, "a negative total input");
-    require(u.uncachedInput <= 1'000'000'000 && u.cacheWrite <= 1'000'000'000 && u.cacheRead <= 1'000'000'000 &&
-                u.output <= 1'000'000'000,
+    require(u.uncachedInput <= 1'000'000'000 && u.cacheWrite <= 1'000'000'000 &&
+                u.cacheRead <= 1'000'000'000 && u.output <= 1'000'000'000,
             "a count above the believable bound");
     require(priceUsage(kMaxPrices, u).nanos >= 0, "a negative cost");
 }
@@ -60,7 +60,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (r)
             checkUsage(*r);
         else
-            require(r.error().code == ErrorCode::ParseError || r.error().code == ErrorCode::NotFound ||
+            require(r.error().code == ErrorCode::ParseError ||
+                        r.error().code == ErrorCode::NotFound ||
                         r.error().code == ErrorCode::InvalidArgument,
                     "an unexpected error code");
     }
@@ -68,10 +69,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     StreamUsage openai(ApiFormat::OpenAI), anthropic(ApiFormat::Anthropic);
     SseParser parser([&](const SseEvent& e) {
         if (openai.onEvent(e.name, e.data))
-            require(openai.reported() || openai.invalid(), "usage seen but neither reported nor invalid");
+            require(openai.reported() || openai.invalid(),
+                    "usage seen but neither reported nor invalid");
         if (anthropic.onEvent(e.name, e.data))
-            require(anthropic.reported() || anthropic.invalid(), "usage seen but neither reported nor invalid");
-        require(openai.charsAfterUsage() >= 0 && anthropic.charsAfterUsage() >= 0, "negative text after usage");
+            require(anthropic.reported() || anthropic.invalid(),
+                    "usage seen but neither reported nor invalid");
+        require(openai.charsAfterUsage() >= 0 && anthropic.charsAfterUsage() >= 0,
+                "negative text after usage");
     });
     (void)parser.feed(bytes);
     checkStream(openai);

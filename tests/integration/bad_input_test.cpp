@@ -52,12 +52,14 @@ TEST_CASE("malformed and mistyped bodies") {
         for (bool anthropic : {false, true}) {
             CAPTURE(c.what);
             CAPTURE(anthropic);
-            auto r = post(s.proxy->port(), anthropic ? "/v1/messages" : "/v1/chat/completions", c.body, h);
+            auto r = post(s.proxy->port(), anthropic ? "/v1/messages" : "/v1/chat/completions",
+                          c.body, h);
             expectError(r, c.status, anthropic);
         }
     }
     // Anthropic requires max_tokens.
-    expectError(post(s.proxy->port(), "/v1/messages", R"({"model": "m", "messages": []})", h), 400, true);
+    expectError(post(s.proxy->port(), "/v1/messages", R"({"model": "m", "messages": []})", h), 400,
+                true);
     CHECK(get(s.proxy->port(), "/health").status == 200);
     CHECK(s.balance("u").creditsNew == *trollproxy::Money::parse("10"));
 }
@@ -73,7 +75,8 @@ TEST_CASE("broken requests at the HTTP level do not stop the server") {
     CHECK((r.status == 0 || (r.status >= 400 && r.status < 500)));
     // A body shorter than its Content-Length, then the client goes away.
     rawExchange(s.proxy->port(),
-                "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\nConnection: close\r\n\r\n{\"model\":",
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                "500\r\nConnection: close\r\n\r\n{\"model\":",
                 2);
     // Garbage instead of HTTP.
     rawExchange(s.proxy->port(), std::string("\x16\x03\x01\x02\x00garbage\r\n\r\n", 20), 2);

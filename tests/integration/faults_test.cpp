@@ -31,11 +31,13 @@ std::string chat(bool stream) {
            (stream ? R"(,"stream":true})" : "}");
 }
 std::string msgs(bool stream) {
-    return std::string(R"({"model":"m","max_tokens":2000,"messages":[{"role":"user","content":"x"}])") +
+    return std::string(
+               R"({"model":"m","max_tokens":2000,"messages":[{"role":"user","content":"x"}])") +
            (stream ? R"(,"stream":true})" : "}");
 }
 
-std::map<std::string, std::string> h(const std::string& key, std::map<std::string, std::string> more = {}) {
+std::map<std::string, std::string> h(const std::string& key,
+                                     std::map<std::string, std::string> more = {}) {
     more["Authorization"] = "Bearer " + key;
     more["x-fake-usage"] = "1000,1000,0,0"; // costs 0.003 USD
     return more;
@@ -48,7 +50,8 @@ const Money kStart = *Money::parse("10");
 TEST_CASE("a 429 or a spent key moves on to the next key; the request is billed once") {
     for (const char* failure : {"429", "401", "402", "403", "400budget"}) {
         CAPTURE(failure);
-        Stack s(kConfig, {{"TROLLPROXY_UPSTREAM_KEYS", "k1,k2"}}, {"--fail-key", std::string("k1=") + failure});
+        Stack s(kConfig, {{"TROLLPROXY_UPSTREAM_KEYS", "k1,k2"}},
+                {"--fail-key", std::string("k1=") + failure});
         std::string key = s.userWithKey("u", "0", "0", "10");
         for (int i = 0; i < 3; ++i) {
             auto r = post(s.proxy->port(), "/v1/messages", msgs(false), h(key));
@@ -61,7 +64,8 @@ TEST_CASE("a 429 or a spent key moves on to the next key; the request is billed 
 }
 
 TEST_CASE("when every key is rate limited the client gets 429 with Retry-After and pays nothing") {
-    Stack s(kConfig, {{"TROLLPROXY_UPSTREAM_KEYS", "k1,k2"}}, {"--fail-key", "k1=429", "--fail-key", "k2=429"});
+    Stack s(kConfig, {{"TROLLPROXY_UPSTREAM_KEYS", "k1,k2"}},
+            {"--fail-key", "k1=429", "--fail-key", "k2=429"});
     std::string key = s.userWithKey("u", "0", "0", "10");
     auto r = post(s.proxy->port(), "/v1/chat/completions", chat(false), h(key));
     CHECK(r.status == 429);
@@ -74,8 +78,9 @@ TEST_CASE("5xx is retried on the next key before anything was sent; with no key 
     {
         Stack s(kConfig, {{"TROLLPROXY_UPSTREAM_KEYS", "k1,k2"}});
         std::string key = s.userWithKey("u", "0", "0", "10");
-        auto r = post(s.proxy->port(), "/v1/messages", msgs(true),
-                      h(key, {{"x-fake-status", "500"}, {"x-fake-fail-times", "1"}, {"x-fake-id", "a1"}}));
+        auto r = post(
+            s.proxy->port(), "/v1/messages", msgs(true),
+            h(key, {{"x-fake-status", "500"}, {"x-fake-fail-times", "1"}, {"x-fake-id", "a1"}}));
         CHECK(r.status == 200);
         CHECK(r.body.find("message_stop") != std::string::npos);
         CHECK(s.balance("u").creditsNew == kStart - *Money::parse("0.003"));
@@ -83,7 +88,8 @@ TEST_CASE("5xx is retried on the next key before anything was sent; with no key 
     {
         Stack s(kConfig);
         std::string key = s.userWithKey("u", "0", "0", "10");
-        auto r = post(s.proxy->port(), "/v1/messages", msgs(false), h(key, {{"x-fake-status", "500"}}));
+        auto r =
+            post(s.proxy->port(), "/v1/messages", msgs(false), h(key, {{"x-fake-status", "500"}}));
         CHECK(r.status == 502);
         CHECK(r.body.find(R"("type":"error")") != std::string::npos);
         CHECK(s.balance("u").creditsNew == kStart);
@@ -93,7 +99,8 @@ TEST_CASE("5xx is retried on the next key before anything was sent; with no key 
 TEST_CASE("the upstream's refusal of a bad request reaches the client as is, unbilled") {
     Stack s(kConfig);
     std::string key = s.userWithKey("u", "0", "0", "10");
-    auto r = post(s.proxy->port(), "/v1/chat/completions", chat(false), h(key, {{"x-fake-status", "400"}}));
+    auto r = post(s.proxy->port(), "/v1/chat/completions", chat(false),
+                  h(key, {{"x-fake-status", "400"}}));
     CHECK(r.status == 400);
     CHECK(r.body.find(R"({"error":)") == 0);
     CHECK(s.balance("u").creditsNew == kStart);
@@ -102,19 +109,23 @@ TEST_CASE("the upstream's refusal of a bad request reaches the client as is, unb
 TEST_CASE("a slow first byte times out as 504 and costs nothing") {
     Stack s(kConfig);
     std::string key = s.userWithKey("u", "0", "0", "10");
-    auto r = post(s.proxy->port(), "/v1/chat/completions", chat(false), h(key, {{"x-fake-latency-ms", "4000"}}));
+    auto r = post(s.proxy->port(), "/v1/chat/completions", chat(false),
+                  h(key, {{"x-fake-latency-ms", "4000"}}));
     CHECK(r.status == 504);
     CHECK(s.balance("u").creditsNew == kStart);
 }
 
-TEST_CASE("a stream cut by the upstream: nothing served is free, something served is billed as estimated") {
+TEST_CASE("a stream cut by the upstream: nothing served is free, something served is billed as "
+          "estimated") {
     Stack s(kConfig);
     std::string key = s.userWithKey("u", "0", "0", "10");
-    auto none = post(s.proxy->port(), "/v1/chat/completions", chat(true), h(key, {{"x-fake-cut-after", "0"}}));
+    auto none = post(s.proxy->port(), "/v1/chat/completions", chat(true),
+                     h(key, {{"x-fake-cut-after", "0"}}));
     CHECK(none.status == 200);
     CHECK(s.balance("u").creditsNew == kStart);
 
-    auto some = post(s.proxy->port(), "/v1/messages", msgs(true), h(key, {{"x-fake-cut-after", "3"}}));
+    auto some =
+        post(s.proxy->port(), "/v1/messages", msgs(true), h(key, {{"x-fake-cut-after", "3"}}));
     CHECK(some.status == 200);
     CHECK(some.body.find("message_stop") == std::string::npos);
     auto b = s.balance("u");
@@ -128,8 +139,9 @@ TEST_CASE("a stream cut by the upstream: nothing served is free, something serve
 TEST_CASE("a client that hangs up mid-stream stops the upstream and pays for what was reported") {
     Stack s(kConfig);
     std::string key = s.userWithKey("u", "0", "0", "10");
-    std::string got = postAndHangUp(s.proxy->port(), "/v1/messages", msgs(true),
-                                    h(key, {{"x-fake-chunks", "50"}, {"x-fake-chunk-delay-ms", "100"}}), 400);
+    std::string got =
+        postAndHangUp(s.proxy->port(), "/v1/messages", msgs(true),
+                      h(key, {{"x-fake-chunks", "50"}, {"x-fake-chunk-delay-ms", "100"}}), 400);
     CHECK(got.find("200") != std::string::npos);
     // The proxy notices at its next write.
     std::vector<trollproxy::LogEntry> logs;
@@ -162,7 +174,8 @@ TEST_CASE("rate limit per key: 429 with Retry-After and X-RateLimit headers") {
     CHECK(!r3.headers["x-ratelimit-reset"].empty());
 }
 
-TEST_CASE("ledger_timeout_ms bounds a request's wait on a locked ledger: 503 in the caller's format, then served") {
+TEST_CASE("ledger_timeout_ms bounds a request's wait on a locked ledger: 503 in the caller's "
+          "format, then served") {
     std::string cfg = kConfig;
     cfg.replace(cfg.find("\"first_byte_timeout_ms\""), 0, "\"ledger_timeout_ms\": 300, ");
     Stack s(cfg);

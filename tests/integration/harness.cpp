@@ -48,7 +48,8 @@ std::string lower(std::string s) {
     return s;
 }
 
-std::string buildRequest(const std::string& method, const std::string& path, const std::string& body,
+std::string buildRequest(const std::string& method, const std::string& path,
+                         const std::string& body,
                          const std::map<std::string, std::string>& headers) {
     std::string r = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
     bool hasType = false;
@@ -119,7 +120,8 @@ RawResponse rawExchange(int port, const std::string& requestBytes, double timeou
     std::size_t p = head.find("\r\n");
     while (p != std::string::npos && p < head.size()) {
         std::size_t e = head.find("\r\n", p + 2);
-        std::string line = head.substr(p + 2, e == std::string::npos ? std::string::npos : e - p - 2);
+        std::string line =
+            head.substr(p + 2, e == std::string::npos ? std::string::npos : e - p - 2);
         auto c = line.find(':');
         if (c != std::string::npos)
             r.headers[lower(line.substr(0, c))] = line.substr(line.find_first_not_of(' ', c + 1));

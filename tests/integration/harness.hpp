@@ -41,8 +41,8 @@ struct Stack {
 /// A minimal HTTP/1.1 client over a raw socket, so tests control every byte.
 struct RawResponse {
     int status = 0;
-    std::map<std::string, std::string> headers; // lower-case names
-    std::string body;                           // de-chunked
+    std::map<std::string, std::string> headers;         // lower-case names
+    std::string body;                                   // de-chunked
     std::vector<std::pair<double, std::string>> chunks; // arrival time (s) and bytes
 };
 

@@ -20,11 +20,13 @@ const char* kConfig = R"({
 })";
 
 // max_tokens 1000 at $1000/Mtok: a hold of 1 USD (input is free).
-const std::string kBody = R"({"model":"m","max_tokens":1000,"messages":[{"role":"user","content":"x"}]})";
+const std::string kBody =
+    R"({"model":"m","max_tokens":1000,"messages":[{"role":"user","content":"x"}]})";
 
 } // namespace
 
-TEST_CASE("a stream longer than hold_ttl_seconds keeps its hold: its money cannot pay for a second request") {
+TEST_CASE("a stream longer than hold_ttl_seconds keeps its hold: its money cannot pay for a second "
+          "request") {
     Stack s(kConfig);
     // 1.5 USD: one hold of 1 USD fits, two do not.
     std::string key = s.userWithKey("u", "0", "0", "1.5");
@@ -39,7 +41,8 @@ TEST_CASE("a stream longer than hold_ttl_seconds keeps its hold: its money canno
     });
     // Past the hold's first expiry and past the sweep's first run (10 s after start).
     std::this_thread::sleep_for(std::chrono::seconds(12));
-    auto second = post(s.proxy->port(), "/v1/messages", kBody, {{"x-api-key", key}, {"x-fake-usage", "0,500,0,0"}});
+    auto second = post(s.proxy->port(), "/v1/messages", kBody,
+                       {{"x-api-key", key}, {"x-fake-usage", "0,500,0,0"}});
     CHECK(second.status == 402);
     client.join();
     CHECK(streamed.status == 200);

@@ -13,7 +13,9 @@ namespace {
 
 std::string config(const std::string& models) {
     return R"({"port": 8000, "endpoints": [{"name": "ant", "base_url": "UPSTREAM/v1/messages"}],
-               "models": [)" + models + R"(], "trollproxy": {"forward_headers": ["x-fake-*"], "shutdown_grace_seconds": 20}})";
+               "models": [)" +
+           models +
+           R"(], "trollproxy": {"forward_headers": ["x-fake-*"], "shutdown_grace_seconds": 20}})";
 }
 const char* kModelA = R"({"id": "a", "billing_upstream": "openhands", "output_price_per_mtok": 1})";
 const char* kModelB = R"({"id": "b", "billing_upstream": "openhands", "output_price_per_mtok": 1})";
@@ -57,7 +59,9 @@ TEST_CASE("SIGTERM lets a running stream finish and settles it before exiting") 
     RawResponse streamed;
     std::thread client([&] {
         streamed = post(s.proxy->port(), "/v1/messages", body("a", true),
-                        {{"x-api-key", key}, {"x-fake-chunks", "10"}, {"x-fake-chunk-delay-ms", "150"},
+                        {{"x-api-key", key},
+                         {"x-fake-chunks", "10"},
+                         {"x-fake-chunk-delay-ms", "150"},
                          {"x-fake-usage", "0,1000000,0,0"}});
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(400));
@@ -71,11 +75,13 @@ TEST_CASE("SIGTERM lets a running stream finish and settles it before exiting") 
     CHECK(s.balance("u").creditsNew == *trollproxy::Money::parse("9"));
 }
 
-TEST_CASE("SIGHUP with a key file keeps a cooling-down key cooling (the pool's state survives the reload)") {
+TEST_CASE("SIGHUP with a key file keeps a cooling-down key cooling (the pool's state survives the "
+          "reload)") {
     std::string keysDir = tempDir();
     writeFile(keysDir + "/keys", "k1\nk2\n");
     std::string cfg = config(kModelA);
-    cfg.replace(cfg.find("\"shutdown_grace_seconds\""), 0, "\"key_file\": \"" + keysDir + "/keys\", ");
+    cfg.replace(cfg.find("\"shutdown_grace_seconds\""), 0,
+                "\"key_file\": \"" + keysDir + "/keys\", ");
     // k1 is rate limited for 60 s.
     Stack s(cfg, {{"TROLLPROXY_UPSTREAM_KEYS", ""}}, {"--fail-key", "k1=429"});
     std::string key = s.userWithKey("u", "0", "0", "10");
@@ -83,17 +89,20 @@ TEST_CASE("SIGHUP with a key file keeps a cooling-down key cooling (the pool's s
     auto keyUses = [&](const std::string& k) {
         std::string seen = get(s.upstream->port(), "/_requests").body;
         int n = 0;
-        for (std::size_t p = seen.find("Bearer " + k + "\""); p != std::string::npos; p = seen.find("Bearer " + k + "\"", p + 1))
+        for (std::size_t p = seen.find("Bearer " + k + "\""); p != std::string::npos;
+             p = seen.find("Bearer " + k + "\"", p + 1))
             ++n;
         return n;
     };
-    // Rotation hands out k1 or k2 first; after at most two requests k1 has been tried and is cooling.
+    // Rotation hands out k1 or k2 first; after at most two requests k1 has been tried and is
+    // cooling.
     for (int i = 0; i < 2; ++i)
         CHECK(post(s.proxy->port(), "/v1/messages", body("a"), h).status == 200);
     REQUIRE(keyUses("k1") == 1);
 
     std::string next = cfg;
-    next.replace(next.find("UPSTREAM"), 8, "http://127.0.0.1:" + std::to_string(s.upstream->port()));
+    next.replace(next.find("UPSTREAM"), 8,
+                 "http://127.0.0.1:" + std::to_string(s.upstream->port()));
     writeFile(s.dir + "/config.json", next);
     s.proxy->signal(SIGHUP, false);
     std::this_thread::sleep_for(std::chrono::milliseconds(500));

@@ -49,11 +49,13 @@ std::string chatBody(const std::string& model, bool stream, const std::string& e
 }
 
 std::string messagesBody(const std::string& model, bool stream, const std::string& extra = "") {
-    return R"({"model":")" + model + R"(","max_tokens":4096,"messages":[{"role":"user","content":"Hello"}])" +
+    return R"({"model":")" + model +
+           R"(","max_tokens":4096,"messages":[{"role":"user","content":"Hello"}])" +
            (stream ? R"(,"stream":true)" : "") + extra + "}";
 }
 
-std::map<std::string, std::string> auth(const std::string& key, std::map<std::string, std::string> more = {}) {
+std::map<std::string, std::string> auth(const std::string& key,
+                                        std::map<std::string, std::string> more = {}) {
     more["Authorization"] = "Bearer " + key;
     return more;
 }
@@ -102,7 +104,8 @@ std::vector<Seen> upstreamRequests(int port) {
 }
 
 std::string usageHeader(long long in, long long out, long long cw, long long cr) {
-    return std::to_string(in) + "," + std::to_string(out) + "," + std::to_string(cw) + "," + std::to_string(cr);
+    return std::to_string(in) + "," + std::to_string(out) + "," + std::to_string(cw) + "," +
+           std::to_string(cr);
 }
 
 } // namespace
@@ -121,9 +124,12 @@ TEST_CASE("both formats, streaming and not, bill the model's pool exactly") {
                 CAPTURE(legacy);
                 std::string model = legacy ? "sonnet-legacy" : "sonnet-new";
                 long long in = 1000, out = 500, cw = anthropic ? 2000 : 0, cr = 10000;
-                std::string body = anthropic ? messagesBody(model, stream) : chatBody(model, stream);
-                auto r = post(s.proxy->port(), anthropic ? "/v1/messages" : "/v1/chat/completions", body,
-                              auth(legacy ? keyOld : keyNew, {{"x-fake-usage", usageHeader(in, out, cw, cr)}}));
+                std::string body =
+                    anthropic ? messagesBody(model, stream) : chatBody(model, stream);
+                auto r =
+                    post(s.proxy->port(), anthropic ? "/v1/messages" : "/v1/chat/completions", body,
+                         auth(legacy ? keyOld : keyNew,
+                              {{"x-fake-usage", usageHeader(in, out, cw, cr)}}));
                 REQUIRE(r.status == 200);
                 std::string cost = expectedCost(in, out, cw, cr);
                 if (!stream)
@@ -165,9 +171,11 @@ TEST_CASE("the reference example: cache tokens priced exactly") {
 TEST_CASE("the request reaches the upstream untouched except model, key and stream usage") {
     Stack s(kConfig);
     std::string key = s.userWithKey("dave", "0", "0", "5");
-    std::string body = R"({"model":"sonnet-new","messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}],)"
-                       R"("tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"future_field":{"a":[1,2.50,"x\u00e9"]},  "temperature":0.7})";
-    auto r = post(s.proxy->port(), "/v1/chat/completions", body, auth(key, {{"anthropic-beta", "b1"}}));
+    std::string body =
+        R"({"model":"sonnet-new","messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}],)"
+        R"("tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"future_field":{"a":[1,2.50,"x\u00e9"]},  "temperature":0.7})";
+    auto r =
+        post(s.proxy->port(), "/v1/chat/completions", body, auth(key, {{"anthropic-beta", "b1"}}));
     REQUIRE(r.status == 200);
     auto seen = upstreamRequests(s.upstream->port());
     REQUIRE(seen.size() == 1);
@@ -180,7 +188,8 @@ TEST_CASE("the request reaches the upstream untouched except model, key and stre
     CHECK(seen[0].body.find(key) == std::string::npos);
 
     // Anthropic: x-api-key is the client's key and must not travel; a version is added.
-    auto m = post(s.proxy->port(), "/v1/messages", messagesBody("sonnet-new", false), {{"x-api-key", key}});
+    auto m = post(s.proxy->port(), "/v1/messages", messagesBody("sonnet-new", false),
+                  {{"x-api-key", key}});
     REQUIRE(m.status == 200);
     seen = upstreamRequests(s.upstream->port());
     REQUIRE(seen.size() == 2);
@@ -244,21 +253,28 @@ TEST_CASE("insufficient credits: 402 before anything reaches the upstream") {
     CHECK(s.balance("gus").creditsNew == *Money::parse("0.000001"));
     // A legacy-pool user with only creditsNew cannot use the credits pool.
     std::string k2 = s.userWithKey("hal", "0", "0", "100");
-    CHECK(post(s.proxy->port(), "/v1/messages", messagesBody("sonnet-legacy", false), auth(k2)).status == 402);
-    CHECK(post(s.proxy->port(), "/v1/messages", messagesBody("sonnet-new", false), auth(k2)).status == 200);
+    CHECK(post(s.proxy->port(), "/v1/messages", messagesBody("sonnet-legacy", false), auth(k2))
+              .status == 402);
+    CHECK(
+        post(s.proxy->port(), "/v1/messages", messagesBody("sonnet-new", false), auth(k2)).status ==
+        200);
 }
 
 TEST_CASE("keys, models and routes are checked, in the caller's format") {
     Stack s(kConfig);
     std::string key = s.userWithKey("ivy", "0", "0", "5");
-    auto r = post(s.proxy->port(), "/v1/chat/completions", chatBody("no-such-model", false), auth(key));
+    auto r =
+        post(s.proxy->port(), "/v1/chat/completions", chatBody("no-such-model", false), auth(key));
     CHECK(r.status == 404);
     CHECK(r.body.find(R"({"error":{)") == 0);
     r = post(s.proxy->port(), "/v1/messages", messagesBody("no-such-model", false), auth(key));
     CHECK(r.status == 404);
     CHECK(r.body.find(R"({"type":"error","error":{"type":"not_found_error")") == 0);
-    CHECK(post(s.proxy->port(), "/v1/messages", messagesBody("sonnet-new", false), auth("sk-trollllm-nope")).status == 401);
-    CHECK(post(s.proxy->port(), "/v1/messages", messagesBody("sonnet-new", false), {}).status == 401);
+    CHECK(post(s.proxy->port(), "/v1/messages", messagesBody("sonnet-new", false),
+               auth("sk-trollllm-nope"))
+              .status == 401);
+    CHECK(post(s.proxy->port(), "/v1/messages", messagesBody("sonnet-new", false), {}).status ==
+          401);
     REQUIRE(s.ledger->revokeKey(key));
     // A key the proxy accepted is trusted for auth_cache_ms (1 s by default): past it, refused.
     std::this_thread::sleep_for(std::chrono::milliseconds(1100));
@@ -273,5 +289,6 @@ TEST_CASE("keys, models and routes are checked, in the caller's format") {
     CHECK(get(s.proxy->port(), "/ready").status == 200);
     CHECK(get(s.proxy->port(), "/metrics").status == 404); // only on the metrics listener
     auto metrics = get(s.metricsPort, "/metrics");
-    CHECK(metrics.body.find("trollproxy_requests_total{route=\"/v1/messages\",status=\"401\"}") != std::string::npos);
+    CHECK(metrics.body.find("trollproxy_requests_total{route=\"/v1/messages\",status=\"401\"}") !=
+          std::string::npos);
 }

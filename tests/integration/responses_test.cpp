@@ -29,7 +29,8 @@ const char* kNoResponses = R"({
   "trollproxy": {"forward_headers": ["x-fake-*"]}
 })";
 
-std::map<std::string, std::string> auth(const std::string& key, std::map<std::string, std::string> more = {}) {
+std::map<std::string, std::string> auth(const std::string& key,
+                                        std::map<std::string, std::string> more = {}) {
     more["Authorization"] = "Bearer " + key;
     return more;
 }
@@ -50,19 +51,22 @@ void expectOpenAIError(const RawResponse& r, int status) {
 
 } // namespace
 
-TEST_CASE("a response is charged exactly: cached input at the cache price, reasoning not added twice") {
+TEST_CASE(
+    "a response is charged exactly: cached input at the cache price, reasoning not added twice") {
     Stack s(kConfig);
     std::string key = s.userWithKey("u", "0", "0", "10");
     // input 200 uncached + 1000 cached, output 300 (of which 120 reasoning).
-    auto r = post(s.proxy->port(), "/v1/responses", R"({"model":"gpt","input":"hi"})",
-                  auth(key, {{"x-fake-usage", "200,300,0,1000"}, {"x-fake-reasoning-tokens", "120"}}));
+    auto r =
+        post(s.proxy->port(), "/v1/responses", R"({"model":"gpt","input":"hi"})",
+             auth(key, {{"x-fake-usage", "200,300,0,1000"}, {"x-fake-reasoning-tokens", "120"}}));
     REQUIRE(r.status == 200);
     // 200 x 1 + 1000 x 0.1 + 300 x 10 = 3300 micro-USD.
     CHECK(r.headers["x-trollproxy-cost"] == "0.003300000");
     CHECK(s.balance("u").creditsNew == *Money::parse("9.9967"));
 
-    auto streamed = post(s.proxy->port(), "/v1/responses", R"({"model":"gpt","input":"hi","stream":true})",
-                         auth(key, {{"x-fake-usage", "200,300,0,1000"}}));
+    auto streamed =
+        post(s.proxy->port(), "/v1/responses", R"({"model":"gpt","input":"hi","stream":true})",
+             auth(key, {{"x-fake-usage", "200,300,0,1000"}}));
     REQUIRE(streamed.status == 200);
     CHECK(streamed.body.find("event: response.completed") != std::string::npos);
     CHECK(s.balance("u").creditsNew == *Money::parse("9.9934"));
@@ -75,11 +79,15 @@ TEST_CASE("bad input on the Responses routes gets OpenAI-shaped errors and costs
     Stack s(kConfig);
     std::string key = s.userWithKey("u", "0", "0", "10");
     expectOpenAIError(post(s.proxy->port(), "/v1/responses", R"({"model":"gpt",)", auth(key)), 400);
-    expectOpenAIError(post(s.proxy->port(), "/v1/responses", R"({"model":"nope","input":"x"})", auth(key)), 404);
-    expectOpenAIError(post(s.proxy->port(), "/v1/responses", R"({"model":"gpt","model":"gpt"})", auth(key)), 400);
-    expectOpenAIError(post(s.proxy->port(), "/v1/responses", R"({"model":"gpt","previous_response_id":7})", auth(key)),
+    expectOpenAIError(
+        post(s.proxy->port(), "/v1/responses", R"({"model":"nope","input":"x"})", auth(key)), 404);
+    expectOpenAIError(
+        post(s.proxy->port(), "/v1/responses", R"({"model":"gpt","model":"gpt"})", auth(key)), 400);
+    expectOpenAIError(post(s.proxy->port(), "/v1/responses",
+                           R"({"model":"gpt","previous_response_id":7})", auth(key)),
                       400);
-    expectOpenAIError(post(s.proxy->port(), "/v1/responses", R"({"model":"gpt","input":"x"})", {}), 401);
+    expectOpenAIError(post(s.proxy->port(), "/v1/responses", R"({"model":"gpt","input":"x"})", {}),
+                      401);
     expectOpenAIError(get(s.proxy->port(), "/v1/responses/resp_unknown"), 401);
     CHECK(s.balance("u").creditsNew == *Money::parse("10"));
     CHECK(get(s.proxy->port(), "/health").status == 200);
@@ -104,8 +112,10 @@ TEST_CASE("a response id is reachable only by the user who created it; retrieval
     Money afterCreate = s.balance("alice").creditsNew;
 
     auto raw = [&](const std::string& method, const std::string& k) {
-        return rawExchange(s.proxy->port(), method + " /v1/responses/" + id + " HTTP/1.1\r\nHost: x\r\n"
-                                            "Authorization: Bearer " + k + "\r\nConnection: close\r\n\r\n");
+        return rawExchange(s.proxy->port(), method + " /v1/responses/" + id +
+                                                " HTTP/1.1\r\nHost: x\r\n"
+                                                "Authorization: Bearer " +
+                                                k + "\r\nConnection: close\r\n\r\n");
     };
     auto mine = raw("GET", alice);
     CHECK(mine.status == 200);
@@ -113,8 +123,9 @@ TEST_CASE("a response id is reachable only by the user who created it; retrieval
     expectOpenAIError(raw("GET", bob), 404);
     expectOpenAIError(raw("DELETE", bob), 404);
     // Continuing someone else's response is refused before anything is held or sent.
-    auto cont = post(s.proxy->port(), "/v1/responses",
-                     R"({"model":"gpt","input":"more","previous_response_id":")" + id + "\"}", auth(bob));
+    auto cont =
+        post(s.proxy->port(), "/v1/responses",
+             R"({"model":"gpt","input":"more","previous_response_id":")" + id + "\"}", auth(bob));
     expectOpenAIError(cont, 404);
     auto own = post(s.proxy->port(), "/v1/responses",
                     R"({"model":"gpt","input":"more","previous_response_id":")" + id + "\"}",
@@ -142,8 +153,9 @@ TEST_CASE("a Responses stream that ends without usage is charged once, from what
     CHECK(s.balance("u").creditsNew == *Money::parse("10") - (*logs)[0].cost);
 
     // Cut mid-stream by the upstream after some text: estimated, charged once.
-    auto cut = post(s.proxy->port(), "/v1/responses", R"({"model":"gpt","input":"hi","stream":true})",
-                    auth(key, {{"x-fake-cut-after", "3"}}));
+    auto cut =
+        post(s.proxy->port(), "/v1/responses", R"({"model":"gpt","input":"hi","stream":true})",
+             auth(key, {{"x-fake-cut-after", "3"}}));
     CHECK(cut.status == 200);
     logs = s.ledger->usage("u", 10);
     REQUIRE(logs->size() == 2);
@@ -157,14 +169,15 @@ TEST_CASE("count_tokens: authenticated, forwarded with the upstream model, never
     Stack s(kConfig);
     std::string key = s.userWithKey("u", "0", "0", "10");
     std::string body = R"({"model":"gpt","messages":[{"role":"user","content":"Hello there"}]})";
-    auto r = post(s.proxy->port(), "/v1/messages/count_tokens?beta=true", body, {{"x-api-key", key}});
+    auto r =
+        post(s.proxy->port(), "/v1/messages/count_tokens?beta=true", body, {{"x-api-key", key}});
     CHECK(r.status == 200);
     CHECK(r.body.find("\"input_tokens\"") != std::string::npos);
     auto anon = post(s.proxy->port(), "/v1/messages/count_tokens", body, {});
     CHECK(anon.status == 401);
     CHECK(anon.body.find(R"({"type":"error")") == 0);
-    auto unknown = post(s.proxy->port(), "/v1/messages/count_tokens", R"({"model":"nope","messages":[]})",
-                        {{"x-api-key", key}});
+    auto unknown = post(s.proxy->port(), "/v1/messages/count_tokens",
+                        R"({"model":"nope","messages":[]})", {{"x-api-key", key}});
     CHECK(unknown.status == 404);
     CHECK(s.balance("u").creditsNew == *Money::parse("10"));
     CHECK(s.ledger->usage("u", 10)->empty());

@@ -25,7 +25,8 @@ TEST_CASE("a wait on a held lock gives up after its time") {
     m.unlock();
 }
 
-TEST_CASE("waiters get the lock in the order they came, even against a thread that re-locks at once") {
+TEST_CASE(
+    "waiters get the lock in the order they came, even against a thread that re-locks at once") {
     FairTimedMutex m;
     REQUIRE(m.lockFor(10ms));
     std::mutex orderMutex;

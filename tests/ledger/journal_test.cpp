@@ -44,7 +44,8 @@ std::string readFile(const std::string& path) {
     return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-std::unique_ptr<test::BothRoles> openWithUser(const std::string& path, std::int64_t timeoutMs = 3000) {
+std::unique_ptr<test::BothRoles> openWithUser(const std::string& path,
+                                              std::int64_t timeoutMs = 3000) {
     auto l = test::BothRoles::open("sqlite:" + path, LedgerOptions{timeoutMs, ""});
     REQUIRE_MESSAGE(l, l.error().message);
     auto ledger = std::move(l).value();
@@ -150,7 +151,8 @@ TEST_CASE("a charge appended after a torn line is kept; a restarted journal coun
     CHECK(ledger->balance("u")->creditsNew == Money{1'000'000'000 - 2000});
 }
 
-TEST_CASE("replay against a locked ledger keeps everything pending, quickly, then applies it once") {
+TEST_CASE(
+    "replay against a locked ledger keeps everything pending, quickly, then applies it once") {
     TempDir dir;
     std::string db = dir.file("l.db");
     auto ledger = openWithUser(db, 200);

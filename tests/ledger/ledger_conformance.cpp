@@ -1,4 +1,5 @@
-// One behaviour test for every ledger backend, both roles; the URI comes from TROLLPROXY_TEST_LEDGER_URI.
+// One behaviour test for every ledger backend, both roles; the URI comes from
+// TROLLPROXY_TEST_LEDGER_URI.
 //
 // Only the public interface is used (no raw SQL, no driver calls), and every case
 // makes its own users and request ids, because a MongoDB database is shared by
@@ -29,7 +30,8 @@ std::string ledgerUri() {
     static trollproxy::test::TempDir dir;
     // TROLLPROXY_TEST_SQLITE_QUERY: URI options, e.g. synchronous=full.
     const char* query = std::getenv("TROLLPROXY_TEST_SQLITE_QUERY");
-    return "sqlite:" + dir.file("conformance.db") + (query && *query ? std::string("?") + query : "");
+    return "sqlite:" + dir.file("conformance.db") +
+           (query && *query ? std::string("?") + query : "");
 }
 
 bool isMongo() {
@@ -85,11 +87,11 @@ std::int64_t slack(std::int64_t operations) {
     return isMongo() ? operations : 0;
 }
 
-#define CHECK_MONEY(actual, expected, ops)                                                              \
-    do {                                                                                                \
-        std::int64_t a_ = (actual).nanos, e_ = (expected).nanos;                                        \
-        INFO("actual ", Money{a_}.toString(), " expected ", Money{e_}.toString());                      \
-        CHECK(std::llabs(a_ - e_) <= slack(ops));                                                       \
+#define CHECK_MONEY(actual, expected, ops)                                                         \
+    do {                                                                                           \
+        std::int64_t a_ = (actual).nanos, e_ = (expected).nanos;                                   \
+        INFO("actual ", Money{a_}.toString(), " expected ", Money{e_}.toString());                 \
+        CHECK(std::llabs(a_ - e_) <= slack(ops));                                                  \
     } while (0)
 
 std::string makeUser(LedgerAdmin& l, const char* stem) {
@@ -111,7 +113,8 @@ Balance balanceOf(LedgerAdmin& l, const std::string& user) {
 
 HoldRequest hold(const std::string& id, const std::string& user, Pool pool, const char* amount,
                  std::int64_t expiresAtMs = 0) {
-    return HoldRequest{id, user, pool, usd(amount), expiresAtMs ? expiresAtMs : nowMs() + 3'600'000};
+    return HoldRequest{id, user, pool, usd(amount),
+                       expiresAtMs ? expiresAtMs : nowMs() + 3'600'000};
 }
 
 Charge charge(const std::string& id, const std::string& user, Pool pool, const char* cost,
@@ -198,7 +201,8 @@ TEST_CASE("reserve takes the hold from the right fields or refuses") {
     Balance b = balanceOf(*l, user);
     CHECK_MONEY(b.creditsNew, usd("0.4"), 2);
     CHECK_MONEY(b.credits, usd("0.3"), 1);
-    CHECK(l->reserve(hold(id + "-2", user, Pool::CreditsNew, "0.5")) == ReserveStatus::InsufficientCredits);
+    CHECK(l->reserve(hold(id + "-2", user, Pool::CreditsNew, "0.5")) ==
+          ReserveStatus::InsufficientCredits);
     CHECK_MONEY(balanceOf(*l, user).creditsNew, usd("0.4"), 2);
 
     // Credits pool: `credits` first, the rest from `refCredits`.
@@ -207,7 +211,8 @@ TEST_CASE("reserve takes the hold from the right fields or refuses") {
     CHECK_MONEY(b.credits, usd("0"), 2);
     CHECK_MONEY(b.refCredits, usd("0.1"), 2);
     CHECK_MONEY(b.creditsNew, usd("0.4"), 2);
-    CHECK(l->reserve(hold(id + "-4", user, Pool::Credits, "0.2")) == ReserveStatus::InsufficientCredits);
+    CHECK(l->reserve(hold(id + "-4", user, Pool::Credits, "0.2")) ==
+          ReserveStatus::InsufficientCredits);
     CHECK(l->reserve(hold(id + "-5", userName("nobody"), Pool::Credits, "0.1")) ==
           ReserveStatus::InsufficientCredits);
     b = balanceOf(*l, user);
@@ -415,8 +420,10 @@ TEST_CASE("sweepExpiredHolds releases only expired holds") {
     give(*l, user, BalanceField::CreditsNew, "1.0");
     std::string id = uniqueName("req");
     std::int64_t now = nowMs();
-    REQUIRE(l->reserve(hold(id + "-old", user, Pool::CreditsNew, "0.25", now - 1000)) == ReserveStatus::Reserved);
-    REQUIRE(l->reserve(hold(id + "-new", user, Pool::CreditsNew, "0.5", now + 3'600'000)) == ReserveStatus::Reserved);
+    REQUIRE(l->reserve(hold(id + "-old", user, Pool::CreditsNew, "0.25", now - 1000)) ==
+            ReserveStatus::Reserved);
+    REQUIRE(l->reserve(hold(id + "-new", user, Pool::CreditsNew, "0.5", now + 3'600'000)) ==
+            ReserveStatus::Reserved);
     CHECK_MONEY(balanceOf(*l, user).creditsNew, usd("0.25"), 3);
 
     auto swept = l->sweepExpiredHolds(now);
@@ -431,7 +438,8 @@ TEST_CASE("sweepExpiredHolds releases only expired holds") {
     CHECK_MONEY(balanceOf(*l, user).creditsNew, usd("0.5"), 5);
 }
 
-TEST_CASE("releaseHolds gives back a dead process's holds by request id prefix; balance shows holds") {
+TEST_CASE(
+    "releaseHolds gives back a dead process's holds by request id prefix; balance shows holds") {
     auto l = openTestLedger();
     std::string a = makeUser(*l, "relholds-a");
     std::string b = makeUser(*l, "relholds-b");
@@ -441,8 +449,10 @@ TEST_CASE("releaseHolds gives back a dead process's holds by request id prefix; 
     give(*l, b, BalanceField::CreditsNew, "1.0");
     std::string base = uniqueName("rh");
     REQUIRE(l->reserve(hold(base + "-p1-a", a, Pool::Credits, "1.5")) == ReserveStatus::Reserved);
-    REQUIRE(l->reserve(hold(base + "-p1-b", b, Pool::CreditsNew, "0.4")) == ReserveStatus::Reserved);
-    REQUIRE(l->reserve(hold(base + "-p2-a", a, Pool::CreditsNew, "0.3")) == ReserveStatus::Reserved);
+    REQUIRE(l->reserve(hold(base + "-p1-b", b, Pool::CreditsNew, "0.4")) ==
+            ReserveStatus::Reserved);
+    REQUIRE(l->reserve(hold(base + "-p2-a", a, Pool::CreditsNew, "0.3")) ==
+            ReserveStatus::Reserved);
 
     // balance: the held money by the field it came from, next to what is left.
     Balance ba = balanceOf(*l, a);
@@ -504,7 +514,8 @@ TEST_CASE("releaseHolds matches the prefix literally: no wildcards, no regex, ca
     give(*l, user, BalanceField::CreditsNew, "1.0");
     std::string base = uniqueName("rl");
     for (const char* tail : {"-x%1", "-xz1", "-a_1", "-ab1", "-v.1", "-v_2", "-vz3", "-Q1"})
-        REQUIRE(l->reserve(hold(base + tail, user, Pool::CreditsNew, "0.01")) == ReserveStatus::Reserved);
+        REQUIRE(l->reserve(hold(base + tail, user, Pool::CreditsNew, "0.01")) ==
+                ReserveStatus::Reserved);
     CHECK(balanceOf(*l, user).heldCreditsNew == usd("0.08"));
 
     auto count = [&](const std::string& prefix) {
@@ -693,7 +704,8 @@ TEST_CASE("admin errors change nothing") {
         REQUIRE_FALSE(bad);
         CHECK(bad.error().code == ErrorCode::InvalidArgument);
     }
-    for (BalanceField f : {BalanceField::Credits, BalanceField::RefCredits, BalanceField::CreditsNew})
+    for (BalanceField f :
+         {BalanceField::Credits, BalanceField::RefCredits, BalanceField::CreditsNew})
         CHECK(*parseBalanceField(balanceFieldName(f)) == f);
     auto neg = l->credit(user, BalanceField::Credits, Money{-1});
     REQUIRE_FALSE(neg);

@@ -1,4 +1,5 @@
-// Helpers shared by the ledger tests: both roles of a ledger, temporary files, unique names, amounts.
+// Helpers shared by the ledger tests: both roles of a ledger, temporary files, unique names,
+// amounts.
 #pragma once
 
 #include <cstdlib>
@@ -18,7 +19,8 @@ namespace trollproxy::test {
 /// trollproxy-admin have).
 class BothRoles final : public CreditLedger, public LedgerAdmin {
 public:
-    static Result<std::unique_ptr<BothRoles>> open(std::string_view uri, const LedgerOptions& options = {}) {
+    static Result<std::unique_ptr<BothRoles>> open(std::string_view uri,
+                                                   const LedgerOptions& options = {}) {
         auto ledger = openLedger(uri, options);
         if (!ledger)
             return ledger.error();
@@ -32,17 +34,27 @@ public:
     ReserveStatus reserve(const HoldRequest& h) override { return ledger_->reserve(h); }
     SettleOutcome settle(const Charge& c) override { return ledger_->settle(c); }
     Result<void> release(std::string_view id) override { return ledger_->release(id); }
-    Result<void> renewHold(std::string_view id, std::int64_t ms) override { return ledger_->renewHold(id, ms); }
-    Result<std::int64_t> sweepExpiredHolds(std::int64_t ms) override { return ledger_->sweepExpiredHolds(ms); }
-    Result<std::int64_t> releaseHolds(std::string_view prefix) override { return ledger_->releaseHolds(prefix); }
-    Result<std::string> responseOwner(std::string_view id) override { return ledger_->responseOwner(id); }
+    Result<void> renewHold(std::string_view id, std::int64_t ms) override {
+        return ledger_->renewHold(id, ms);
+    }
+    Result<std::int64_t> sweepExpiredHolds(std::int64_t ms) override {
+        return ledger_->sweepExpiredHolds(ms);
+    }
+    Result<std::int64_t> releaseHolds(std::string_view prefix) override {
+        return ledger_->releaseHolds(prefix);
+    }
+    Result<std::string> responseOwner(std::string_view id) override {
+        return ledger_->responseOwner(id);
+    }
     Result<void> recordRequest(const LogEntry& e) override { return ledger_->recordRequest(e); }
     bool ping() override { return ledger_->ping(); }
 
     Result<void> addUser(std::string_view n) override { return admin_->addUser(n); }
     Result<std::string> addKey(std::string_view n) override { return admin_->addKey(n); }
     Result<void> revokeKey(std::string_view k) override { return admin_->revokeKey(k); }
-    Result<void> credit(std::string_view n, BalanceField f, Money m) override { return admin_->credit(n, f, m); }
+    Result<void> credit(std::string_view n, BalanceField f, Money m) override {
+        return admin_->credit(n, f, m);
+    }
     Result<Balance> balance(std::string_view n) override { return admin_->balance(n); }
     Result<std::vector<LogEntry>> usage(std::string_view n, std::int64_t last) override {
         return admin_->usage(n, last);

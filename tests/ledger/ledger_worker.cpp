@@ -77,7 +77,8 @@ int main(int argc, char** argv) {
     if (mode == "settle") {
         for (int i = 0; i < count; ++i) {
             std::string id = prefix + std::to_string(i);
-            HoldRequest h{id, user, Pool::CreditsNew, Money{10'000'000}, makeCharge(user, id).createdAtMs + 60'000};
+            HoldRequest h{id, user, Pool::CreditsNew, Money{10'000'000},
+                          makeCharge(user, id).createdAtMs + 60'000};
             ReserveStatus r = ledger.reserve(h);
             if (r == ReserveStatus::InsufficientCredits) {
                 std::printf("refused %s\n", id.c_str());
@@ -95,7 +96,8 @@ int main(int argc, char** argv) {
     if (mode == "hold") { // holds left behind, as by a process killed with requests in flight
         for (int i = 0; i < count; ++i) {
             std::string id = prefix + std::to_string(i);
-            HoldRequest h{id, user, Pool::CreditsNew, Money{10'000'000}, makeCharge(user, id).createdAtMs + 3'600'000};
+            HoldRequest h{id, user, Pool::CreditsNew, Money{10'000'000},
+                          makeCharge(user, id).createdAtMs + 3'600'000};
             if (ledger.reserve(h) != ReserveStatus::Reserved)
                 return 1;
         }

@@ -120,7 +120,8 @@ TEST_CASE("a database another process holds locked is unavailable, not a hang") 
 TEST_CASE("two processes on one file cannot overspend") {
     Fixture f;
     REQUIRE(f.ledger->addUser("shared"));
-    REQUIRE(f.ledger->credit("shared", BalanceField::CreditsNew, Money{500'000'000})); // covers 50 x 0.01
+    REQUIRE(f.ledger->credit("shared", BalanceField::CreditsNew,
+                             Money{500'000'000})); // covers 50 x 0.01
     pid_t a = spawnWorker({"settle", f.uri, "shared", "100", "a"}, f.dir + "/a.out");
     pid_t b = spawnWorker({"settle", f.uri, "shared", "100", "b"}, f.dir + "/b.out");
     CHECK(WEXITSTATUS(waitFor(a)) == 0);
@@ -162,4 +163,3 @@ TEST_CASE("kill -9 while settling: every acknowledged charge is there exactly on
     CHECK(Money{100'000'000'000} - bal->creditsNew == sum);
     CHECK(bal->creditsNewUsed == sum);
 }
-

@@ -174,12 +174,15 @@ void checkUnavailableInTime(const std::string& uri) {
     auto timed = [&](const char* what, auto&& op) {
         auto t0 = std::chrono::steady_clock::now();
         op();
-        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::steady_clock::now() - t0)
+                      .count();
         INFO(what, " took ", ms, " ms");
         CHECK(ms < bound);
     };
     std::string user = userName("down");
-    timed("authenticate", [&] { CHECK(l->authenticate(newApiKey()).status == AuthStatus::LedgerUnavailable); });
+    timed("authenticate",
+          [&] { CHECK(l->authenticate(newApiKey()).status == AuthStatus::LedgerUnavailable); });
     timed("reserve", [&] {
         CHECK(l->reserve(HoldRequest{"r1", user, Pool::CreditsNew, Money{1}, nowMs() + 1000}) ==
               ReserveStatus::LedgerUnavailable);
@@ -225,8 +228,8 @@ TEST_CASE("production documents: fields trollproxy does not own are left as they
     REQUIRE(a.status == AuthStatus::Authorized);
     CHECK(a.account.userId == user);
     std::string id = "req-" + hex(12);
-    REQUIRE(l->reserve(HoldRequest{id, user, Pool::CreditsNew, Money{1'000'000'000}, nowMs() + 60'000}) ==
-            ReserveStatus::Reserved);
+    REQUIRE(l->reserve(HoldRequest{id, user, Pool::CreditsNew, Money{1'000'000'000},
+                                   nowMs() + 60'000}) == ReserveStatus::Reserved);
     Charge c;
     c.requestId = id;
     c.userId = user;
@@ -243,8 +246,8 @@ TEST_CASE("production documents: fields trollproxy does not own are left as they
     bson_t* after = raw.findOne("usersNew", filter);
     REQUIRE(after);
     // Every field it does not own is byte for byte what it was.
-    const std::set<std::string> changed{"creditsNew", "creditsNewUsed", "tokensUserNew", "totalInputTokens",
-                                        "totalOutputTokens"};
+    const std::set<std::string> changed{"creditsNew", "creditsNewUsed", "tokensUserNew",
+                                        "totalInputTokens", "totalOutputTokens"};
     bson_iter_t it;
     REQUIRE(bson_iter_init(&it, doc));
     while (bson_iter_next(&it)) {
@@ -287,8 +290,8 @@ TEST_CASE("production documents: fields trollproxy does not own are left as they
     if (!objectIdsOnly()) {
         // A production `user_keys` entry: `_id` is the raw key, `name` the user.
         std::string second = newApiKey();
-        bson_t* k = BCON_NEW("_id", BCON_UTF8(second.c_str()), "name", BCON_UTF8(user.c_str()), "isActive",
-                             BCON_BOOL(true));
+        bson_t* k = BCON_NEW("_id", BCON_UTF8(second.c_str()), "name", BCON_UTF8(user.c_str()),
+                             "isActive", BCON_BOOL(true));
         raw.insert("user_keys", k);
         AuthOutcome b = l->authenticate(second);
         CHECK(b.status == AuthStatus::Authorized);
@@ -310,8 +313,8 @@ TEST_CASE("write concern majority") {
     REQUIRE(l->addUser(user));
     REQUIRE(l->credit(user, BalanceField::CreditsNew, Money{1'000'000'000}));
     std::string id = "wc-" + hex(12);
-    REQUIRE(l->reserve(HoldRequest{id, user, Pool::CreditsNew, Money{500'000'000}, nowMs() + 60'000}) ==
-            ReserveStatus::Reserved);
+    REQUIRE(l->reserve(HoldRequest{id, user, Pool::CreditsNew, Money{500'000'000},
+                                   nowMs() + 60'000}) == ReserveStatus::Reserved);
     Charge c;
     c.requestId = id;
     c.userId = user;
@@ -337,7 +340,8 @@ TEST_CASE("kill -9 while settling: every acknowledged charge is there exactly on
     REQUIRE(l->addUser(user));
     const Money start{100'000'000'000};
     REQUIRE(l->credit(user, BalanceField::CreditsNew, start));
-    pid_t p = spawnWorker({"settle", ledgerUri(), user, "100000", "c" + hex(6) + "-"}, dir + "/c.out");
+    pid_t p =
+        spawnWorker({"settle", ledgerUri(), user, "100000", "c" + hex(6) + "-"}, dir + "/c.out");
     auto t0 = std::chrono::steady_clock::now();
     while (linesWith(dir + "/c.out", "settled").size() < 150 &&
            std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30))
@@ -366,7 +370,8 @@ TEST_CASE("kill -9 while settling: every acknowledged charge is there exactly on
     REQUIRE(bal);
     std::int64_t n = static_cast<std::int64_t>(logged.size());
     INFO("decrease ", (start - bal->creditsNew).toString(), " logged ", sum.toString());
-    CHECK(std::llabs((start - bal->creditsNew).nanos - sum.nanos) <= n); // within 1 nano-USD per charge
+    CHECK(std::llabs((start - bal->creditsNew).nanos - sum.nanos) <=
+          n); // within 1 nano-USD per charge
     CHECK(std::llabs(bal->creditsNewUsed.nanos - sum.nanos) <= n);
     std::filesystem::remove_all(dir);
 }
@@ -380,13 +385,15 @@ TEST_CASE("kill -9 while replaying the journal: after a restart each charge coun
     REQUIRE(l->credit(user, BalanceField::CreditsNew, start));
     const int kCharges = 400;
     std::string jpath = dir + "/charges.journal";
-    pid_t p = spawnWorker({"journal", ledgerUri(), user, std::to_string(kCharges), "j" + hex(6) + "-", jpath},
-                          dir + "/j.out");
+    pid_t p = spawnWorker(
+        {"journal", ledgerUri(), user, std::to_string(kCharges), "j" + hex(6) + "-", jpath},
+        dir + "/j.out");
     while (linesWith(dir + "/j.out", "journalled").size() < static_cast<std::size_t>(kCharges))
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
     // Let the replay get going, then kill it part way.
     auto t0 = std::chrono::steady_clock::now();
-    while (l->usage(user, 1'000'000)->size() < 50 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20))
+    while (l->usage(user, 1'000'000)->size() < 50 &&
+           std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20))
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
     ::kill(p, SIGKILL);
     waitFor(p);
@@ -412,7 +419,8 @@ TEST_CASE("kill -9 while replaying the journal: after a restart each charge coun
     std::filesystem::remove_all(dir);
 }
 
-TEST_CASE("a crash between moving the money and writing its log entry: the retry or the sweep finishes it, once") {
+TEST_CASE("a crash between moving the money and writing its log entry: the retry or the sweep "
+          "finishes it, once") {
     auto l = open(ledgerUri());
     std::string dir = tempDir();
     std::string user = userName("failpoint");

@@ -1,13 +1,13 @@
 // ProxyService in one process: a scripted upstream, a SQLite ledger and a manual clock, so that
 // expiries, windows and deadlines are reached by setting the time instead of waiting for it.
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <deque>
-#include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <functional>
+#include <iterator>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -98,21 +98,26 @@ std::string ev(const std::string& name, const std::string& data) {
 Script anthropicStream(int deltas, int output) {
     Script s;
     s.headers = {{"content-type", "text/event-stream"}};
-    s.pieces.push_back(ev("message_start",
-                          R"({"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":10,"output_tokens":1}}})"));
+    s.pieces.push_back(ev(
+        "message_start",
+        R"({"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":10,"output_tokens":1}}})"));
     for (int i = 0; i < deltas; ++i)
-        s.pieces.push_back(ev("content_block_delta",
-                              R"({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"abcd"}})"));
-    s.pieces.push_back(ev("message_delta", R"({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":)" +
-                                               std::to_string(output) + "}}") +
-                       ev("message_stop", R"({"type":"message_stop"})"));
+        s.pieces.push_back(ev(
+            "content_block_delta",
+            R"({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"abcd"}})"));
+    s.pieces.push_back(
+        ev("message_delta",
+           R"({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":)" +
+               std::to_string(output) + "}}") +
+        ev("message_stop", R"({"type":"message_stop"})"));
     return s;
 }
 
 Script anthropicWhole(int output) {
     Script s;
-    s.pieces.push_back(R"({"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":10,"output_tokens":)" +
-                       std::to_string(output) + "}}");
+    s.pieces.push_back(
+        R"({"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":10,"output_tokens":)" +
+        std::to_string(output) + "}}");
     return s;
 }
 
@@ -120,7 +125,8 @@ Script refusal(int status, const std::string& retryAfter) {
     Script s;
     s.status = status;
     s.headers.emplace_back("retry-after", retryAfter);
-    s.pieces.push_back(R"({"type":"error","error":{"type":"rate_limit_error","message":"slow down"}})");
+    s.pieces.push_back(
+        R"({"type":"error","error":{"type":"rate_limit_error","message":"slow down"}})");
     return s;
 }
 
@@ -182,9 +188,10 @@ struct Rig {
     Config config;
     std::string uri;
 
-    explicit Rig(const std::string& settings, const std::string& usd = "10",
-                 const std::function<void(Rig&)>& beforeService = {},
-                 std::function<std::unique_ptr<CreditLedger>(std::unique_ptr<CreditLedger>)> wrap = {}) {
+    explicit Rig(
+        const std::string& settings, const std::string& usd = "10",
+        const std::function<void(Rig&)>& beforeService = {},
+        std::function<std::unique_ptr<CreditLedger>(std::unique_ptr<CreditLedger>)> wrap = {}) {
         char tmpl[] = "/tmp/trollproxy-service-XXXXXX";
         dir = mkdtemp(tmpl);
         std::string uri = "sqlite:" + dir + "/ledger.db";
@@ -192,7 +199,8 @@ struct Rig {
           "endpoints": [{"name": "ant", "base_url": "http://upstream.invalid/v1/messages"}],
           "models": [{"id": "m", "billing_upstream": "openhands", "input_price_per_mtok": 1,
                       "output_price_per_mtok": 1000}],
-          "trollproxy": {"journal_path": ")" + dir + R"(/journal", )" + settings + "}}";
+          "trollproxy": {"journal_path": ")" +
+                           dir + R"(/journal", )" + settings + "}}";
         auto cfg = parseConfig(json, "test");
         REQUIRE_MESSAGE(cfg, cfg.error().message);
         admin = std::move(*openLedgerAdmin(uri));
@@ -207,8 +215,9 @@ struct Rig {
         startService(wrap);
     }
     /// A new service process on the same ledger and journal (the old one is gone).
-    void startService(
-        const std::function<std::unique_ptr<CreditLedger>(std::unique_ptr<CreditLedger>)>& wrap = {}) {
+    void
+    startService(const std::function<std::unique_ptr<CreditLedger>(std::unique_ptr<CreditLedger>)>&
+                     wrap = {}) {
         service.reset();
         ServiceParts parts;
         parts.ledger = std::move(*openLedger(uri));
@@ -396,7 +405,8 @@ TEST_CASE("a revoked key is refused once auth_cache_ms has passed, and at once w
     }
 }
 
-TEST_CASE("journal_first: the answer goes out before the ledger settles; the flusher settles it once") {
+TEST_CASE(
+    "journal_first: the answer goes out before the ledger settles; the flusher settles it once") {
     std::atomic<bool> down{false};
     FlakyLedger* flaky = nullptr;
     Rig rig(R"("settlement": "journal_first")", "10", {}, [&](std::unique_ptr<CreditLedger> real) {
@@ -413,7 +423,7 @@ TEST_CASE("journal_first: the answer goes out before the ledger settles; the flu
         charged += *Money::parse(rig.header(r, "x-trollproxy-cost"));
     }
     CHECK(charged == *Money::parse("0.2002")); // 20 × (10 in + 10 out)
-    CHECK(flaky->settledOnCaller == 0); // never on the request's thread
+    CHECK(flaky->settledOnCaller == 0);        // never on the request's thread
     CHECK(Rig::waitFor([&] { return rig.balance() + charged == *Money::parse("10"); }));
     auto logs = rig.admin->usage("u", 100);
     CHECK(logs->size() == 20);
@@ -452,7 +462,8 @@ TEST_CASE("a journal left by a process that died is settled when the next one st
     c.cost = *Money::parse("0.25");
     c.createdAtMs = 1'800'000'000'000;
     auto leave = [&](Rig& r) {
-        std::ofstream(r.journal()) << encodeCharge(c) << "\n" << "{\"torn";
+        std::ofstream(r.journal()) << encodeCharge(c) << "\n"
+                                   << "{\"torn";
     };
     Rig rig("\"settlement\": \"synchronous\"", "10", leave);
     CHECK(Rig::waitFor([&] { return rig.balance() == *Money::parse("9.75"); }));
@@ -488,12 +499,12 @@ TEST_CASE("a restarted process gives back at once the holds its previous life le
     const Money before = rig.balance();
     // What the process was holding when it was killed, and another instance's hold.
     const std::int64_t far = rig.clock->wallMs() + 3'600'000;
-    REQUIRE(rig.ledger->reserve({prefix + "dead1", "u", Pool::CreditsNew, *Money::parse("1"), far}) ==
-            ReserveStatus::Reserved);
-    REQUIRE(rig.ledger->reserve({"req_0therins_dead2", "u", Pool::CreditsNew, *Money::parse("2"), far}) ==
-            ReserveStatus::Reserved);
+    REQUIRE(rig.ledger->reserve({prefix + "dead1", "u", Pool::CreditsNew, *Money::parse("1"),
+                                 far}) == ReserveStatus::Reserved);
+    REQUIRE(rig.ledger->reserve({"req_0therins_dead2", "u", Pool::CreditsNew, *Money::parse("2"),
+                                 far}) == ReserveStatus::Reserved);
     REQUIRE(rig.balance() == before - *Money::parse("3"));
-    rig.startService(); // same journal: same instance
+    rig.startService();                                  // same journal: same instance
     CHECK(rig.balance() == before - *Money::parse("2")); // its own hold back, the other's kept
     CHECK(rig.admin->balance("u")->heldCreditsNew == *Money::parse("2"));
 }

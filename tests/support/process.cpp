@@ -216,8 +216,17 @@ std::vector<std::string> fakeUpstreamArgv(const std::vector<std::string>& args) 
 
 std::vector<std::string> proxyArgv(const std::string& config, const std::string& ledgerUri,
                                    const std::string& journal) {
-    return {buildRoot() + "/server/trollproxy", "--config", config, "--ledger", ledgerUri,
-            "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--journal", journal};
+    return {buildRoot() + "/server/trollproxy",
+            "--config",
+            config,
+            "--ledger",
+            ledgerUri,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--journal",
+            journal};
 }
 
 std::string withUpstream(std::string config, int upstreamPort) {

@@ -25,8 +25,7 @@ public:
     /// environment (replacing variables of the same name), and waits for
     /// "listening on HOST:PORT".
     Process(std::vector<std::string> argv, std::map<std::string, std::string> env = {});
-    Process(std::vector<std::string> argv, std::map<std::string, std::string> env,
-            Options options);
+    Process(std::vector<std::string> argv, std::map<std::string, std::string> env, Options options);
     /// Kills (SIGKILL) and reaps the process if it still runs.
     ~Process();
     Process(const Process&) = delete;

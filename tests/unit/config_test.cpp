@@ -74,31 +74,41 @@ TEST_CASE("each invalid field is rejected with its path") {
           "test.json: models[1].billing_upstream: \"ohmypgt\" is not one of openhands, ohmygpt");
     CHECK(errorOf(withModel("\"id\": \"b\"")) ==
           "test.json: models[1].billing_upstream: is missing (one of openhands, ohmygpt)");
-    CHECK(errorOf(withModel("\"billing_upstream\": \"ohmygpt\"")) == "test.json: models[1].id: is missing");
+    CHECK(errorOf(withModel("\"billing_upstream\": \"ohmygpt\"")) ==
+          "test.json: models[1].id: is missing");
     CHECK(errorOf(withModel("\"id\": \"a\", \"billing_upstream\": \"ohmygpt\"")) ==
           "test.json: models[1].id: \"a\" is already used by models[0].id");
-    CHECK(errorOf(withModel("\"id\": \"b\", \"id_aliases\": [\"a\"], \"billing_upstream\": \"ohmygpt\"")) ==
+    CHECK(errorOf(withModel(
+              "\"id\": \"b\", \"id_aliases\": [\"a\"], \"billing_upstream\": \"ohmygpt\"")) ==
           "test.json: models[1].id_aliases[0]: \"a\" is already used by models[0].id");
-    CHECK(errorOf(withModel("\"id\": \"b\", \"id_aliases\": [\"\"], \"billing_upstream\": \"ohmygpt\"")) ==
+    CHECK(errorOf(withModel(
+              "\"id\": \"b\", \"id_aliases\": [\"\"], \"billing_upstream\": \"ohmygpt\"")) ==
           "test.json: models[1].id_aliases[0]: an alias must not be empty");
-    CHECK(errorOf(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\", \"input_price_per_mtok\": -1")) ==
+    CHECK(errorOf(withModel(
+              "\"id\": \"b\", \"billing_upstream\": \"ohmygpt\", \"input_price_per_mtok\": -1")) ==
           "test.json: models[1].input_price_per_mtok: must not be negative");
-    CHECK(errorOf(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\", \"output_price_per_mtok\": 1e999"))
+    CHECK(errorOf(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\", "
+                            "\"output_price_per_mtok\": 1e999"))
               .find("models[1].output_price_per_mtok: out of range") != std::string::npos);
-    CHECK(errorOf(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\", \"cache_hit_price_per_mtok\": \"1\"")) ==
+    CHECK(errorOf(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\", "
+                            "\"cache_hit_price_per_mtok\": \"1\"")) ==
           "test.json: models[1].cache_hit_price_per_mtok: must be a number");
-    CHECK(errorOf(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\", \"billing_multiplier\": 0")) ==
+    CHECK(errorOf(withModel(
+              "\"id\": \"b\", \"billing_upstream\": \"ohmygpt\", \"billing_multiplier\": 0")) ==
           "test.json: models[1].billing_multiplier: must be greater than 0");
-    CHECK(errorOf(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\", \"billing_multiplier\": -1.1")) ==
+    CHECK(errorOf(withModel(
+              "\"id\": \"b\", \"billing_upstream\": \"ohmygpt\", \"billing_multiplier\": -1.1")) ==
           "test.json: models[1].billing_multiplier: must be greater than 0");
-    CHECK(errorOf(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\"", "\"port\": 70000")) ==
-          "test.json: port: 70000 is out of range (1-65535)");
+    CHECK(
+        errorOf(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\"", "\"port\": 70000")) ==
+        "test.json: port: 70000 is out of range (1-65535)");
     CHECK(errorOf(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\"", "\"port\": 0")) ==
           "test.json: port: 0 is out of range (1-65535)");
 }
 
 TEST_CASE("every problem is listed, one per line") {
-    std::string msg = errorOf(withModel("\"billing_multiplier\": 0, \"input_price_per_mtok\": -3", "\"port\": -1"));
+    std::string msg = errorOf(
+        withModel("\"billing_multiplier\": 0, \"input_price_per_mtok\": -3", "\"port\": -1"));
     CHECK(msg.find("test.json: port:") != std::string::npos);
     CHECK(msg.find("models[1].billing_multiplier") != std::string::npos);
     CHECK(msg.find("models[1].input_price_per_mtok") != std::string::npos);
@@ -106,10 +116,11 @@ TEST_CASE("every problem is listed, one per line") {
 }
 
 TEST_CASE("unknown keys are warnings; _comment keys are ignored") {
-    auto r = parseConfig(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\", \"colour\": 1, "
-                                   "\"_comment_x\": \"hi\"",
-                                   "\"_comment\": \"x\", \"port\": 1, \"extra\": true"),
-                         "w.json");
+    auto r =
+        parseConfig(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\", \"colour\": 1, "
+                              "\"_comment_x\": \"hi\"",
+                              "\"_comment\": \"x\", \"port\": 1, \"extra\": true"),
+                    "w.json");
     REQUIRE(r.ok());
     REQUIRE(r->warnings.size() == 2);
     CHECK(r->warnings[0] == "w.json: extra: unknown key (ignored)");
@@ -126,7 +137,8 @@ TEST_CASE("defaults and trollproxy settings") {
     CHECK(r->settings.ledgerFailureMode == LedgerFailureMode::FailOpen);
     CHECK(r->settings.rateLimitPerMinute == 5);
     CHECK(r->settings.ledgerTimeoutMs == 750);
-    CHECK(errorOf(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\"", "\"trollproxy\": {\"ledger_timeout_ms\": 0}"))
+    CHECK(errorOf(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\"",
+                            "\"trollproxy\": {\"ledger_timeout_ms\": 0}"))
               .find("trollproxy.ledger_timeout_ms") != std::string::npos);
     const ModelConfig* b = r->findModel("b");
     REQUIRE(b);
@@ -135,9 +147,11 @@ TEST_CASE("defaults and trollproxy settings") {
     CHECK_FALSE(parseConfig(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\"",
                                       "\"trollproxy\": {\"ledger_failure_mode\": \"maybe\"}"),
                             "s.json"));
-    CHECK_FALSE(parseConfig(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\"",
-                                      "\"endpoints\": [{\"base_url\": \"https://h/v1/messages\", \"api_key\": \"sk\"}]"),
-                            "s.json"));
+    CHECK_FALSE(parseConfig(
+        withModel(
+            "\"id\": \"b\", \"billing_upstream\": \"ohmygpt\"",
+            "\"endpoints\": [{\"base_url\": \"https://h/v1/messages\", \"api_key\": \"sk\"}]"),
+        "s.json"));
 }
 
 TEST_CASE("trollproxy.metrics_listen: HOST:PORT, off or empty") {
@@ -145,16 +159,20 @@ TEST_CASE("trollproxy.metrics_listen: HOST:PORT, off or empty") {
         return withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\"",
                          "\"trollproxy\": {\"metrics_listen\": " + value + "}");
     };
-    auto defaults = parseConfig(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\""), "s.json");
+    auto defaults =
+        parseConfig(withModel("\"id\": \"b\", \"billing_upstream\": \"ohmygpt\""), "s.json");
     REQUIRE(defaults.ok());
     CHECK(defaults->settings.metricsListen == "127.0.0.1:9464");
-    for (auto [value, expected] : {std::pair{"\"0.0.0.0:9100\"", "0.0.0.0:9100"}, {"\"127.0.0.1:0\"", "127.0.0.1:0"},
-                                   {"\"off\"", ""}, {"\"\"", ""}}) {
+    for (auto [value, expected] : {std::pair{"\"0.0.0.0:9100\"", "0.0.0.0:9100"},
+                                   {"\"127.0.0.1:0\"", "127.0.0.1:0"},
+                                   {"\"off\"", ""},
+                                   {"\"\"", ""}}) {
         auto r = parseConfig(with(value), "s.json");
         REQUIRE(r.ok());
         CHECK(r->settings.metricsListen == expected);
     }
-    for (const char* bad : {"\"9464\"", "\":9464\"", "\"localhost:70000\"", "\"localhost:x\"", "9464"})
+    for (const char* bad :
+         {"\"9464\"", "\":9464\"", "\"localhost:70000\"", "\"localhost:x\"", "9464"})
         CHECK(errorOf(with(bad)).find("trollproxy.metrics_listen") != std::string::npos);
 }
 
@@ -166,7 +184,7 @@ TEST_CASE("trollproxy.forward_headers: names and prefixes, never credentials") {
     auto ok = parseConfig(with(R"(["X-Fake-*", "x-request-tag"])"), "s.json");
     REQUIRE(ok.ok());
     CHECK(ok->settings.forwardHeaders == std::vector<std::string>{"x-fake-*", "x-request-tag"});
-    for (const char* bad : {R"("x-a")", R"(["*"])", R"(["Authorization"])", R"(["x-api-key"])", R"(["cookie"])",
-                            R"(["a b"])", R"(["x-*-y"])", R"([""])", R"([1])"})
+    for (const char* bad : {R"("x-a")", R"(["*"])", R"(["Authorization"])", R"(["x-api-key"])",
+                            R"(["cookie"])", R"(["a b"])", R"(["x-*-y"])", R"([""])", R"([1])"})
         CHECK(errorOf(with(bad)).find("trollproxy.forward_headers") != std::string::npos);
 }

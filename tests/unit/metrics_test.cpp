@@ -171,10 +171,11 @@ TEST_CASE("what the service records: each family once, documented, typed, contig
                       "trollproxy_cost_usd_total", "trollproxy_holds_expired_total",
                       "trollproxy_holds_released_at_start_total", "trollproxy_journal_pending",
                       "trollproxy_settlement_batches_total", "trollproxy_settlement_charges_total",
-                      "trollproxy_settlement_flush_seconds_total", "trollproxy_settlement_queue_depth",
-                      "trollproxy_journalled_charges_total", "trollproxy_ledger_errors_total",
-                      "trollproxy_ledger_up", "trollproxy_request_duration_seconds",
-                      "trollproxy_requests_total", "trollproxy_shortfall_usd_total",
-                      "trollproxy_tokens_total", "trollproxy_unrecorded_charges_total",
-                      "trollproxy_upstream_errors_total", "trollproxy_upstream_key_state"});
+                      "trollproxy_settlement_flush_seconds_total",
+                      "trollproxy_settlement_queue_depth", "trollproxy_journalled_charges_total",
+                      "trollproxy_ledger_errors_total", "trollproxy_ledger_up",
+                      "trollproxy_request_duration_seconds", "trollproxy_requests_total",
+                      "trollproxy_shortfall_usd_total", "trollproxy_tokens_total",
+                      "trollproxy_unrecorded_charges_total", "trollproxy_upstream_errors_total",
+                      "trollproxy_upstream_key_state"});
 }

@@ -15,8 +15,9 @@ std::string rewrite(ApiFormat f, const std::string& body, const std::string& ups
 } // namespace
 
 TEST_CASE("only model changes; every other byte stays") {
-    std::string body = "{ \"messages\": [{\"role\":\"user\",\"content\":\"x\"}],\n  \"model\" :\"m\", "
-                       "\"tools\":[{\"a\":1.50e3}], \"z\": null }";
+    std::string body =
+        "{ \"messages\": [{\"role\":\"user\",\"content\":\"x\"}],\n  \"model\" :\"m\", "
+        "\"tools\":[{\"a\":1.50e3}], \"z\": null }";
     CHECK(rewrite(ApiFormat::OpenAI, body, "up/m-1") ==
           "{ \"messages\": [{\"role\":\"user\",\"content\":\"x\"}],\n  \"model\" :\"up/m-1\", "
           "\"tools\":[{\"a\":1.50e3}], \"z\": null }");
@@ -31,9 +32,12 @@ TEST_CASE("an OpenAI stream gets include_usage in every shape of stream_options"
           R"({"model":"m","stream":true,"stream_options":{"include_usage":true}})");
     CHECK(rewrite(ApiFormat::OpenAI, R"({"model":"m","stream":true,"stream_options":{}})", "m") ==
           R"({"model":"m","stream":true,"stream_options":{"include_usage":true}})");
-    CHECK(rewrite(ApiFormat::OpenAI, R"({"model":"m","stream":true,"stream_options":{"x":1}})", "m") ==
+    CHECK(rewrite(ApiFormat::OpenAI, R"({"model":"m","stream":true,"stream_options":{"x":1}})",
+                  "m") ==
           R"({"model":"m","stream":true,"stream_options":{"include_usage":true,"x":1}})");
-    CHECK(rewrite(ApiFormat::OpenAI, R"({"model":"m","stream":true,"stream_options":{"include_usage": false}})", "m") ==
+    CHECK(rewrite(ApiFormat::OpenAI,
+                  R"({"model":"m","stream":true,"stream_options":{"include_usage": false}})",
+                  "m") ==
           R"({"model":"m","stream":true,"stream_options":{"include_usage": true}})");
     std::string asked = R"({"model":"m","stream":true,"stream_options":{"include_usage":true}})";
     CHECK(rewrite(ApiFormat::OpenAI, asked, "m") == asked);
@@ -45,13 +49,15 @@ TEST_CASE("an OpenAI stream gets include_usage in every shape of stream_options"
 }
 
 TEST_CASE("the fields the proxy reads are validated") {
-    CHECK(parseClientRequest(ApiFormat::OpenAI, R"({"model":"m","max_completion_tokens":7})")->maxOutputTokens == 7);
+    CHECK(parseClientRequest(ApiFormat::OpenAI, R"({"model":"m","max_completion_tokens":7})")
+              ->maxOutputTokens == 7);
     CHECK(parseClientRequest(ApiFormat::OpenAI, R"({"model":"m"})")->maxOutputTokens == -1);
     CHECK(parseClientRequest(ApiFormat::OpenAI, R"({"model":"m","stream":null})")->stream == false);
-    for (const char* bad : {"", "[]", "{", R"({"model":1})", R"({"model":""})", R"({"model":"m","stream":1})",
-                            R"({"model":"m","max_tokens":-1})", R"({"model":"m","max_tokens":1.5})",
-                            R"({"model":"m","stream_options":[]})", R"({"model":"m","model":"n"})",
-                            R"({"model":"m","n":0})", R"({"model":"m","n":129})", R"({"model":"m","n":"2"})"}) {
+    for (const char* bad :
+         {"", "[]", "{", R"({"model":1})", R"({"model":""})", R"({"model":"m","stream":1})",
+          R"({"model":"m","max_tokens":-1})", R"({"model":"m","max_tokens":1.5})",
+          R"({"model":"m","stream_options":[]})", R"({"model":"m","model":"n"})",
+          R"({"model":"m","n":0})", R"({"model":"m","n":129})", R"({"model":"m","n":"2"})"}) {
         CAPTURE(bad);
         CHECK_FALSE(parseClientRequest(ApiFormat::OpenAI, bad));
     }
@@ -83,20 +89,23 @@ TEST_CASE("one meaning: keys compare after escapes are decoded, and duplicates a
         CHECK(r.error().message.find("duplicate key") != std::string::npos);
     }
     // An escaped spelling alone is the same key, read and rewritten as such.
-    auto req = parseClientRequest(ApiFormat::OpenAI, R"({"mod\u0065l":"m","\u006e":3,"max_tok\u0065ns":7})");
+    auto req = parseClientRequest(ApiFormat::OpenAI,
+                                  R"({"mod\u0065l":"m","\u006e":3,"max_tok\u0065ns":7})");
     REQUIRE(req);
     CHECK(req->model == "m");
     CHECK(req->choices == 3);
     CHECK(req->maxOutputTokens == 7);
     CHECK(rewrite(ApiFormat::OpenAI, R"({"mod\u0065l":"m"})", "up") == R"({"mod\u0065l":"up"})");
     // The largest output limit present bounds the answer.
-    CHECK(parseClientRequest(ApiFormat::OpenAI, R"({"model":"m","max_tokens":5,"max_completion_tokens":9})")
+    CHECK(parseClientRequest(ApiFormat::OpenAI,
+                             R"({"model":"m","max_tokens":5,"max_completion_tokens":9})")
               ->maxOutputTokens == 9);
 }
 
 TEST_CASE("usage-only chunks are recognised") {
     CHECK(isUsageOnlyChunk(R"({"id":"x","choices":[],"usage":{"prompt_tokens":1}})"));
-    CHECK_FALSE(isUsageOnlyChunk(R"({"id":"x","choices":[{"delta":{}}],"usage":{"prompt_tokens":1}})"));
+    CHECK_FALSE(
+        isUsageOnlyChunk(R"({"id":"x","choices":[{"delta":{}}],"usage":{"prompt_tokens":1}})"));
     CHECK_FALSE(isUsageOnlyChunk(R"({"id":"x","choices":[],"usage":null})"));
     CHECK_FALSE(isUsageOnlyChunk("[DONE]"));
 }

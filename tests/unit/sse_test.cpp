@@ -31,22 +31,31 @@ std::vector<Seen> parseInPieces(const std::string& bytes, const std::vector<std:
 }
 
 // An Anthropic stream as the API sends it (with a ping and UTF-8 text).
-const std::string kAnthropic =
-    "event: message_start\n"
-    "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\","
-    "\"model\":\"claude-sonnet-4-5\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":25,"
-    "\"cache_creation_input_tokens\":100,\"cache_read_input_tokens\":2000,\"output_tokens\":1}}}\n\n"
-    "event: ping\ndata: {\"type\": \"ping\"}\n\n"
-    "event: content_block_delta\n"
-    "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"h\xc3\xa9llo\"}}\n\n"
-    "event: message_delta\n"
-    "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15}}\n\n"
-    "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+const std::string kAnthropic = "event: message_start\n"
+                               "data: "
+                               "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":"
+                               "\"message\",\"role\":\"assistant\","
+                               "\"model\":\"claude-sonnet-4-5\",\"content\":[],\"stop_reason\":"
+                               "null,\"usage\":{\"input_tokens\":25,"
+                               "\"cache_creation_input_tokens\":100,\"cache_read_input_tokens\":"
+                               "2000,\"output_tokens\":1}}}\n\n"
+                               "event: ping\ndata: {\"type\": \"ping\"}\n\n"
+                               "event: content_block_delta\n"
+                               "data: "
+                               "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":"
+                               "\"text_delta\",\"text\":\"h\xc3\xa9llo\"}}\n\n"
+                               "event: message_delta\n"
+                               "data: "
+                               "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_"
+                               "turn\"},\"usage\":{\"output_tokens\":15}}\n\n"
+                               "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
 
 } // namespace
 
 TEST_CASE("events, names, multi-line data, comments") {
-    auto ev = parseInPieces(": keep-alive\n\nevent: a\ndata: x\ndata:  y\nid: 7\nretry: 10\n\ndata\n\ndata: [DONE]\n\n", {});
+    auto ev = parseInPieces(
+        ": keep-alive\n\nevent: a\ndata: x\ndata:  y\nid: 7\nretry: 10\n\ndata\n\ndata: [DONE]\n\n",
+        {});
     REQUIRE(ev.size() == 4);
     CHECK_FALSE(ev[0].hasData);
     CHECK(ev[0].raw == ": keep-alive\n\n");
@@ -65,7 +74,8 @@ TEST_CASE("CRLF and CR line endings") {
 }
 
 TEST_CASE("a split at every byte offset, and byte by byte, gives the same events") {
-    for (const std::string& stream : {kAnthropic, std::string("data: a\r\n\r\n: c\r\n\r\ndata: b\r\ndata: c\r\n\r\n")}) {
+    for (const std::string& stream :
+         {kAnthropic, std::string("data: a\r\n\r\n: c\r\n\r\ndata: b\r\ndata: c\r\n\r\n")}) {
         auto whole = parseInPieces(stream, {});
         REQUIRE(!whole.empty());
         std::string joined;
@@ -102,7 +112,9 @@ TEST_CASE("an oversized event is an error and memory stays bounded") {
 
 TEST_CASE("an unterminated tail is not dispatched but handed back") {
     std::vector<Seen> ev;
-    SseParser p([&](const SseEvent& e) { ev.push_back({std::string(e.name), std::string(e.data), std::string(e.raw), e.hasData}); });
+    SseParser p([&](const SseEvent& e) {
+        ev.push_back({std::string(e.name), std::string(e.data), std::string(e.raw), e.hasData});
+    });
     CHECK(p.feed("data: 1\n\ndata: 2\n"));
     CHECK(ev.size() == 1);
     CHECK(p.finish() == "data: 2\n");

@@ -15,8 +15,8 @@ namespace trollproxy {
 
 /// Who a key belongs to.
 struct Account {
-    std::string userId;  ///< the user's name (production: `usersNew._id`)
-    std::string keyId;   ///< the key as stored: SQLite its SHA-256 (hex), MongoDB the key itself
+    std::string userId; ///< the user's name (production: `usersNew._id`)
+    std::string keyId;  ///< the key as stored: SQLite its SHA-256 (hex), MongoDB the key itself
     bool admin = false;
 };
 
@@ -141,8 +141,8 @@ public:
 
 /// Options for opening a ledger.
 struct LedgerOptions {
-    std::int64_t timeoutMs = 3000;     ///< bound on one database operation
-    std::string writeConcern;          ///< MongoDB: "", "1" or "majority"
+    std::int64_t timeoutMs = 3000; ///< bound on one database operation
+    std::string writeConcern;      ///< MongoDB: "", "1" or "majority"
 };
 
 /// Opens a ledger from a URI: `sqlite:PATH` (created mode 0600; add

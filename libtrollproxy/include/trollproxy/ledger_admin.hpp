@@ -59,7 +59,8 @@ public:
 
 /// Opens the administration side of a ledger; the URI and options are as for
 /// openLedger().
-Result<std::unique_ptr<LedgerAdmin>> openLedgerAdmin(std::string_view uri, const LedgerOptions& options = {});
+Result<std::unique_ptr<LedgerAdmin>> openLedgerAdmin(std::string_view uri,
+                                                     const LedgerOptions& options = {});
 
 /// Makes a fresh random API key: "sk-trollllm-" + 64 lowercase hex digits.
 std::string newApiKey();

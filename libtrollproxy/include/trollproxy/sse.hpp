@@ -46,7 +46,7 @@ private:
 
     Handler handler_;
     std::size_t maxEventBytes_;
-    std::string raw_;    // unconsumed bytes; the current block starts at blockStart_
+    std::string raw_; // unconsumed bytes; the current block starts at blockStart_
     std::size_t blockStart_ = 0;
     std::size_t lineStart_ = 0;
     std::size_t scanPos_ = 0;

@@ -3,8 +3,8 @@
 
 #include <cctype>
 #include <cmath>
-#include <map>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -150,8 +150,7 @@ public:
 
     // Calls fn(key, path, value) for each member of the object `v` but comments;
     // false (after reporting it) when `v` is not an object.
-    template <class Fn>
-    bool forEachMember(od::value v, const std::string& path, Fn&& fn);
+    template <class Fn> bool forEachMember(od::value v, const std::string& path, Fn&& fn);
 
     void readEndpoint(od::value v, const std::string& path, EndpointConfig& ep);
     void readModel(od::value v, const std::string& path, ModelConfig& m);
@@ -202,22 +201,23 @@ bool ConfigReader::forEachMember(od::value v, const std::string& path, Fn&& fn) 
 }
 
 void ConfigReader::readEndpoint(od::value v, const std::string& path, EndpointConfig& ep) {
-    bool isObject = forEachMember(v, path, [&](const std::string& k, const std::string& p,
-                                               od::value val) {
-        if (k == "name") {
-            ep.name = str(val, p).value_or("");
-        } else if (k == "base_url") {
-            ep.baseUrl = str(val, p).value_or("");
-        } else if (k == "upstream") {
-            ep.upstream = str(val, p).value_or("");
-        } else if (k == "api_key_env") {
-            ep.apiKeyEnv = str(val, p).value_or("");
-        } else if (k == "api_key" || k == "api_keys") {
-            error(p, "upstream keys do not belong in the config; use TROLLPROXY_UPSTREAM_KEYS or api_key_env");
-        } else {
-            warn(p, "unknown key (ignored)");
-        }
-    });
+    bool isObject =
+        forEachMember(v, path, [&](const std::string& k, const std::string& p, od::value val) {
+            if (k == "name") {
+                ep.name = str(val, p).value_or("");
+            } else if (k == "base_url") {
+                ep.baseUrl = str(val, p).value_or("");
+            } else if (k == "upstream") {
+                ep.upstream = str(val, p).value_or("");
+            } else if (k == "api_key_env") {
+                ep.apiKeyEnv = str(val, p).value_or("");
+            } else if (k == "api_key" || k == "api_keys") {
+                error(p, "upstream keys do not belong in the config; use TROLLPROXY_UPSTREAM_KEYS "
+                         "or api_key_env");
+            } else {
+                warn(p, "unknown key (ignored)");
+            }
+        });
     if (!isObject)
         return;
     if (ep.baseUrl.empty()) {
@@ -332,20 +332,20 @@ bool ConfigReader::readModelOption(const std::string& k, od::value v, const std:
 void ConfigReader::readModel(od::value v, const std::string& path, ModelConfig& m) {
     bool hasBilling = false;
     bool hasMultiplier = false;
-    bool isObject = forEachMember(v, path, [&](const std::string& k, const std::string& p,
-                                               od::value val) {
-        if (k == "id_aliases") {
-            readAliases(val, p, m);
-        } else if (k == "billing_upstream") {
-            hasBilling = true;
-            readBillingUpstream(val, p, m);
-        } else if (k == "billing_multiplier") {
-            hasMultiplier = true;
-            readMultiplier(val, p, m);
-        } else if (!readModelPrice(k, val, p, m) && !readModelOption(k, val, p, m)) {
-            warn(p, "unknown key (ignored)");
-        }
-    });
+    bool isObject =
+        forEachMember(v, path, [&](const std::string& k, const std::string& p, od::value val) {
+            if (k == "id_aliases") {
+                readAliases(val, p, m);
+            } else if (k == "billing_upstream") {
+                hasBilling = true;
+                readBillingUpstream(val, p, m);
+            } else if (k == "billing_multiplier") {
+                hasMultiplier = true;
+                readMultiplier(val, p, m);
+            } else if (!readModelPrice(k, val, p, m) && !readModelOption(k, val, p, m)) {
+                warn(p, "unknown key (ignored)");
+            }
+        });
     if (isObject)
         finishModel(path, m, hasBilling, hasMultiplier);
 }

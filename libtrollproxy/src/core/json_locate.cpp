@@ -143,7 +143,8 @@ private:
                 char e = peek();
                 if (e == 'u') {
                     for (int i = 1; i <= 4; ++i) {
-                        if (p_ + i >= t_.size() || !std::isxdigit(static_cast<unsigned char>(t_[p_ + i])))
+                        if (p_ + i >= t_.size() ||
+                            !std::isxdigit(static_cast<unsigned char>(t_[p_ + i])))
                             return fail("bad \\u escape");
                     }
                     p_ += 5;
@@ -201,6 +202,5 @@ private:
 bool checkJsonSyntax(std::string_view text, JsonSyntaxError& error) {
     return Checker(text).run(error);
 }
-
 
 } // namespace trollproxy::internal

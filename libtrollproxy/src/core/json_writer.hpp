@@ -38,8 +38,7 @@ public:
     JsonWriter& raw(std::string_view json);
 
     /// key(name) then value(v).
-    template <typename T>
-    JsonWriter& field(std::string_view name, const T& v) {
+    template <typename T> JsonWriter& field(std::string_view name, const T& v) {
         key(name);
         return value(v);
     }

@@ -74,7 +74,8 @@ bool readDecimal(std::string_view text, Decimal& d) {
 // Parses JSON-number text into value * 10^-9, exactly, or fails.
 Result<std::int64_t> parseBillionths(std::string_view text) {
     auto bad = [&](const char* why) {
-        return Error{ErrorCode::InvalidArgument, std::string(why) + ": \"" + std::string(text) + "\""};
+        return Error{ErrorCode::InvalidArgument,
+                     std::string(why) + ": \"" + std::string(text) + "\""};
     };
     Decimal d;
     if (!readDecimal(text, d))
@@ -106,8 +107,8 @@ Result<std::int64_t> parseBillionths(std::string_view text) {
 std::string formatBillionths(std::int64_t v) {
     bool negative = v < 0;
     // Work in unsigned to format INT64_MIN safely.
-    unsigned long long u = negative ? 0ULL - static_cast<unsigned long long>(v)
-                                    : static_cast<unsigned long long>(v);
+    unsigned long long u =
+        negative ? 0ULL - static_cast<unsigned long long>(v) : static_cast<unsigned long long>(v);
     char buf[32];
     std::snprintf(buf, sizeof buf, "%s%llu.%09llu", negative ? "-" : "", u / 1'000'000'000ULL,
                   u % 1'000'000'000ULL);

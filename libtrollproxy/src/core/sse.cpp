@@ -80,7 +80,8 @@ void SseParser::processLine(std::string_view line) {
         return; // comment
     std::size_t colon = line.find(':');
     std::string_view field = line.substr(0, colon);
-    std::string_view value = colon == std::string_view::npos ? std::string_view{} : line.substr(colon + 1);
+    std::string_view value =
+        colon == std::string_view::npos ? std::string_view{} : line.substr(colon + 1);
     if (!value.empty() && value.front() == ' ')
         value.remove_prefix(1);
     if (field == "event") {

@@ -247,8 +247,7 @@ std::int64_t openAIDeltaChars(dom::element doc) {
 struct StreamUsageFormats {
     // Takes the usage an event carries (non-null), or the reason it cannot be
     // believed. `read` turns a usage object into counts.
-    template <class Read>
-    static bool takeUsage(StreamUsage& s, dom::element usage, Read read) {
+    template <class Read> static bool takeUsage(StreamUsage& s, dom::element usage, Read read) {
         if (!usage.is_object()) {
             s.markInvalid("usage is not an object");
             return true;

@@ -14,6 +14,7 @@ namespace trollproxy::internal {
 class LedgerBackend : public CreditLedger, public LedgerAdmin {};
 
 /// Opens the backend a ledger URI names (see openLedger()).
-Result<std::unique_ptr<LedgerBackend>> openLedgerBackend(std::string_view uri, const LedgerOptions& options);
+Result<std::unique_ptr<LedgerBackend>> openLedgerBackend(std::string_view uri,
+                                                         const LedgerOptions& options);
 
 } // namespace trollproxy::internal

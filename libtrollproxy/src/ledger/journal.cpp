@@ -93,8 +93,9 @@ Result<Charge> decodeCharge(std::string_view line) {
         d["pool"].get_string().get(pool) || !num("input", c.usage.uncachedInput) ||
         !num("cacheWrite", c.usage.cacheWrite) || !num("cacheRead", c.usage.cacheRead) ||
         !num("output", c.usage.output) || d["estimated"].get_bool().get(est) ||
-        !num("costNanos", c.cost.nanos) || !num("statusCode", status) || !num("latencyMs", c.latencyMs) ||
-        d["success"].get_bool().get(ok) || !num("createdAtMs", c.createdAtMs))
+        !num("costNanos", c.cost.nanos) || !num("statusCode", status) ||
+        !num("latencyMs", c.latencyMs) || d["success"].get_bool().get(ok) ||
+        !num("createdAtMs", c.createdAtMs))
         return Error{ErrorCode::ParseError, "journal line is missing a field"};
     (void)num("cacheWrite1h", c.usage.cacheWrite1h); // optional: older lines have none
     (void)str("responseId", c.responseId);           // optional
@@ -114,17 +115,20 @@ Result<void> ChargeJournal::append(const Charge& charge) {
     std::lock_guard lock(mutex_);
     int fd = ::open(path_.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0)
-        return Error{ErrorCode::Unavailable, "cannot open journal " + path_ + ": " + std::strerror(errno)};
+        return Error{ErrorCode::Unavailable,
+                     "cannot open journal " + path_ + ": " + std::strerror(errno)};
     // After a crash mid-write the file ends in a torn line; start on a fresh
     // line so this charge is not glued to it and lost with it.
     struct stat st {};
     char last = '\n';
-    if (::fstat(fd, &st) == 0 && st.st_size > 0 && ::pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n')
+    if (::fstat(fd, &st) == 0 && st.st_size > 0 && ::pread(fd, &last, 1, st.st_size - 1) == 1 &&
+        last != '\n')
         line.insert(line.begin(), '\n');
     bool ok = writeAll(fd, line) && ::fsync(fd) == 0;
     ::close(fd);
     if (!ok)
-        return Error{ErrorCode::Unavailable, "cannot write journal " + path_ + ": " + std::strerror(errno)};
+        return Error{ErrorCode::Unavailable,
+                     "cannot write journal " + path_ + ": " + std::strerror(errno)};
     ++pending_;
     return {};
 }

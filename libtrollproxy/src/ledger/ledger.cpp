@@ -14,7 +14,8 @@
 
 namespace trollproxy::internal {
 
-Result<std::unique_ptr<LedgerBackend>> openLedgerBackend(std::string_view uri, const LedgerOptions& options) {
+Result<std::unique_ptr<LedgerBackend>> openLedgerBackend(std::string_view uri,
+                                                         const LedgerOptions& options) {
     if (uri.rfind("sqlite:", 0) == 0) {
         std::string path(uri.substr(7));
         bool fullSync = false;
@@ -24,8 +25,9 @@ Result<std::unique_ptr<LedgerBackend>> openLedgerBackend(std::string_view uri, c
             if (query == "synchronous=full")
                 fullSync = true;
             else if (query != "synchronous=normal")
-                return Error{ErrorCode::InvalidArgument, "sqlite: unknown option \"" + query +
-                                                             "\" (use ?synchronous=full or ?synchronous=normal)"};
+                return Error{ErrorCode::InvalidArgument,
+                             "sqlite: unknown option \"" + query +
+                                 "\" (use ?synchronous=full or ?synchronous=normal)"};
         }
         if (path.empty())
             return Error{ErrorCode::InvalidArgument, "sqlite: needs a file path (sqlite:PATH)"};
@@ -38,8 +40,8 @@ Result<std::unique_ptr<LedgerBackend>> openLedgerBackend(std::string_view uri, c
         return Error{ErrorCode::InvalidArgument, "this build has no MongoDB support"};
 #endif
     }
-    return Error{ErrorCode::InvalidArgument,
-                 "unknown ledger URI \"" + std::string(uri) + "\" (use sqlite:PATH or mongodb://...)"};
+    return Error{ErrorCode::InvalidArgument, "unknown ledger URI \"" + std::string(uri) +
+                                                 "\" (use sqlite:PATH or mongodb://...)"};
 }
 
 } // namespace trollproxy::internal
@@ -48,7 +50,8 @@ namespace trollproxy {
 
 namespace {
 
-template <typename Role> Result<std::unique_ptr<Role>> openRole(std::string_view uri, const LedgerOptions& options) {
+template <typename Role>
+Result<std::unique_ptr<Role>> openRole(std::string_view uri, const LedgerOptions& options) {
     auto backend = internal::openLedgerBackend(uri, options);
     if (!backend)
         return backend.error();
@@ -57,11 +60,13 @@ template <typename Role> Result<std::unique_ptr<Role>> openRole(std::string_view
 
 } // namespace
 
-Result<std::unique_ptr<CreditLedger>> openLedger(std::string_view uri, const LedgerOptions& options) {
+Result<std::unique_ptr<CreditLedger>> openLedger(std::string_view uri,
+                                                 const LedgerOptions& options) {
     return openRole<CreditLedger>(uri, options);
 }
 
-Result<std::unique_ptr<LedgerAdmin>> openLedgerAdmin(std::string_view uri, const LedgerOptions& options) {
+Result<std::unique_ptr<LedgerAdmin>> openLedgerAdmin(std::string_view uri,
+                                                     const LedgerOptions& options) {
     return openRole<LedgerAdmin>(uri, options);
 }
 

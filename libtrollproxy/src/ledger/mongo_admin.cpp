@@ -94,7 +94,9 @@ Result<void> MongoLedger::revokeKey(std::string_view apiKey) {
 }
 
 Result<void> MongoLedger::credit(std::string_view name, BalanceField field, Money amount) {
-    int index = field == BalanceField::Credits ? 0 : field == BalanceField::RefCredits ? 1 : 2; // kBalanceFields
+    int index = field == BalanceField::Credits      ? 0
+                : field == BalanceField::RefCredits ? 1
+                                                    : 2; // kBalanceFields
     if (amount.nanos < 0)
         return Error{ErrorCode::InvalidArgument, "the amount must not be negative"};
     Cas r = casUser(std::string(name), [&](const bson_t* user, bson_t*, bson_t* update) {
@@ -151,10 +153,17 @@ Result<Balance> MongoLedger::balance(std::string_view name) {
         return Error{ErrorCode::NotFound, "no user " + std::string(name)};
     auto m = [&](const char* k) { return internal::moneyField(doc.get(), k).value_or(Money{}); };
     PoolFields held = heldTotal(doc.get());
-    return Balance{m("credits"), m("creditsUsed"), m("refCredits"), m("creditsNew"), m("creditsNewUsed"),
-                   internal::intField(doc.get(), "tokensUserNew"), internal::intField(doc.get(), "totalInputTokens"),
-                   internal::intField(doc.get(), "totalOutputTokens"), Money{held.credits},
-                   Money{held.refCredits}, Money{held.creditsNew}};
+    return Balance{m("credits"),
+                   m("creditsUsed"),
+                   m("refCredits"),
+                   m("creditsNew"),
+                   m("creditsNewUsed"),
+                   internal::intField(doc.get(), "tokensUserNew"),
+                   internal::intField(doc.get(), "totalInputTokens"),
+                   internal::intField(doc.get(), "totalOutputTokens"),
+                   Money{held.credits},
+                   Money{held.refCredits},
+                   Money{held.creditsNew}};
 }
 
 Result<std::vector<LogEntry>> MongoLedger::usage(std::string_view name, std::int64_t last) {
@@ -166,7 +175,8 @@ Result<std::vector<LogEntry>> MongoLedger::usage(std::string_view name, std::int
     BSON_APPEND_INT32(&sort, "createdAt", -1);
     bson_append_document_end(opts.get(), &sort);
     BSON_APPEND_INT64(opts.get(), "limit", last);
-    mongoc_cursor_t* cur = mongoc_collection_find_with_opts(c.get(), filter.get(), opts.get(), nullptr);
+    mongoc_cursor_t* cur =
+        mongoc_collection_find_with_opts(c.get(), filter.get(), opts.get(), nullptr);
     std::vector<LogEntry> out;
     const bson_t* d = nullptr;
     while (mongoc_cursor_next(cur, &d))
@@ -187,7 +197,8 @@ Result<Money> MongoLedger::totalShortfall() {
     BSON_APPEND_DOCUMENT_BEGIN(filter.get(), "shortfallNanos", &cond);
     BSON_APPEND_INT64(&cond, "$gt", 0);
     bson_append_document_end(filter.get(), &cond);
-    mongoc_cursor_t* cur = mongoc_collection_find_with_opts(c.get(), filter.get(), nullptr, nullptr);
+    mongoc_cursor_t* cur =
+        mongoc_collection_find_with_opts(c.get(), filter.get(), nullptr, nullptr);
     Money total;
     const bson_t* d = nullptr;
     while (mongoc_cursor_next(cur, &d))

@@ -6,7 +6,8 @@
 namespace trollproxy::internal {
 
 void appendUserId(bson_t* doc, const char* key, const std::string& name) {
-    if (name.size() == 28 && name.rfind("oid:", 0) == 0 && bson_oid_is_valid(name.c_str() + 4, 24)) {
+    if (name.size() == 28 && name.rfind("oid:", 0) == 0 &&
+        bson_oid_is_valid(name.c_str() + 4, 24)) {
         bson_oid_t oid;
         bson_oid_init_from_string(&oid, name.c_str() + 4);
         BSON_APPEND_OID(doc, key, &oid);
@@ -153,11 +154,13 @@ LogEntry logEntryFrom(const bson_t* d) {
     e.userId = stringField(d, "userId");
     e.keyId = stringField(d, "userKeyId");
     e.model = stringField(d, "model");
-    e.usage = Usage{intField(d, "inputTokens"), intField(d, "cacheWriteTokens"), intField(d, "cacheHitTokens"),
-                    intField(d, "outputTokens"), boolField(d, "estimated").value_or(false)};
+    e.usage = Usage{intField(d, "inputTokens"), intField(d, "cacheWriteTokens"),
+                    intField(d, "cacheHitTokens"), intField(d, "outputTokens"),
+                    boolField(d, "estimated").value_or(false)};
     bson_iter_t it;
     bool exact = bson_iter_init_find(&it, d, "creditsCostNanos");
-    e.cost = exact ? Money{intField(d, "creditsCostNanos")} : moneyField(d, "creditsCost").value_or(Money{});
+    e.cost = exact ? Money{intField(d, "creditsCostNanos")}
+                   : moneyField(d, "creditsCost").value_or(Money{});
     e.shortfall = Money{intField(d, "shortfallNanos")};
     e.creditType = stringField(d, "creditType");
     e.statusCode = static_cast<int>(intField(d, "statusCode"));

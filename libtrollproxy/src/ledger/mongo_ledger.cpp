@@ -27,7 +27,6 @@ std::string fieldSafe(std::string_view id) {
     return s;
 }
 
-
 PoolFields readBalance(const bson_t* user) {
     auto get = [&](const char* f) { return internal::moneyField(user, f).value_or(Money{}).nanos; };
     return {get("credits"), get("refCredits"), get("creditsNew")};
@@ -41,7 +40,6 @@ void setChangedBalances(bson_t* set, const PoolFields& before, const PoolFields&
             BSON_APPEND_DOUBLE(set, kBalanceFields[i], Money{a[i]}.toUsdDouble());
     }
 }
-
 
 AuthOutcome MongoLedger::authenticate(std::string_view apiKey) {
     std::string key(apiKey);
@@ -103,7 +101,8 @@ ReserveStatus MongoLedger::reserve(const HoldRequest& h) {
         PoolFields bal = readBalance(user), take;
         if (!internal::takeHold(h.pool, h.amount.nanos, bal, take))
             return false;
-        PoolFields after{bal.credits - take.credits, bal.refCredits - take.refCredits, bal.creditsNew - take.creditsNew};
+        PoolFields after{bal.credits - take.credits, bal.refCredits - take.refCredits,
+                         bal.creditsNew - take.creditsNew};
         bson_t set, hold, cond;
         BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
         setChangedBalances(&set, bal, after);
@@ -177,7 +176,8 @@ void MongoLedger::ensureIndexes() {
     bson_append_array_end(cmd.get(), &indexes);
     bson_destroy(reply.get());
     bson_error_t err;
-    bool ok = mongoc_collection_write_command_with_opts(c.get(), cmd.get(), nullptr, reply.get(), &err);
+    bool ok =
+        mongoc_collection_write_command_with_opts(c.get(), cmd.get(), nullptr, reply.get(), &err);
     // Only a network error is worth another try; a refusal (no permission, an
     // existing index with other options) is not going to change.
     if (ok || err.domain == MONGOC_ERROR_SERVER || err.domain == MONGOC_ERROR_WRITE_CONCERN)
@@ -197,7 +197,8 @@ MongoLedger::Write MongoLedger::writeLog(const bson_t* entry) {
     BSON_APPEND_BOOL(opts.get(), "upsert", true);
     bson_destroy(reply.get());
     bson_error_t err;
-    if (!mongoc_collection_update_one(c.get(), filter.get(), update.get(), opts.get(), reply.get(), &err))
+    if (!mongoc_collection_update_one(c.get(), filter.get(), update.get(), opts.get(), reply.get(),
+                                      &err))
         return err.code == 11000 ? Write::Existed : Write::Failed; // lost a race to the same insert
     return internal::intField(reply.get(), "upsertedCount") > 0 ? Write::Inserted : Write::Existed;
 }
@@ -233,9 +234,11 @@ void appendExists(bson_t* filter, const std::string& path, bool exists) {
 }
 
 // The update that gives the hold at holdKey back to the fields it came from.
-void appendGiveBack(const bson_t* user, const std::string& holdKey, bson_t* filter, bson_t* update) {
+void appendGiveBack(const bson_t* user, const std::string& holdKey, bson_t* filter,
+                    bson_t* update) {
     PoolFields bal = readBalance(user), held = heldBy(user, holdKey);
-    PoolFields after{bal.credits + held.credits, bal.refCredits + held.refCredits, bal.creditsNew + held.creditsNew};
+    PoolFields after{bal.credits + held.credits, bal.refCredits + held.refCredits,
+                     bal.creditsNew + held.creditsNew};
     bson_t set, unset;
     BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
     setChangedBalances(&set, bal, after);
@@ -272,7 +275,8 @@ void appendCharge(const Charge& ch, const PoolFields& bal, const internal::Settl
     bson_append_document_end(&set, &pend);
     bson_append_document_end(update, &set);
     BSON_APPEND_DOCUMENT_BEGIN(update, "$inc", &inc);
-    BSON_APPEND_DOUBLE(&inc, isNew ? "creditsNewUsed" : "creditsUsed", Money{st.charged}.toUsdDouble());
+    BSON_APPEND_DOUBLE(&inc, isNew ? "creditsNewUsed" : "creditsUsed",
+                       Money{st.charged}.toUsdDouble());
     if (isNew)
         BSON_APPEND_INT64(&inc, "tokensUserNew", tokensIn + ch.usage.output);
     BSON_APPEND_INT64(&inc, "totalInputTokens", tokensIn);
@@ -361,7 +365,8 @@ SettleOutcome MongoLedger::settle(const Charge& ch) {
     if (r == Cas::Unavailable || r == Cas::Refused)
         return out;
     if (r == Cas::Applied)
-        ledgerTestPoint("mongo-crash-after-charge"); // the money moved, its log entry is not written yet
+        ledgerTestPoint(
+            "mongo-crash-after-charge"); // the money moved, its log entry is not written yet
     if (r == Cas::NotFound) {
         // The user is gone: nothing to take; the whole cost is shortfall.
         bson_reinit(plan.record.get());
@@ -395,7 +400,8 @@ MongoLedger::Cas MongoLedger::releaseOn(const std::string& user, const std::stri
     return releaseOn(user, id, gaveBack);
 }
 
-MongoLedger::Cas MongoLedger::releaseOn(const std::string& user, const std::string& id, bool& gaveBack) {
+MongoLedger::Cas MongoLedger::releaseOn(const std::string& user, const std::string& id,
+                                        bool& gaveBack) {
     std::string holdKey = "trollproxyHolds." + fieldSafe(id);
     return casUser(user, [&](const bson_t* doc, bson_t* filter, bson_t* update) {
         gaveBack = hasField(doc, holdKey); // as of the attempt that was applied
@@ -417,7 +423,8 @@ Result<void> MongoLedger::release(std::string_view requestId) {
         // Not ours (another process took it): find who holds it.
         Doc filter, doc, opts, proj;
         bson_t cond;
-        bson_append_document_begin(filter.get(), ("trollproxyHolds." + fieldSafe(id)).c_str(), -1, &cond);
+        bson_append_document_begin(filter.get(), ("trollproxyHolds." + fieldSafe(id)).c_str(), -1,
+                                   &cond);
         BSON_APPEND_BOOL(&cond, "$exists", true);
         bson_append_document_end(filter.get(), &cond);
         Found f = findOne("usersNew", filter.get(), doc);
@@ -501,7 +508,8 @@ namespace trollproxy::internal {
 
 using mongo::MongoLedger;
 
-Result<std::unique_ptr<LedgerBackend>> openMongoLedger(std::string_view uriText, const LedgerOptions& options) {
+Result<std::unique_ptr<LedgerBackend>> openMongoLedger(std::string_view uriText,
+                                                       const LedgerOptions& options) {
     static std::once_flag once;
     std::call_once(once, [] {
         mongoc_init();
@@ -520,7 +528,8 @@ Result<std::unique_ptr<LedgerBackend>> openMongoLedger(std::string_view uriText,
         return Error{ErrorCode::InvalidArgument, std::string("MongoDB URI: ") + err.message};
     // Bound every wait so a down or slow server answers "unavailable", never hangs.
     auto timeout = static_cast<int32_t>(options.timeoutMs);
-    for (const char* o : {MONGOC_URI_SERVERSELECTIONTIMEOUTMS, MONGOC_URI_CONNECTTIMEOUTMS, MONGOC_URI_SOCKETTIMEOUTMS}) {
+    for (const char* o : {MONGOC_URI_SERVERSELECTIONTIMEOUTMS, MONGOC_URI_CONNECTTIMEOUTMS,
+                          MONGOC_URI_SOCKETTIMEOUTMS}) {
         if (!mongoc_uri_has_option(uri, o))
             mongoc_uri_set_option_as_int32(uri, o, timeout);
     }

@@ -11,6 +11,7 @@ namespace trollproxy::internal {
 /// Opens the MongoDB ledger. The database is the URI's path, else
 /// MONGODB_DB_NAME, else "fproxy". Connections are made lazily; a down
 /// server shows as LedgerUnavailable within options.timeoutMs.
-Result<std::unique_ptr<LedgerBackend>> openMongoLedger(std::string_view uri, const LedgerOptions& options);
+Result<std::unique_ptr<LedgerBackend>> openMongoLedger(std::string_view uri,
+                                                       const LedgerOptions& options);
 
 } // namespace trollproxy::internal

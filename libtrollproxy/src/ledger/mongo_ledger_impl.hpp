@@ -30,7 +30,6 @@ PoolFields readBalance(const bson_t* user);
 /// Appends $set entries for the balance fields that change.
 void setChangedBalances(bson_t* set, const PoolFields& before, const PoolFields& after);
 
-
 class MongoLedger final : public LedgerBackend {
 public:
     MongoLedger(mongoc_client_pool_t* pool, std::string db) : pool_(pool), db_(std::move(db)) {}
@@ -76,7 +75,8 @@ private:
 
     enum class Found { Yes, No, Error };
 
-    Found findOne(const char* collection, const bson_t* filter, Doc& out, const bson_t* opts = nullptr) {
+    Found findOne(const char* collection, const bson_t* filter, Doc& out,
+                  const bson_t* opts = nullptr) {
         Coll c(pool_, db_, collection);
         Doc o;
         if (opts)
@@ -97,15 +97,16 @@ private:
     }
 
     // updateOne; returns matched count, or -1 on error.
-    int updateOne(const char* collection, const bson_t* filter, const bson_t* update, bool upsert = false,
-                  bson_error_t* errOut = nullptr) {
+    int updateOne(const char* collection, const bson_t* filter, const bson_t* update,
+                  bool upsert = false, bson_error_t* errOut = nullptr) {
         Coll c(pool_, db_, collection);
         Doc opts, reply;
         if (upsert)
             BSON_APPEND_BOOL(opts.get(), "upsert", true);
         bson_error_t err;
         bson_destroy(reply.get());
-        bool ok = mongoc_collection_update_one(c.get(), filter, update, opts.get(), reply.get(), &err);
+        bool ok =
+            mongoc_collection_update_one(c.get(), filter, update, opts.get(), reply.get(), &err);
         if (!ok) {
             if (errOut)
                 *errOut = err;
@@ -149,7 +150,8 @@ private:
             if (n > 0)
                 return Cas::Applied;
             if (attempt > 2)
-                std::this_thread::sleep_for(std::chrono::microseconds(rng() % (200 * std::min(attempt, 20))));
+                std::this_thread::sleep_for(
+                    std::chrono::microseconds(rng() % (200 * std::min(attempt, 20))));
         }
         return Cas::Unavailable;
     }

@@ -13,7 +13,7 @@ namespace {
 // A marker younger than this may belong to a settle still running.
 constexpr std::int64_t kPendingGraceMs = 30'000;
 
-using ExpiredHolds = std::vector<std::pair<std::string, std::string>>;               // user, request id
+using ExpiredHolds = std::vector<std::pair<std::string, std::string>>;         // user, request id
 using PendingLogs = std::vector<std::pair<std::string, std::unique_ptr<Doc>>>; // user, log entry
 
 // The users with a hold or a pending settlement, and only those two fields of theirs.
@@ -36,7 +36,8 @@ void appendSweepQuery(bson_t* filter, bson_t* opts) {
 }
 
 // The holds of user d that expired before now.
-void collectExpired(const bson_t* d, const std::string& user, std::int64_t now, ExpiredHolds& expired) {
+void collectExpired(const bson_t* d, const std::string& user, std::int64_t now,
+                    ExpiredHolds& expired) {
     bson_iter_t sub, entry;
     if (bson_iter_init_find(&sub, d, "trollproxyHolds") && BSON_ITER_HOLDS_DOCUMENT(&sub) &&
         bson_iter_recurse(&sub, &entry)) {
@@ -50,7 +51,8 @@ void collectExpired(const bson_t* d, const std::string& user, std::int64_t now, 
 }
 
 // The log entries of user d's pending markers older than the grace time.
-void collectPending(const bson_t* d, const std::string& user, std::int64_t now, PendingLogs& pending) {
+void collectPending(const bson_t* d, const std::string& user, std::int64_t now,
+                    PendingLogs& pending) {
     bson_iter_t sub, entry;
     if (bson_iter_init_find(&sub, d, "trollproxyPending") && BSON_ITER_HOLDS_DOCUMENT(&sub) &&
         bson_iter_recurse(&sub, &entry)) {
@@ -79,7 +81,8 @@ Result<std::int64_t> MongoLedger::sweepExpiredHolds(std::int64_t now) {
     Coll c(pool_, db_, "usersNew");
     Doc filter, opts;
     appendSweepQuery(filter.get(), opts.get());
-    mongoc_cursor_t* cur = mongoc_collection_find_with_opts(c.get(), filter.get(), opts.get(), nullptr);
+    mongoc_cursor_t* cur =
+        mongoc_collection_find_with_opts(c.get(), filter.get(), opts.get(), nullptr);
     ExpiredHolds expired;
     PendingLogs pending;
     const bson_t* d = nullptr;

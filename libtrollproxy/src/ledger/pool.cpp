@@ -26,12 +26,13 @@ const char* balanceFieldName(BalanceField field) noexcept {
 }
 
 Result<BalanceField> parseBalanceField(std::string_view name) {
-    for (BalanceField f : {BalanceField::Credits, BalanceField::RefCredits, BalanceField::CreditsNew}) {
+    for (BalanceField f :
+         {BalanceField::Credits, BalanceField::RefCredits, BalanceField::CreditsNew}) {
         if (name == balanceFieldName(f))
             return f;
     }
-    return Error{ErrorCode::InvalidArgument,
-                 "unknown pool \"" + std::string(name) + "\" (one of credits, refCredits, creditsNew)"};
+    return Error{ErrorCode::InvalidArgument, "unknown pool \"" + std::string(name) +
+                                                 "\" (one of credits, refCredits, creditsNew)"};
 }
 
 BalanceField depositField(Pool pool) noexcept {

@@ -22,7 +22,8 @@ bool takeHold(Pool pool, std::int64_t amount, const PoolFields& b, PoolFields& t
     return true;
 }
 
-Settlement settleAgainst(Pool pool, std::int64_t cost, const PoolFields& held, const PoolFields& b) {
+Settlement settleAgainst(Pool pool, std::int64_t cost, const PoolFields& held,
+                         const PoolFields& b) {
     Settlement s;
     s.after = b;
     cost = std::max<std::int64_t>(cost, 0);

@@ -20,14 +20,15 @@ bool takeHold(Pool pool, std::int64_t amount, const PoolFields& balance, PoolFie
 
 /// The outcome of settling a cost against a hold and the current balance.
 struct Settlement {
-    PoolFields after;            ///< the balance fields to store
-    std::int64_t charged = 0;    ///< taken in total (hold part + extra)
-    std::int64_t shortfall = 0;  ///< cost that could not be taken
+    PoolFields after;           ///< the balance fields to store
+    std::int64_t charged = 0;   ///< taken in total (hold part + extra)
+    std::int64_t shortfall = 0; ///< cost that could not be taken
 };
 
 /// The hold pays first (its `credits` part before its `refCredits` part); the
 /// unused rest goes back to the fields it came from; a cost above the hold is
 /// taken from the balance as far as it goes. No field ends below zero.
-Settlement settleAgainst(Pool pool, std::int64_t cost, const PoolFields& held, const PoolFields& balance);
+Settlement settleAgainst(Pool pool, std::int64_t cost, const PoolFields& held,
+                         const PoolFields& balance);
 
 } // namespace trollproxy::internal

@@ -25,7 +25,8 @@ bool FairTimedMutex::lockFor(std::chrono::milliseconds wait) {
     me.since = now;
     auto it = queue_.insert(queue_.end(), &me);
     // Woken when handed the mutex, or (as the oldest waiter) when it came free.
-    bool got = me.cv.wait_until(lock, now + wait, [&] { return me.granted || (!locked_ && queue_.front() == &me); });
+    bool got = me.cv.wait_until(lock, now + wait,
+                                [&] { return me.granted || (!locked_ && queue_.front() == &me); });
     if (got) {
         if (!me.granted) {
             queue_.erase(it);
@@ -86,7 +87,8 @@ std::int64_t Stmt::integer(int col) const {
 
 std::string Stmt::text(int col) const {
     const unsigned char* t = sqlite3_column_text(s_, col);
-    return t ? std::string(reinterpret_cast<const char*>(t), static_cast<std::size_t>(sqlite3_column_bytes(s_, col)))
+    return t ? std::string(reinterpret_cast<const char*>(t),
+                           static_cast<std::size_t>(sqlite3_column_bytes(s_, col)))
              : std::string();
 }
 
@@ -157,7 +159,8 @@ void ConnectionPool::checkpointLoop() {
         lock.unlock();
         if (auto c = take(nullptr)) {
             // PASSIVE: copies what it can without waiting for readers or writers.
-            sqlite3_wal_checkpoint_v2((*c)->handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+            sqlite3_wal_checkpoint_v2((*c)->handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr,
+                                      nullptr);
         }
         if (++ticks % kTrimEvery == 0)
             trimIdle();
@@ -199,8 +202,9 @@ std::unique_ptr<ConnectionPool::Lease> ConnectionPool::take(std::string* error) 
         minIdle_ = 0;
     }
     sqlite3* db = nullptr;
-    int rc = sqlite3_open_v2(path_.c_str(), &db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+    int rc =
+        sqlite3_open_v2(path_.c_str(), &db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
     if (rc != SQLITE_OK) {
         if (error)
             *error = db ? sqlite3_errmsg(db) : "cannot open the database";
@@ -238,10 +242,12 @@ Transaction::Transaction(Connection& c, std::chrono::milliseconds wait) : c_(c) 
             return; // began_ stays false: the ledger is too busy to answer in time
     }
     // Another process may hold SQLite's write lock: wait for it only what is left.
-    auto left = wait - std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+    auto left = wait - std::chrono::duration_cast<std::chrono::milliseconds>(
+                           std::chrono::steady_clock::now() - start);
     bool shorter = left.count() < c_.waitMs();
     if (shorter)
-        sqlite3_busy_timeout(c_.handle(), static_cast<int>(std::max<std::int64_t>(left.count(), 1)));
+        sqlite3_busy_timeout(c_.handle(),
+                             static_cast<int>(std::max<std::int64_t>(left.count(), 1)));
     began_ = c_.exec("BEGIN IMMEDIATE") == SQLITE_OK;
     if (shorter)
         sqlite3_busy_timeout(c_.handle(), static_cast<int>(c_.waitMs()));

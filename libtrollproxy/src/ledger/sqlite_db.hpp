@@ -103,7 +103,8 @@ public:
 
     class Lease {
     public:
-        Lease(ConnectionPool& pool, std::unique_ptr<Connection> c) : pool_(pool), c_(std::move(c)) {}
+        Lease(ConnectionPool& pool, std::unique_ptr<Connection> c)
+            : pool_(pool), c_(std::move(c)) {}
         ~Lease() { pool_.give(std::move(c_)); }
         Connection* operator->() { return c_.get(); }
         Connection& operator*() { return *c_; }

@@ -60,7 +60,8 @@ Error unavailable(Connection& c) {
 class SqliteLedger final : public LedgerBackend {
 public:
     SqliteLedger(std::string path, const LedgerOptions& o, bool fullSync)
-        : pool_(std::move(path), o.timeoutMs, fullSync), commits_(pool_, std::chrono::milliseconds(o.timeoutMs)) {}
+        : pool_(std::move(path), o.timeoutMs, fullSync),
+          commits_(pool_, std::chrono::milliseconds(o.timeoutMs)) {}
 
     Result<void> init() {
         std::string err;
@@ -68,7 +69,8 @@ public:
         if (!c)
             return Error{ErrorCode::Unavailable, err};
         if ((*c)->exec(kSchema) != SQLITE_OK)
-            return Error{ErrorCode::Unavailable, "cannot create the ledger schema: " + (*c)->lastError()};
+            return Error{ErrorCode::Unavailable,
+                         "cannot create the ledger schema: " + (*c)->lastError()};
         if (auto r = addResponseIdColumn(**c); !r)
             return r;
         return migrateKeysToDigests(**c);
@@ -107,7 +109,8 @@ public:
                 return {AuthStatus::KeyExpired, {}};
             acct.userId = s.text(0);
         }
-        Stmt u = (*c)->prepare("SELECT isActive, role, migration, expiresAt FROM usersNew WHERE id = ?");
+        Stmt u =
+            (*c)->prepare("SELECT isActive, role, migration, expiresAt FROM usersNew WHERE id = ?");
         u.bind(1, acct.userId);
         int rc = u.step();
         if (rc == SQLITE_DONE)
@@ -190,7 +193,8 @@ public:
 
     Result<std::int64_t> releaseHolds(std::string_view requestIdPrefix) override {
         if (requestIdPrefix.empty())
-            return Error{ErrorCode::InvalidArgument, "an empty request id prefix would release every hold"};
+            return Error{ErrorCode::InvalidArgument,
+                         "an empty request id prefix would release every hold"};
         auto c = pool_.take(nullptr);
         if (!c)
             return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
@@ -200,8 +204,9 @@ public:
         std::vector<std::string> ids;
         {
             // Bytes, not LIKE: the prefix is literal (LIKE has wildcards and ignores ASCII case).
-            Stmt s = (*c)->prepare("SELECT requestId FROM holds WHERE "
-                                   "substr(CAST(requestId AS BLOB), 1, length(CAST(?1 AS BLOB))) = CAST(?1 AS BLOB)");
+            Stmt s = (*c)->prepare(
+                "SELECT requestId FROM holds WHERE "
+                "substr(CAST(requestId AS BLOB), 1, length(CAST(?1 AS BLOB))) = CAST(?1 AS BLOB)");
             s.bind(1, std::string(requestIdPrefix));
             int rc;
             while ((rc = s.step()) == SQLITE_ROW)
@@ -270,15 +275,23 @@ private:
         PoolFields take;
         if (!takeHold(h.pool, h.amount.nanos, bal, take))
             return ReserveStatus::InsufficientCredits;
-        Stmt up = c.prepare("UPDATE usersNew SET credits = credits - ?, refCredits = refCredits - ?, "
-                                "creditsNew = creditsNew - ? WHERE id = ?");
-        up.bind(1, take.credits).bind(2, take.refCredits).bind(3, take.creditsNew).bind(4, h.userId);
+        Stmt up =
+            c.prepare("UPDATE usersNew SET credits = credits - ?, refCredits = refCredits - ?, "
+                      "creditsNew = creditsNew - ? WHERE id = ?");
+        up.bind(1, take.credits)
+            .bind(2, take.refCredits)
+            .bind(3, take.creditsNew)
+            .bind(4, h.userId);
         if (up.step() != SQLITE_DONE)
             return ReserveStatus::LedgerUnavailable;
-        Stmt ins = c.prepare("INSERT INTO holds (requestId, userId, pool, fromCredits, fromRefCredits, "
-                                 "fromCreditsNew, expiresAtMs) VALUES (?, ?, ?, ?, ?, ?, ?)");
+        Stmt ins =
+            c.prepare("INSERT INTO holds (requestId, userId, pool, fromCredits, fromRefCredits, "
+                      "fromCreditsNew, expiresAtMs) VALUES (?, ?, ?, ?, ?, ?, ?)");
         ins.bind(1, h.requestId).bind(2, h.userId).bind(3, std::string(poolName(h.pool)));
-        ins.bind(4, take.credits).bind(5, take.refCredits).bind(6, take.creditsNew).bind(7, h.expiresAtMs);
+        ins.bind(4, take.credits)
+            .bind(5, take.refCredits)
+            .bind(6, take.creditsNew)
+            .bind(7, h.expiresAtMs);
         if (ins.step() != SQLITE_DONE)
             return ReserveStatus::LedgerUnavailable;
         return ReserveStatus::Reserved;
@@ -325,7 +338,8 @@ private:
     // What the request's hold took from each field; zero when it holds nothing.
     static PoolFields heldFor(Connection& c, const std::string& id) {
         PoolFields held;
-        Stmt s = c.prepare("SELECT fromCredits, fromRefCredits, fromCreditsNew FROM holds WHERE requestId = ?");
+        Stmt s = c.prepare(
+            "SELECT fromCredits, fromRefCredits, fromCreditsNew FROM holds WHERE requestId = ?");
         s.bind(1, id);
         if (s.step() == SQLITE_ROW)
             held = {s.integer(0), s.integer(1), s.integer(2)};
@@ -336,13 +350,17 @@ private:
     static bool chargeUserIn(Connection& c, const Charge& ch, const Settlement& st) {
         bool isNew = ch.pool == Pool::CreditsNew;
         std::int64_t tokensIn = ch.usage.totalInput();
-        Stmt up = c.prepare(
-            "UPDATE usersNew SET credits = ?, refCredits = ?, creditsNew = ?, creditsUsed = creditsUsed + ?, "
-            "creditsNewUsed = creditsNewUsed + ?, tokensUserNew = tokensUserNew + ?, "
-            "totalInputTokens = totalInputTokens + ?, totalOutputTokens = totalOutputTokens + ? WHERE id = ?");
+        Stmt up =
+            c.prepare("UPDATE usersNew SET credits = ?, refCredits = ?, creditsNew = ?, "
+                      "creditsUsed = creditsUsed + ?, "
+                      "creditsNewUsed = creditsNewUsed + ?, tokensUserNew = tokensUserNew + ?, "
+                      "totalInputTokens = totalInputTokens + ?, totalOutputTokens = "
+                      "totalOutputTokens + ? WHERE id = ?");
         up.bind(1, st.after.credits).bind(2, st.after.refCredits).bind(3, st.after.creditsNew);
         up.bind(4, isNew ? 0 : st.charged).bind(5, isNew ? st.charged : 0);
-        up.bind(6, isNew ? tokensIn + ch.usage.output : 0).bind(7, tokensIn).bind(8, ch.usage.output);
+        up.bind(6, isNew ? tokensIn + ch.usage.output : 0)
+            .bind(7, tokensIn)
+            .bind(8, ch.usage.output);
         up.bind(9, ch.userId);
         return up.step() == SQLITE_DONE;
     }
@@ -371,8 +389,9 @@ private:
 
     // The key's statistics: tokens, requests, last use.
     static bool countKeyUseIn(Connection& c, const Charge& ch) {
-        Stmt k = c.prepare("UPDATE user_keys SET tokensUsed = tokensUsed + ?, requestsCount = requestsCount + 1, "
-                           "lastUsedAt = ? WHERE id = ?");
+        Stmt k = c.prepare(
+            "UPDATE user_keys SET tokensUsed = tokensUsed + ?, requestsCount = requestsCount + 1, "
+            "lastUsedAt = ? WHERE id = ?");
         k.bind(1, ch.usage.totalInput() + ch.usage.output).bind(2, ch.createdAtMs);
         k.bind(3, storedKeyId(ch.keyId));
         return k.step() == SQLITE_DONE;
@@ -391,7 +410,8 @@ private:
         std::string user;
         PoolFields held;
         {
-            Stmt s = c.prepare("SELECT userId, fromCredits, fromRefCredits, fromCreditsNew FROM holds WHERE requestId = ?");
+            Stmt s = c.prepare("SELECT userId, fromCredits, fromRefCredits, fromCreditsNew FROM "
+                               "holds WHERE requestId = ?");
             s.bind(1, id);
             int rc = s.step();
             if (rc == SQLITE_DONE)
@@ -401,8 +421,9 @@ private:
             user = s.text(0);
             held = {s.integer(1), s.integer(2), s.integer(3)};
         }
-        Stmt up = c.prepare("UPDATE usersNew SET credits = credits + ?, refCredits = refCredits + ?, "
-                            "creditsNew = creditsNew + ? WHERE id = ?");
+        Stmt up =
+            c.prepare("UPDATE usersNew SET credits = credits + ?, refCredits = refCredits + ?, "
+                      "creditsNew = creditsNew + ? WHERE id = ?");
         up.bind(1, held.credits).bind(2, held.refCredits).bind(3, held.creditsNew).bind(4, user);
         if (up.step() != SQLITE_DONE)
             return false;
@@ -434,7 +455,8 @@ private:
         return {};
     }
 
-    static bool insertLog(Connection& c, const LogEntry& e, std::optional<Pool> pool, bool ignoreDuplicate) {
+    static bool insertLog(Connection& c, const LogEntry& e, std::optional<Pool> pool,
+                          bool ignoreDuplicate) {
         Stmt s = c.prepare(
             ignoreDuplicate
                 ? "INSERT OR IGNORE INTO request_logs VALUES "
@@ -443,7 +465,9 @@ private:
         s.bind(1, e.requestId).bind(2, e.userId).bind(3, storedKeyId(e.keyId)).bind(4, e.model);
         s.bind(5, e.usage.uncachedInput).bind(6, e.usage.output).bind(7, e.usage.cacheWrite);
         s.bind(8, e.usage.cacheRead).bind(9, e.cost.nanos).bind(10, e.shortfall.nanos);
-        s.bind(11, e.usage.totalInput() + e.usage.output).bind(12, e.statusCode).bind(13, e.latencyMs);
+        s.bind(11, e.usage.totalInput() + e.usage.output)
+            .bind(12, e.statusCode)
+            .bind(13, e.latencyMs);
         s.bind(14, e.success ? 1 : 0).bind(15, e.creditType);
         if (pool)
             s.bind(16, std::string(poolName(*pool)));
@@ -470,8 +494,8 @@ private:
 
 } // namespace
 
-Result<std::unique_ptr<LedgerBackend>> openSqliteLedger(const std::string& path, const LedgerOptions& options,
-                                                        bool fullSync) {
+Result<std::unique_ptr<LedgerBackend>>
+openSqliteLedger(const std::string& path, const LedgerOptions& options, bool fullSync) {
     // Before any connection: SQLite creates -wal and -shm with the database's mode.
     if (auto r = makeDatabasePrivate(path); !r)
         return r.error();
@@ -535,8 +559,9 @@ Result<std::string> SqliteLedger::addKey(std::string_view name) {
     std::string key = newApiKey();
     // The first key is the user's own `apiKey`, as production has it; more keys
     // go to user_keys.
-    Stmt s = (*c)->prepare(hasPrimary ? "INSERT INTO user_keys (id, name, createdAt) VALUES (?, ?, ?)"
-                                      : "UPDATE usersNew SET apiKey = ?1 WHERE id = ?2 AND ?3 IS NOT NULL");
+    Stmt s = (*c)->prepare(
+        hasPrimary ? "INSERT INTO user_keys (id, name, createdAt) VALUES (?, ?, ?)"
+                   : "UPDATE usersNew SET apiKey = ?1 WHERE id = ?2 AND ?3 IS NOT NULL");
     s.bind(1, keyDigest(key)).bind(2, std::string(name)).bind(3, nowMs());
     if (s.step() != SQLITE_DONE || !tx.commit())
         return unavailable(**c);
@@ -562,7 +587,8 @@ Result<void> SqliteLedger::revokeKey(std::string_view apiKey) {
         // Keep the revoked key on record so it answers "revoked", not "unknown".
         Stmt clear = (*c)->prepare("UPDATE usersNew SET apiKey = NULL WHERE id = ?");
         clear.bind(1, owner);
-        Stmt keep = (*c)->prepare("INSERT OR REPLACE INTO user_keys (id, name, isActive, createdAt) VALUES (?, ?, 0, ?)");
+        Stmt keep = (*c)->prepare(
+            "INSERT OR REPLACE INTO user_keys (id, name, isActive, createdAt) VALUES (?, ?, 0, ?)");
         keep.bind(1, key).bind(2, owner).bind(3, nowMs());
         if (clear.step() != SQLITE_DONE || keep.step() != SQLITE_DONE)
             return unavailable(**c);
@@ -599,30 +625,34 @@ Result<Balance> SqliteLedger::balance(std::string_view name) {
     if (!c)
         return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
     // One statement, one snapshot: a hold moves money between the two tables.
-    Stmt s = (*c)->prepare(
-        "SELECT credits, creditsUsed, refCredits, creditsNew, creditsNewUsed, tokensUserNew, totalInputTokens, "
-        "totalOutputTokens, h.c, h.r, h.n FROM usersNew, (SELECT coalesce(sum(fromCredits), 0) AS c, "
-        "coalesce(sum(fromRefCredits), 0) AS r, coalesce(sum(fromCreditsNew), 0) AS n FROM holds WHERE userId = ?1) "
-        "AS h WHERE id = ?1");
+    Stmt s = (*c)->prepare("SELECT credits, creditsUsed, refCredits, creditsNew, creditsNewUsed, "
+                           "tokensUserNew, totalInputTokens, "
+                           "totalOutputTokens, h.c, h.r, h.n FROM usersNew, (SELECT "
+                           "coalesce(sum(fromCredits), 0) AS c, "
+                           "coalesce(sum(fromRefCredits), 0) AS r, coalesce(sum(fromCreditsNew), "
+                           "0) AS n FROM holds WHERE userId = ?1) "
+                           "AS h WHERE id = ?1");
     s.bind(1, std::string(name));
     int rc = s.step();
     if (rc == SQLITE_DONE)
         return Error{ErrorCode::NotFound, "no user " + std::string(name)};
     if (rc != SQLITE_ROW)
         return unavailable(**c);
-    return Balance{Money{s.integer(0)}, Money{s.integer(1)}, Money{s.integer(2)}, Money{s.integer(3)},
-                   Money{s.integer(4)}, s.integer(5), s.integer(6), s.integer(7),
-                   Money{s.integer(8)}, Money{s.integer(9)}, Money{s.integer(10)}};
+    return Balance{Money{s.integer(0)}, Money{s.integer(1)}, Money{s.integer(2)},
+                   Money{s.integer(3)}, Money{s.integer(4)}, s.integer(5),
+                   s.integer(6),        s.integer(7),        Money{s.integer(8)},
+                   Money{s.integer(9)}, Money{s.integer(10)}};
 }
 
 Result<std::vector<LogEntry>> SqliteLedger::usage(std::string_view name, std::int64_t last) {
     auto c = pool_.take(nullptr);
     if (!c)
         return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
-    Stmt s = (*c)->prepare("SELECT requestId, userId, userKeyId, model, inputTokens, outputTokens, cacheWriteTokens, "
-                           "cacheHitTokens, creditsCost, shortfall, creditType, statusCode, latencyMs, isSuccess, "
-                           "estimated, createdAt FROM request_logs WHERE userId = ? "
-                           "ORDER BY createdAt DESC, rowid DESC LIMIT ?");
+    Stmt s = (*c)->prepare(
+        "SELECT requestId, userId, userKeyId, model, inputTokens, outputTokens, cacheWriteTokens, "
+        "cacheHitTokens, creditsCost, shortfall, creditType, statusCode, latencyMs, isSuccess, "
+        "estimated, createdAt FROM request_logs WHERE userId = ? "
+        "ORDER BY createdAt DESC, rowid DESC LIMIT ?");
     s.bind(1, std::string(name)).bind(2, last);
     std::vector<LogEntry> out;
     int rc;

@@ -49,7 +49,8 @@ const char* openaiType(int status) {
 
 } // namespace
 
-HttpResponse apiError(ApiFormat format, int status, std::string_view message, std::string_view code) {
+HttpResponse apiError(ApiFormat format, int status, std::string_view message,
+                      std::string_view code) {
     HttpResponse r;
     r.status = status;
     if (format == ApiFormat::Anthropic) {

@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <cstdio>
 
-#include "trollproxy/pricing.hpp"
 #include "core/json_writer.hpp"
+#include "trollproxy/pricing.hpp"
 
 namespace trollproxy::internal {
 
@@ -142,8 +142,9 @@ void Biller::count(const BillInput& in, const Billed& billed) {
     if (billed.shortfall.nanos > 0)
         metrics_.addUsd(Metrics::series("trollproxy_shortfall_usd_total", {{"pool", pool}}),
                         billed.shortfall);
-    metrics_.addUsd(Metrics::series("trollproxy_cost_usd_total", {{"model", model}, {"pool", pool}}),
-                    billed.cost);
+    metrics_.addUsd(
+        Metrics::series("trollproxy_cost_usd_total", {{"model", model}, {"pool", pool}}),
+        billed.cost);
     const Usage& u = billed.usage;
     for (auto [kind, n] : {std::pair{"input", u.uncachedInput},
                            {"output", u.output},

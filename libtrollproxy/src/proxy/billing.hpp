@@ -4,12 +4,12 @@
 #include <string>
 #include <string_view>
 
-#include "trollproxy/clock.hpp"
-#include "trollproxy/config.hpp"
-#include "trollproxy/ledger.hpp"
 #include "proxy/hold.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/settlement_queue.hpp"
+#include "trollproxy/clock.hpp"
+#include "trollproxy/config.hpp"
+#include "trollproxy/ledger.hpp"
 
 namespace trollproxy::internal {
 
@@ -37,8 +37,8 @@ struct Billed {
     Money cost;            ///< the price of the usage, capped by a bounding hold
     Money charged;         ///< what the balance gave (cost − shortfall)
     Money shortfall;       ///< cost the balance could not cover
-    bool capped = false;   ///< output beyond n × the client's limit, or a cost above a bounding hold
-    Usage usage;           ///< the usage charged (output capped)
+    bool capped = false; ///< output beyond n × the client's limit, or a cost above a bounding hold
+    Usage usage;         ///< the usage charged (output capped)
 };
 
 /// An upper bound of a request's cost, held before it is forwarded: every 2

@@ -43,7 +43,8 @@ Outcome refusalFor(AuthStatus status) {
     case AuthStatus::LedgerUnavailable:
         break;
     }
-    return refuse(OutcomeKind::LedgerUnavailable, "billing is temporarily unavailable; retry later");
+    return refuse(OutcomeKind::LedgerUnavailable,
+                  "billing is temporarily unavailable; retry later");
 }
 
 } // namespace

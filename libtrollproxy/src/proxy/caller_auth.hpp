@@ -6,12 +6,12 @@
 #include <string>
 #include <unordered_map>
 
+#include "proxy/metrics.hpp"
+#include "proxy/outcome.hpp"
 #include "trollproxy/clock.hpp"
 #include "trollproxy/config.hpp"
 #include "trollproxy/ledger.hpp"
 #include "trollproxy/proxy.hpp"
-#include "proxy/metrics.hpp"
-#include "proxy/outcome.hpp"
 
 namespace trollproxy::internal {
 

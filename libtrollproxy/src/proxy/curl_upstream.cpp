@@ -86,7 +86,8 @@ public:
         // (libcurl decodes only with this set), so usage and relay see plain bytes.
         curl_easy_setopt(easy_, CURLOPT_ACCEPT_ENCODING, "identity");
         curl_easy_setopt(easy_, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(easy_, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(settings.connectTimeoutMs));
+        curl_easy_setopt(easy_, CURLOPT_CONNECTTIMEOUT_MS,
+                         static_cast<long>(settings.connectTimeoutMs));
         curl_easy_setopt(easy_, CURLOPT_TCP_KEEPALIVE, 1L);
         curl_easy_setopt(easy_, CURLOPT_TCP_NODELAY, 1L);
         curl_easy_setopt(easy_, CURLOPT_WRITEFUNCTION, &CurlTransfer::onWrite);
@@ -144,8 +145,8 @@ public:
                 return false;
             if (done_) {
                 if (result_ != CURLE_OK)
-                    return Error{ErrorCode::Unavailable,
-                                 std::string("upstream transfer broke: ") + curl_easy_strerror(result_)};
+                    return Error{ErrorCode::Unavailable, std::string("upstream transfer broke: ") +
+                                                             curl_easy_strerror(result_)};
                 return false;
             }
             if (Clock::now() >= deadline) {
@@ -176,7 +177,9 @@ private:
             // A new status line (after 1xx, too) starts a new header block.
             t->headers_.clear();
             auto sp = line.find(' ');
-            t->status_ = sp == std::string_view::npos ? 0 : std::atoi(std::string(line.substr(sp + 1, 3)).c_str());
+            t->status_ = sp == std::string_view::npos
+                             ? 0
+                             : std::atoi(std::string(line.substr(sp + 1, 3)).c_str());
         } else if (line.empty()) {
             if (t->status_ >= 200)
                 t->headersDone_ = true;
@@ -184,7 +187,8 @@ private:
             std::string_view value = line.substr(colon + 1);
             while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
                 value.remove_prefix(1);
-            t->headers_.emplace_back(internal::asciiLower(line.substr(0, colon)), std::string(value));
+            t->headers_.emplace_back(internal::asciiLower(line.substr(0, colon)),
+                                     std::string(value));
         }
         return size * n;
     }
@@ -208,7 +212,8 @@ private:
             headersSeen_ = headersDone_;
             return;
         }
-        auto left_ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        auto left_ms =
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
         int wait = static_cast<int>(std::clamp<long long>(left_ms, 0, 1000));
         curl_multi_poll(multi_, nullptr, 0, wait, nullptr);
     }

@@ -4,9 +4,9 @@
 #include <cstdio>
 #include <random>
 
-#include "trollproxy/pricing.hpp"
 #include "core/text.hpp"
 #include "proxy/access_log.hpp"
+#include "trollproxy/pricing.hpp"
 
 namespace trollproxy::internal {
 
@@ -38,8 +38,8 @@ std::string withCapNote(std::string note, bool capped) {
 Exchange::Exchange(const ExchangeParts& parts, std::shared_ptr<const Routing> routing,
                    const HttpRequest& http, ApiFormat format, std::string route)
     : parts_(parts), routing_(std::move(routing)), http_(&http), format_(format),
-      route_(std::move(route)), requestId_(newRequestId(parts.requestIdPrefix)), startNs_(parts.clock.steadyNs()),
-      promptBytes_(static_cast<std::int64_t>(http.body.size())),
+      route_(std::move(route)), requestId_(newRequestId(parts.requestIdPrefix)),
+      startNs_(parts.clock.steadyNs()), promptBytes_(static_cast<std::int64_t>(http.body.size())),
       hold_(parts.ledger, parts.metrics, parts.clock) {}
 
 HttpResponse Exchange::run() {
@@ -67,9 +67,9 @@ HttpResponse Exchange::run() {
 Outcome Exchange::authenticate() {
     const ProxySettings& settings = routing_->config->settings;
     if (promptBytes_ > settings.maxBodyBytes)
-        return refuse(OutcomeKind::BodyTooLarge,
-                                "request body is larger than " +
-                                    std::to_string(settings.maxBodyBytes) + " bytes");
+        return refuse(OutcomeKind::BodyTooLarge, "request body is larger than " +
+                                                     std::to_string(settings.maxBodyBytes) +
+                                                     " bytes");
     if (http_->admitted) {
         account_ = *http_->admitted;
         return {};
@@ -81,13 +81,12 @@ Outcome Exchange::rateLimit() {
     rate_ = routing_->rateLimiter->check(account_.keyId, parts_.clock.steadyMs());
     if (rate_.allowed)
         return {};
-    return refuse(
-        OutcomeKind::RateLimited,
-        "rate limit exceeded: " + std::to_string(rate_.limit) + " requests per minute",
-        {{"Retry-After", std::to_string(rate_.retryAfterSeconds)},
-         {"X-RateLimit-Limit", std::to_string(rate_.limit)},
-         {"X-RateLimit-Remaining", "0"},
-         {"X-RateLimit-Reset", std::to_string(rate_.resetSeconds)}});
+    return refuse(OutcomeKind::RateLimited,
+                  "rate limit exceeded: " + std::to_string(rate_.limit) + " requests per minute",
+                  {{"Retry-After", std::to_string(rate_.retryAfterSeconds)},
+                   {"X-RateLimit-Limit", std::to_string(rate_.limit)},
+                   {"X-RateLimit-Remaining", "0"},
+                   {"X-RateLimit-Reset", std::to_string(rate_.resetSeconds)}});
 }
 
 Outcome Exchange::parse() {
@@ -98,11 +97,11 @@ Outcome Exchange::parse() {
     model_ = routing_->config->findModel(request_.model);
     if (!model_)
         return refuse(OutcomeKind::ModelNotFound,
-                                "model \"" + request_.model + "\" does not exist");
+                      "model \"" + request_.model + "\" does not exist");
     if (format_ == ApiFormat::Responses && !routing_->serves(ApiFormat::Responses))
         return refuse(OutcomeKind::ResponsesEndpointMissing,
-                                "this proxy serves no /v1/responses: its config has no endpoint "
-                                "whose base_url ends in /responses");
+                      "this proxy serves no /v1/responses: its config has no endpoint "
+                      "whose base_url ends in /responses");
     return {};
 }
 
@@ -113,11 +112,10 @@ Outcome Exchange::checkPreviousResponse() {
     auto owner = parts_.ledger.responseOwner(request_.previousResponseId);
     if (!owner && owner.error().code != ErrorCode::NotFound)
         return refuse(OutcomeKind::LedgerUnavailable,
-                                "billing is temporarily unavailable; retry later");
+                      "billing is temporarily unavailable; retry later");
     if (!owner || *owner != account_.userId)
         return refuse(OutcomeKind::PreviousResponseNotFound,
-                                "Previous response with id '" + request_.previousResponseId +
-                                    "' not found.");
+                      "Previous response with id '" + request_.previousResponseId + "' not found.");
     return {};
 }
 
@@ -136,16 +134,16 @@ Outcome Exchange::reserve() {
         return {};
     case ReserveStatus::InsufficientCredits:
         return refuse(OutcomeKind::InsufficientCredits,
-                                std::string("insufficient credits in the ") +
-                                    poolName(model_->pool) + " balance for this request (needs up to " +
-                                    holdAmount_.toString() + " USD)");
+                      std::string("insufficient credits in the ") + poolName(model_->pool) +
+                          " balance for this request (needs up to " + holdAmount_.toString() +
+                          " USD)");
     case ReserveStatus::LedgerUnavailable:
         break;
     }
     if (settings.ledgerFailureMode == LedgerFailureMode::FailOpen)
         return {}; // serve now, the charge is journalled
     return refuse(OutcomeKind::LedgerUnavailable,
-                            "billing is temporarily unavailable; retry later");
+                  "billing is temporarily unavailable; retry later");
 }
 
 HttpResponse Exchange::forward() {
@@ -155,9 +153,8 @@ HttpResponse Exchange::forward() {
     call.clientHeaders = &http_->headers;
     call.upstreamName = model_->upstream;
     call.body = rewriteForUpstream(format_, http_->body, request_, model_->upstreamModelId);
-    call.noEndpoint = refuse(OutcomeKind::ModelNotFound, "model \"" + request_.model +
-                                                                       "\" is not served on " +
-                                                                       route_);
+    call.noEndpoint = refuse(OutcomeKind::ModelNotFound,
+                             "model \"" + request_.model + "\" is not served on " + route_);
     UpstreamAttempt a = callUpstream(call, parts_.upstream, parts_.metrics, parts_.clock);
     if (a.transfer)
         return request_.stream ? answerStream(std::move(a.transfer)) : answerWhole(*a.transfer);
@@ -173,9 +170,9 @@ HttpResponse Exchange::answerWhole(UpstreamTransfer& t) {
     WholeAnswer answer = readWholeAnswer(t, format_, promptBytes_);
     if (answer.broke) {
         hold_.release();
-        return decline(refuse(OutcomeKind::UpstreamError,
-                              "the upstream answer broke off: " + answer.error),
-                       "upstream answer broke");
+        return decline(
+            refuse(OutcomeKind::UpstreamError, "the upstream answer broke off: " + answer.error),
+            "upstream answer broke");
     }
     Billed billed = settle(answer.served, t.status());
     if (!billed.recorded)
@@ -249,8 +246,8 @@ HttpResponse Exchange::decline(const Outcome& outcome, std::string_view note) {
     // Refusals of a known caller go to the request log as well (its status,
     // no cost), except the proxy's own rate limit: a flood of those must not
     // become ledger writes.
-    if (!account_.userId.empty() && (status == 402 || status == 503 ||
-                                     outcome.kind == OutcomeKind::UpstreamRateLimited)) {
+    if (!account_.userId.empty() &&
+        (status == 402 || status == 503 || outcome.kind == OutcomeKind::UpstreamRateLimited)) {
         LogEntry e;
         e.requestId = requestId_;
         e.userId = account_.userId;

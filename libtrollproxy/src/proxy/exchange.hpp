@@ -5,9 +5,6 @@
 #include <memory>
 #include <string>
 
-#include "trollproxy/clock.hpp"
-#include "trollproxy/ledger.hpp"
-#include "trollproxy/proxy.hpp"
 #include "proxy/billing.hpp"
 #include "proxy/caller_auth.hpp"
 #include "proxy/hold.hpp"
@@ -17,6 +14,9 @@
 #include "proxy/request_body.hpp"
 #include "proxy/routing.hpp"
 #include "proxy/upstream_call.hpp"
+#include "trollproxy/clock.hpp"
+#include "trollproxy/ledger.hpp"
+#include "trollproxy/proxy.hpp"
 
 namespace trollproxy::internal {
 

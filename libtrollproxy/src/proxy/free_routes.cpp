@@ -24,8 +24,7 @@ struct FreeRequest {
             return refuse(OutcomeKind::BodyTooLarge, "request body is too large");
         if (http.admitted)
             account = *http.admitted;
-        else if (Outcome o = parts.auth.authenticate(http, authPolicy(settings), account);
-                 !o.ok())
+        else if (Outcome o = parts.auth.authenticate(http, authPolicy(settings), account); !o.ok())
             return o;
         RateDecision rate = routing->rateLimiter->check(account.keyId, parts.clock.steadyMs());
         if (rate.allowed)
@@ -48,7 +47,8 @@ struct FreeRequest {
         call.method = http.method;
         call.urlSuffix = urlSuffix;
         call.maxAttempts = 4;
-        call.noEndpoint = refuse(OutcomeKind::EndpointMissing, "no upstream endpoint serves " + route);
+        call.noEndpoint =
+            refuse(OutcomeKind::EndpointMissing, "no upstream endpoint serves " + route);
         UpstreamAttempt a = callUpstream(call, parts.upstream, parts.metrics, parts.clock);
         if (a.relayed)
             return std::move(*a.relayed);
@@ -81,8 +81,13 @@ struct FreeRequest {
 
 HttpResponse serveCountTokens(const ExchangeParts& parts, std::shared_ptr<const Routing> routing,
                               const HttpRequest& http) {
-    FreeRequest fr{parts, std::move(routing), http, ApiFormat::Anthropic,
-                   "/v1/messages/count_tokens", parts.clock.steadyMs(), {}};
+    FreeRequest fr{parts,
+                   std::move(routing),
+                   http,
+                   ApiFormat::Anthropic,
+                   "/v1/messages/count_tokens",
+                   parts.clock.steadyMs(),
+                   {}};
     if (Outcome o = fr.admit(); !o.ok())
         return toHttp(o, fr.format);
     auto parsed = parseClientRequest(ApiFormat::Anthropic, http.body, BodyPurpose::CountTokens);
@@ -100,11 +105,15 @@ HttpResponse serveCountTokens(const ExchangeParts& parts, std::shared_ptr<const 
     return r;
 }
 
-HttpResponse serveResponseLookup(const ExchangeParts& parts,
-                                 std::shared_ptr<const Routing> routing, const HttpRequest& http,
-                                 const std::string& id) {
-    FreeRequest fr{parts, std::move(routing), http, ApiFormat::Responses, "/v1/responses/{id}",
-                   parts.clock.steadyMs(), {}};
+HttpResponse serveResponseLookup(const ExchangeParts& parts, std::shared_ptr<const Routing> routing,
+                                 const HttpRequest& http, const std::string& id) {
+    FreeRequest fr{parts,
+                   std::move(routing),
+                   http,
+                   ApiFormat::Responses,
+                   "/v1/responses/{id}",
+                   parts.clock.steadyMs(),
+                   {}};
     if (Outcome o = fr.admit(); !o.ok())
         return toHttp(o, fr.format);
     // Only the user who created a response reaches it; to anyone else it does

@@ -13,8 +13,7 @@ HttpResponse serveCountTokens(const ExchangeParts& parts, std::shared_ptr<const 
                               const HttpRequest& request);
 
 /// GET or DELETE /v1/responses/{id}: only for the user who created it; free.
-HttpResponse serveResponseLookup(const ExchangeParts& parts,
-                                 std::shared_ptr<const Routing> routing,
+HttpResponse serveResponseLookup(const ExchangeParts& parts, std::shared_ptr<const Routing> routing,
                                  const HttpRequest& request, const std::string& id);
 
 } // namespace trollproxy::internal

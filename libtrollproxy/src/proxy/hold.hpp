@@ -3,9 +3,9 @@
 
 #include <string>
 
+#include "proxy/metrics.hpp"
 #include "trollproxy/clock.hpp"
 #include "trollproxy/ledger.hpp"
-#include "proxy/metrics.hpp"
 
 namespace trollproxy::internal {
 

@@ -14,8 +14,8 @@ class KeyPool {
 public:
     enum class State { Active, CoolingDown, SetAside };
 
-    explicit KeyPool(std::vector<std::string> keys) : keys_(std::move(keys)), until_(keys_.size(), 0),
-                                                      aside_(keys_.size(), false) {}
+    explicit KeyPool(std::vector<std::string> keys)
+        : keys_(std::move(keys)), until_(keys_.size(), 0), aside_(keys_.size(), false) {}
 
     std::size_t size() const { return keys_.size(); }
     const std::string& key(std::size_t i) const { return keys_[i]; }

@@ -67,9 +67,14 @@ std::string requestIdPrefixFor(const std::string& journal) {
 }
 
 void logInternalError(std::string_view what) {
-    std::fprintf(
-        stderr, "%s\n",
-        JsonWriter().beginObject().field("level", "error").field("msg", what).endObject().str().c_str());
+    std::fprintf(stderr, "%s\n",
+                 JsonWriter()
+                     .beginObject()
+                     .field("level", "error")
+                     .field("msg", what)
+                     .endObject()
+                     .str()
+                     .c_str());
 }
 
 } // namespace
@@ -81,7 +86,7 @@ ProxyServiceImpl::ProxyServiceImpl(std::shared_ptr<const Routing> routing, Servi
       settlements_(routing_->config->journalFile(), *ledger_, metrics_, *clock_),
       auth_(*ledger_, metrics_, *clock_), biller_(*ledger_, settlements_, metrics_, *clock_),
       requestIdPrefix_(requestIdPrefixFor(routing_->config->journalFile())),
-      parts_{*ledger_,   auth_,   biller_, *upstream_, metrics_, *clock_, shutdownDeadlineMs_,
+      parts_{*ledger_,        auth_, biller_, *upstream_, metrics_, *clock_, shutdownDeadlineMs_,
              requestIdPrefix_} {
     // Charges a previous process left in the journal are settled first, then
     // the holds it left (it died mid-request) go back now, not after
@@ -205,14 +210,14 @@ Admission ProxyServiceImpl::admit(const HttpRequest& head) {
         return out; // served (or refused) by handle()
     auto refused = [&](const Outcome& o) {
         out.refusal = toHttp(o, *format);
-        metrics_.add(Metrics::series(
-            "trollproxy_requests_total",
-            {{"route", lookup ? std::string(kLookupRoute) : head.path},
-             {"status", std::to_string(out.refusal->status)}}));
+        metrics_.add(Metrics::series("trollproxy_requests_total",
+                                     {{"route", lookup ? std::string(kLookupRoute) : head.path},
+                                      {"status", std::to_string(out.refusal->status)}}));
         return out;
     };
     if (lookup ? head.method != "GET" && head.method != "DELETE" : head.method != "POST")
-        return refused(refuse(OutcomeKind::MethodNotAllowed, lookup ? "use GET or DELETE" : "use POST"));
+        return refused(
+            refuse(OutcomeKind::MethodNotAllowed, lookup ? "use GET or DELETE" : "use POST"));
     auto routes = routing();
     const std::int64_t maxBody = routes->config->settings.maxBodyBytes;
     std::string length = headerValue(head, "content-length");
@@ -223,8 +228,9 @@ Admission ProxyServiceImpl::admit(const HttpRequest& head) {
         if (!digits)
             return refused(refuse(OutcomeKind::BadRequest, "invalid Content-Length"));
         if (std::stoll(length) > maxBody)
-            return refused(refuse(OutcomeKind::BodyTooLarge,
-                                  "request body is larger than " + std::to_string(maxBody) + " bytes"));
+            return refused(
+                refuse(OutcomeKind::BodyTooLarge,
+                       "request body is larger than " + std::to_string(maxBody) + " bytes"));
     }
     Account account;
     if (Outcome o = auth_.authenticate(head, authPolicy(routes->config->settings), account);

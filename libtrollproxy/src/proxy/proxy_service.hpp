@@ -7,13 +7,13 @@
 #include <mutex>
 #include <thread>
 
-#include "trollproxy/proxy.hpp"
 #include "proxy/billing.hpp"
 #include "proxy/caller_auth.hpp"
 #include "proxy/exchange.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/routing.hpp"
 #include "proxy/settlement_queue.hpp"
+#include "trollproxy/proxy.hpp"
 
 namespace trollproxy::internal {
 

@@ -3,9 +3,9 @@
 
 #include <algorithm>
 
-#include "trollproxy/sse.hpp"
 #include "proxy/request_body.hpp"
 #include "proxy/upstream_call.hpp"
+#include "trollproxy/sse.hpp"
 
 namespace trollproxy::internal {
 
@@ -62,8 +62,8 @@ struct Passage {
     bool clientGone = false;
     bool sentAny = false;
     bool broke = false;
-    bool cut = false;       // the shutdown grace ended
-    std::string whole;      // non-SSE answers: kept for usage
+    bool cut = false;  // the shutdown grace ended
+    std::string whole; // non-SSE answers: kept for usage
     std::int64_t wholeBytes = 0;
 
     explicit Passage(ApiFormat f) : usage(f) {}
@@ -137,7 +137,8 @@ std::string sseNote(const Passage& p) {
     if (su.invalid())
         return "upstream " + su.invalidReason() + "; usage estimated";
     if (!p.complete())
-        return p.clientGone ? "client disconnected; usage estimated" : "stream cut; usage estimated";
+        return p.clientGone ? "client disconnected; usage estimated"
+                            : "stream cut; usage estimated";
     if (su.reported())
         return "content after the usage event; output estimated";
     return "stream ended without usage; usage estimated";

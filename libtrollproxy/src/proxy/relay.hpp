@@ -4,11 +4,11 @@
 #include <atomic>
 #include <string>
 
+#include "proxy/hold.hpp"
 #include "trollproxy/clock.hpp"
 #include "trollproxy/proxy.hpp"
 #include "trollproxy/upstream.hpp"
 #include "trollproxy/usage.hpp"
-#include "proxy/hold.hpp"
 
 namespace trollproxy::internal {
 
@@ -22,8 +22,8 @@ struct ServedUsage {
 
 /// A whole (non-streamed) answer, read.
 struct WholeAnswer {
-    bool broke = false;     ///< the transfer failed: nothing is served
-    std::string error;      ///< why, when it broke
+    bool broke = false; ///< the transfer failed: nothing is served
+    std::string error;  ///< why, when it broke
     std::string body;
     ServedUsage served;
 };
@@ -46,7 +46,7 @@ struct StreamRelay {
     bool stripUsage = false; ///< drop the usage-only chunk the client did not ask for
     std::int64_t promptBytes = 0;
     std::int64_t holdTtlMs = 0;
-    Hold* hold = nullptr;    ///< renewed while the stream runs
+    Hold* hold = nullptr; ///< renewed while the stream runs
     ShutdownDeadline deadline;
 };
 

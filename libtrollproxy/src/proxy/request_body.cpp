@@ -189,12 +189,12 @@ Result<void> rejectDuplicates(simdjson::dom::object obj, std::string_view where)
 
 // The client-facing reason a body did not parse: not UTF-8, or not JSON (and where).
 Error bodyParseError(simdjson::error_code err, std::string_view body) {
-    std::string why = err == simdjson::UTF8_ERROR ? "the body is not valid UTF-8"
-                                                    : "the body is not valid JSON";
+    std::string why =
+        err == simdjson::UTF8_ERROR ? "the body is not valid UTF-8" : "the body is not valid JSON";
     JsonSyntaxError where;
     if (err != simdjson::UTF8_ERROR && !checkJsonSyntax(body, where))
-        why += " (line " + std::to_string(where.line) + ", column " +
-               std::to_string(where.column) + ": " + where.reason + ")";
+        why += " (line " + std::to_string(where.line) + ", column " + std::to_string(where.column) +
+               ": " + where.reason + ")";
     return Error{ErrorCode::ParseError, why};
 }
 
@@ -247,8 +247,8 @@ Result<void> readMaxOutputTokens(simdjson::dom::object obj, ClientRequest& req) 
 
 // The fields only one API has: OpenAI's "n", the Responses API's
 // "previous_response_id", and Anthropic's required "max_tokens".
-Result<void> readFormatFields(ApiFormat format, BodyPurpose purpose,
-                              simdjson::dom::object obj, ClientRequest& req) {
+Result<void> readFormatFields(ApiFormat format, BodyPurpose purpose, simdjson::dom::object obj,
+                              ClientRequest& req) {
     simdjson::dom::element v;
     if (format == ApiFormat::OpenAI && !obj["n"].get(v) && !v.is_null()) {
         std::int64_t n = 0;
@@ -323,12 +323,14 @@ std::string rewriteForUpstream(ApiFormat format, std::string_view body, const Cl
             if (const Member* iu = findKey(inner, "include_usage"))
                 edits.push_back({iu->valueBegin, iu->valueEnd, "true"});
             else
-                edits.push_back({so->valueBegin + 1, so->valueBegin + 1,
-                                 inner.empty() ? "\"include_usage\":true" : "\"include_usage\":true,"});
+                edits.push_back(
+                    {so->valueBegin + 1, so->valueBegin + 1,
+                     inner.empty() ? "\"include_usage\":true" : "\"include_usage\":true,"});
         }
     }
     std::string out(body);
-    std::sort(edits.begin(), edits.end(), [](const Edit& a, const Edit& b) { return a.begin > b.begin; });
+    std::sort(edits.begin(), edits.end(),
+              [](const Edit& a, const Edit& b) { return a.begin > b.begin; });
     for (const auto& e : edits)
         out.replace(e.begin, e.end - e.begin, e.text);
     return out;

@@ -49,8 +49,9 @@ std::optional<ApiFormat> routeFormat(const EndpointConfig& ep) {
     return std::nullopt;
 }
 
-std::shared_ptr<KeyPool> keptOrNew(const UpstreamKeys& keys,
-                                   const std::map<std::string, std::shared_ptr<KeyPool>>& previous) {
+std::shared_ptr<KeyPool>
+keptOrNew(const UpstreamKeys& keys,
+          const std::map<std::string, std::shared_ptr<KeyPool>>& previous) {
     auto old = previous.find(keys.source);
     bool same = old != previous.end() && old->second->size() == keys.keys.size();
     for (std::size_t i = 0; same && i < keys.keys.size(); ++i)
@@ -89,9 +90,9 @@ UpstreamKeys upstreamKeys(const EndpointConfig& endpoint, const ProxySettings& s
     return out;
 }
 
-Result<std::shared_ptr<const Routing>> buildRouting(
-    Config config, const Getenv& getenv,
-    const std::map<std::string, std::shared_ptr<KeyPool>>& previous) {
+Result<std::shared_ptr<const Routing>>
+buildRouting(Config config, const Getenv& getenv,
+             const std::map<std::string, std::shared_ptr<KeyPool>>& previous) {
     Getenv env = getenv ? getenv : [](const std::string& n) {
         const char* v = std::getenv(n.c_str());
         return std::string(v ? v : "");

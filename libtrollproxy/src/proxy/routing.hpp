@@ -7,11 +7,11 @@
 #include <string>
 #include <vector>
 
+#include "proxy/key_pool.hpp"
+#include "proxy/rate_limiter.hpp"
 #include "trollproxy/config.hpp"
 #include "trollproxy/result.hpp"
 #include "trollproxy/usage.hpp"
-#include "proxy/key_pool.hpp"
-#include "proxy/rate_limiter.hpp"
 
 namespace trollproxy::internal {
 
@@ -51,8 +51,8 @@ UpstreamKeys upstreamKeys(const EndpointConfig& endpoint, const ProxySettings& s
 
 /// Resolves a config. Pools of `previous` whose source gives the same keys are
 /// kept. Fails when an endpoint has no upstream key.
-Result<std::shared_ptr<const Routing>> buildRouting(
-    Config config, const Getenv& getenv,
-    const std::map<std::string, std::shared_ptr<KeyPool>>& previous);
+Result<std::shared_ptr<const Routing>>
+buildRouting(Config config, const Getenv& getenv,
+             const std::map<std::string, std::shared_ptr<KeyPool>>& previous);
 
 } // namespace trollproxy::internal

@@ -118,8 +118,9 @@ std::int64_t SettlementQueue::depth() const {
 
 bool SettlementQueue::flushBatch(std::unique_lock<std::mutex>& lock) {
     const std::size_t n = std::min(kBatch, queue_.size());
-    std::vector<Charge> batch(std::make_move_iterator(queue_.begin()),
-                              std::make_move_iterator(queue_.begin() + static_cast<std::ptrdiff_t>(n)));
+    std::vector<Charge> batch(
+        std::make_move_iterator(queue_.begin()),
+        std::make_move_iterator(queue_.begin() + static_cast<std::ptrdiff_t>(n)));
     queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
     for (const auto& c : batch)
         inflight_.emplace(c.requestId, c);

@@ -11,9 +11,9 @@
 #include <thread>
 #include <vector>
 
+#include "proxy/metrics.hpp"
 #include "trollproxy/clock.hpp"
 #include "trollproxy/ledger.hpp"
-#include "proxy/metrics.hpp"
 
 namespace trollproxy::internal {
 
@@ -50,7 +50,7 @@ public:
 
 private:
     static constexpr std::size_t kBatch = 64;
-    static constexpr int kFlushers = 4; // a slow ledger's round trips overlap
+    static constexpr int kFlushers = 4;                 // a slow ledger's round trips overlap
     static constexpr std::int64_t kCompactEvery = 4096; // appended lines between rewrites
 
     void run();

@@ -54,7 +54,7 @@ struct Tally {
     ErrorCode lastError = ErrorCode::Unavailable;
     std::int64_t soonestMs = 0; // the shortest Retry-After of a rate-limited key
     bool anyEndpoint = false;
-    bool setAsideOne = false; // one request sets aside at most one key
+    bool setAsideOne = false;              // one request sets aside at most one key
     std::optional<HttpResponse> forbidden; // the last 403, relayed if every key got one
 };
 
@@ -97,9 +97,8 @@ std::string urlFor(const UpstreamCall& call, const EndpointRoute& ep) {
 }
 
 bool matches(const UpstreamCall& call, const EndpointRoute& ep) {
-    return ep.format == call.format &&
-           (call.upstreamName.empty() || ep.endpoint.upstream.empty() ||
-            ep.endpoint.upstream == call.upstreamName);
+    return ep.format == call.format && (call.upstreamName.empty() || ep.endpoint.upstream.empty() ||
+                                        ep.endpoint.upstream == call.upstreamName);
 }
 
 // One refused attempt: what it says about the key, and whether to try the next.
@@ -110,8 +109,9 @@ std::optional<HttpResponse> judge(const EndpointRoute& ep, std::size_t k,
     int status = t->status();
     std::string body;
     (void)readAll(*t, body);
-    metrics.add(Metrics::series("trollproxy_upstream_errors_total",
-                                {{"endpoint", ep.endpoint.name}, {"kind", std::to_string(status)}}));
+    metrics.add(
+        Metrics::series("trollproxy_upstream_errors_total",
+                        {{"endpoint", ep.endpoint.name}, {"kind", std::to_string(status)}}));
     switch (applyRefusal(*ep.keys, k, *t, body, tally, clock)) {
     case KeyVerdict::RateLimited:
         tally.lastStatus = 429;
@@ -235,9 +235,10 @@ UpstreamAttempt callUpstream(const UpstreamCall& call, Upstream& upstream, Metri
         for (std::size_t k : ep.keys->usable(clock.steadyMs())) {
             if (++tally.attempts > call.maxAttempts)
                 break;
-            UpstreamRequest req{urlFor(call, ep),
-                                upstreamHeaders(*call.clientHeaders, call.format, cfg, ep.keys->key(k)),
-                                call.method == "GET" ? std::string() : call.body, call.method};
+            UpstreamRequest req{
+                urlFor(call, ep),
+                upstreamHeaders(*call.clientHeaders, call.format, cfg, ep.keys->key(k)),
+                call.method == "GET" ? std::string() : call.body, call.method};
             auto started = upstream.start(req);
             if (!started) { // connect failure or timeout: next key or endpoint
                 tally.lastError = started.error().code;

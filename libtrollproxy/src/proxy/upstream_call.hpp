@@ -5,12 +5,12 @@
 #include <optional>
 #include <string>
 
-#include "trollproxy/clock.hpp"
-#include "trollproxy/proxy.hpp"
-#include "trollproxy/upstream.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/outcome.hpp"
 #include "proxy/routing.hpp"
+#include "trollproxy/clock.hpp"
+#include "trollproxy/proxy.hpp"
+#include "trollproxy/upstream.hpp"
 
 namespace trollproxy::internal {
 
