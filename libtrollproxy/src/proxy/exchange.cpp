@@ -253,7 +253,7 @@ HttpResponse Exchange::decline(const Outcome& outcome, std::string_view note) {
         e.userId = account_.userId;
         e.keyId = account_.keyId;
         e.model = model_ ? model_->id : request_.model;
-        e.creditType = model_ && model_->pool == Pool::Credits ? "ohmygpt" : "openhands";
+        e.creditType = poolCreditType(model_ ? model_->pool : Pool::CreditsNew);
         e.statusCode = status;
         e.latencyMs = elapsedMs();
         e.createdAtMs = parts_.clock.wallMs();
