@@ -13,41 +13,13 @@
 
 #include "core/json_locate.hpp"
 #include "core/json_writer.hpp"
+#include "ledger/journal_file.hpp"
 
 namespace trollproxy {
 
-namespace {
-
-bool writeAll(int fd, const std::string& s) {
-    std::size_t off = 0;
-    while (off < s.size()) {
-        ssize_t n = ::write(fd, s.data() + off, s.size() - off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return false;
-        off += static_cast<std::size_t>(n);
-    }
-    return true;
-}
-
-std::vector<std::string> readLines(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::vector<std::string> lines;
-    std::string line;
-    while (std::getline(in, line)) {
-        if (!line.empty())
-            lines.push_back(line);
-    }
-    return lines;
-}
-
-std::string dirOf(const std::string& path) {
-    auto slash = path.find_last_of('/');
-    return slash == std::string::npos ? "." : path.substr(0, slash + 1);
-}
-
-} // namespace
+using internal::readLines;
+using internal::syncDirectoryOf;
+using internal::writeAll;
 
 std::string encodeCharge(const Charge& c) {
     using internal::jsonQuote;
@@ -182,11 +154,7 @@ Result<ReplayReport> ChargeJournal::replay(CreditLedger& ledger) {
         if (!ok || ::rename(tmp.c_str(), path_.c_str()) != 0)
             return Error{ErrorCode::Unavailable, "cannot rewrite journal " + path_};
     }
-    int dfd = ::open(dirOf(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        ::fsync(dfd);
-        ::close(dfd);
-    }
+    syncDirectoryOf(path_);
     pending_ = rep.pending;
     return rep;
 }

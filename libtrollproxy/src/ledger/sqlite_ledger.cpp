@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <optional>
 
 #include <sqlite3.h>
@@ -169,58 +170,19 @@ public:
     }
 
     Result<std::int64_t> sweepExpiredHolds(std::int64_t now) override {
-        auto c = pool_.take(nullptr);
-        if (!c)
-            return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
-        Transaction tx(**c);
-        if (!tx.began())
-            return unavailable(**c);
-        std::vector<std::string> expired;
-        {
-            Stmt s = (*c)->prepare("SELECT requestId FROM holds WHERE expiresAtMs < ? LIMIT 1000");
-            s.bind(1, now);
-            while (s.step() == SQLITE_ROW)
-                expired.push_back(s.text(0));
-        }
-        for (const auto& id : expired) {
-            if (!releaseIn(**c, id))
-                return unavailable(**c);
-        }
-        if (!tx.commit())
-            return unavailable(**c);
-        return static_cast<std::int64_t>(expired.size());
+        return releaseSelected("SELECT requestId FROM holds WHERE expiresAtMs < ? LIMIT 1000",
+                               [now](Stmt& s) { s.bind(1, now); });
     }
 
     Result<std::int64_t> releaseHolds(std::string_view requestIdPrefix) override {
         if (requestIdPrefix.empty())
             return Error{ErrorCode::InvalidArgument,
                          "an empty request id prefix would release every hold"};
-        auto c = pool_.take(nullptr);
-        if (!c)
-            return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
-        Transaction tx(**c);
-        if (!tx.began())
-            return unavailable(**c);
-        std::vector<std::string> ids;
-        {
-            // Bytes, not LIKE: the prefix is literal (LIKE has wildcards and ignores ASCII case).
-            Stmt s = (*c)->prepare(
-                "SELECT requestId FROM holds WHERE "
-                "substr(CAST(requestId AS BLOB), 1, length(CAST(?1 AS BLOB))) = CAST(?1 AS BLOB)");
-            s.bind(1, std::string(requestIdPrefix));
-            int rc;
-            while ((rc = s.step()) == SQLITE_ROW)
-                ids.push_back(s.text(0));
-            if (rc != SQLITE_DONE)
-                return unavailable(**c);
-        }
-        for (const auto& id : ids) {
-            if (!releaseIn(**c, id))
-                return unavailable(**c);
-        }
-        if (!tx.commit())
-            return unavailable(**c);
-        return static_cast<std::int64_t>(ids.size());
+        // Bytes, not LIKE: the prefix is literal (LIKE has wildcards and ignores ASCII case).
+        return releaseSelected(
+            "SELECT requestId FROM holds WHERE "
+            "substr(CAST(requestId AS BLOB), 1, length(CAST(?1 AS BLOB))) = CAST(?1 AS BLOB)",
+            [&](Stmt& s) { s.bind(1, std::string(requestIdPrefix)); });
     }
 
     Result<std::string> responseOwner(std::string_view responseId) override {
@@ -404,6 +366,34 @@ private:
             return false;
         f = {s.integer(0), s.integer(1), s.integer(2)};
         return true;
+    }
+
+    // Releases, in one transaction, the holds whose request ids `sql` selects
+    // (`bind` fills its parameters), as release() does; returns how many.
+    Result<std::int64_t> releaseSelected(const char* sql, const std::function<void(Stmt&)>& bind) {
+        auto c = pool_.take(nullptr);
+        if (!c)
+            return Error{ErrorCode::Unavailable, "ledger database cannot be opened"};
+        Transaction tx(**c);
+        if (!tx.began())
+            return unavailable(**c);
+        std::vector<std::string> ids;
+        {
+            Stmt s = (*c)->prepare(sql);
+            bind(s);
+            int rc;
+            while ((rc = s.step()) == SQLITE_ROW)
+                ids.push_back(s.text(0));
+            if (rc != SQLITE_DONE)
+                return unavailable(**c);
+        }
+        for (const auto& id : ids) {
+            if (!releaseIn(**c, id))
+                return unavailable(**c);
+        }
+        if (!tx.commit())
+            return unavailable(**c);
+        return static_cast<std::int64_t>(ids.size());
     }
 
     static bool releaseIn(Connection& c, const std::string& id) {

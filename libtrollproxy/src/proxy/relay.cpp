@@ -11,8 +11,6 @@ namespace trollproxy::internal {
 
 namespace {
 
-constexpr std::size_t kMaxUpstreamBody = 64 * 1024 * 1024;
-
 std::int64_t ceilDiv(std::int64_t a, std::int64_t b) {
     return (a + b - 1) / b;
 }

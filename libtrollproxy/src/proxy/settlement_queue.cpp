@@ -3,53 +3,27 @@
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ledger/journal_file.hpp"
 #include "trollproxy/journal.hpp"
 
 namespace trollproxy::internal {
 
 namespace {
 
-bool writeAll(int fd, std::string_view s) {
-    while (!s.empty()) {
-        ssize_t n = ::write(fd, s.data(), s.size());
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return false;
-        s.remove_prefix(static_cast<std::size_t>(n));
-    }
-    return true;
-}
-
 std::vector<Charge> readJournal(const std::string& path, std::int64_t& corrupt) {
     std::vector<Charge> out;
-    std::ifstream in(path);
-    std::string line;
-    while (std::getline(in, line)) {
-        if (line.empty())
-            continue;
+    for (const std::string& line : readLines(path)) {
         if (auto c = decodeCharge(line))
             out.push_back(std::move(*c));
         else
             ++corrupt; // torn by a crash mid-write: never acknowledged
     }
     return out;
-}
-
-void syncDirectoryOf(const std::string& path) {
-    auto slash = path.rfind('/');
-    std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
-    int dfd = ::open(dir.empty() ? "/" : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        ::fsync(dfd);
-        ::close(dfd);
-    }
 }
 
 } // namespace

@@ -13,7 +13,6 @@ namespace trollproxy::internal {
 
 namespace {
 
-constexpr std::size_t kMaxUpstreamBody = 64 * 1024 * 1024;
 constexpr std::int64_t kSetAsideMs = 10 * 60 * 1000;
 
 // Whether a client header may reach the upstream: an allow-list, so that no

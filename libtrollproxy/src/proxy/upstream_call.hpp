@@ -59,7 +59,10 @@ enum class KeyVerdict {
 };
 KeyVerdict keyVerdict(int status, const std::string& body);
 
-/// Reads the rest of a transfer into `body`, up to a bound.
+/// The largest upstream answer read whole (or kept of a non-SSE stream for its usage).
+inline constexpr std::size_t kMaxUpstreamBody = 64 * 1024 * 1024;
+
+/// Reads the rest of a transfer into `body`, up to kMaxUpstreamBody.
 Result<void> readAll(UpstreamTransfer& t, std::string& body);
 
 /// The upstream's answer as the client gets it (content type kept).
