@@ -3,8 +3,10 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "trollproxy/money.hpp"
 #include "trollproxy/pool.hpp"
@@ -45,6 +47,26 @@ struct HoldRequest {
 
 enum class ReserveStatus { Reserved, InsufficientCredits, LedgerUnavailable };
 
+/// A budget slice: one process's reservation on a (user, pool), held in the
+/// ledger like a request's hold (same id space, same expiry, sweep and
+/// releaseHolds) and drawn on by many requests' charges (Charge::holdId).
+struct SliceRequest {
+    std::string sliceId; ///< the hold's id: the instance's prefix, pool, user, epoch
+    std::string userId;
+    Pool pool = Pool::CreditsNew;
+    /// What to add to the slice: min(want, the pool's free balance ×
+    /// freePermille / 1000), refused when that is below atLeast.
+    Money want;
+    Money atLeast;
+    std::int64_t freePermille = 500;
+    std::int64_t expiresAtMs = 0; ///< the slice's new expiry (it is renewed too)
+};
+
+struct SliceGrant {
+    ReserveStatus status = ReserveStatus::LedgerUnavailable;
+    Money added; ///< what was moved from the pool into the slice (Reserved only)
+};
+
 /// The final charge of one request. Settling writes the request log entry too.
 struct Charge {
     std::string requestId;
@@ -61,6 +83,12 @@ struct Charge {
     /// Responses API: the id of the response this request created ("" for
     /// other routes); recorded so that only this user can reach it later.
     std::string responseId;
+    /// The hold the charge draws on. Empty: the request's own hold (id
+    /// requestId), replaced whole by the charge (the rest goes back to the pool).
+    /// A slice's id: at most holdShare of the cost comes out of that hold, which
+    /// keeps the rest; any cost beyond comes from the pool's free balance.
+    std::string holdId;
+    Money holdShare;
 };
 
 enum class SettleStatus {
@@ -108,10 +136,24 @@ public:
     /// Replaces the request's hold (if any) by the actual cost, applies token
     /// counters and writes the request log entry, exactly once per request id.
     /// Without a hold (served while the ledger was down) it takes the cost from
-    /// the pool directly. Never takes a balance field below zero.
+    /// the pool directly. With Charge::holdId the cost is drawn on that slice
+    /// (at most holdShare; the slice keeps the rest, and a settled-before id
+    /// leaves the slice alone). Never takes a balance field below zero.
     virtual SettleOutcome settle(const Charge& charge) = 0;
 
-    /// Returns a hold to the pool unspent (the upstream failed, nothing served).
+    /// Adds to a budget slice (creating it) from the pool's free balance,
+    /// atomically, and moves its expiry to request.expiresAtMs; see SliceRequest.
+    /// InsufficientCredits changes nothing.
+    virtual SliceGrant reserveSlice(const SliceRequest& request) = 0;
+
+    /// Settles many charges, each as settle() would, in as few round trips as
+    /// the backend can (SQLite: one transaction; MongoDB: one compare-and-set
+    /// per user and one bulk insert of log entries). outcomes[i] is charges[i]'s;
+    /// a charge LedgerUnavailable was not applied and may be retried. The
+    /// default settles them one by one.
+    virtual std::vector<SettleOutcome> settleBatch(std::span<const Charge> charges);
+
+    /// Returns a hold (a request's or a slice's) to the pool unspent.
     virtual Result<void> release(std::string_view requestId) = 0;
 
     /// Moves an outstanding hold's expiry to `expiresAtMs` (a running stream keeps its

@@ -48,6 +48,14 @@ Result<std::unique_ptr<LedgerBackend>> openLedgerBackend(std::string_view uri,
 
 namespace trollproxy {
 
+std::vector<SettleOutcome> CreditLedger::settleBatch(std::span<const Charge> charges) {
+    std::vector<SettleOutcome> out;
+    out.reserve(charges.size());
+    for (const Charge& c : charges)
+        out.push_back(settle(c));
+    return out;
+}
+
 namespace {
 
 template <typename Role>

@@ -49,4 +49,38 @@ Settlement settleAgainst(Pool pool, std::int64_t cost, const PoolFields& held,
     return s;
 }
 
+std::int64_t sliceAmount(Pool pool, const PoolFields& b, std::int64_t want, std::int64_t atLeast,
+                         std::int64_t permille) {
+    auto pos = [](std::int64_t v) { return std::max<std::int64_t>(v, 0); };
+    const std::int64_t free =
+        pool == Pool::CreditsNew ? pos(b.creditsNew) : pos(b.credits) + pos(b.refCredits);
+    permille = std::clamp<std::int64_t>(permille, 0, 1000);
+    const std::int64_t share = free / 1000 * permille + free % 1000 * permille / 1000;
+    const std::int64_t amount = std::min(pos(want), share);
+    return amount > 0 && amount >= atLeast ? amount : 0;
+}
+
+SliceSettlement settleAgainstSlice(Pool pool, std::int64_t cost, std::int64_t share,
+                                   const PoolFields& held, const PoolFields& b) {
+    cost = std::max<std::int64_t>(cost, 0);
+    std::int64_t fromSlice = std::min(cost, std::max<std::int64_t>(share, 0));
+    // The part of the slice this charge consumes, field by field; the slice
+    // keeps the rest.
+    PoolFields used;
+    if (pool == Pool::CreditsNew) {
+        used.creditsNew = std::min(fromSlice, std::max<std::int64_t>(held.creditsNew, 0));
+    } else {
+        used.credits = std::min(fromSlice, std::max<std::int64_t>(held.credits, 0));
+        used.refCredits =
+            std::min(fromSlice - used.credits, std::max<std::int64_t>(held.refCredits, 0));
+    }
+    SliceSettlement out;
+    out.heldAfter = {held.credits - used.credits, held.refCredits - used.refCredits,
+                     held.creditsNew - used.creditsNew};
+    // The consumed part acts as a hold of exactly that much: the cost beyond
+    // it comes from the balance, nothing goes back.
+    out.settlement = settleAgainst(pool, cost, used, b);
+    return out;
+}
+
 } // namespace trollproxy::internal

@@ -31,4 +31,22 @@ struct Settlement {
 Settlement settleAgainst(Pool pool, std::int64_t cost, const PoolFields& held,
                          const PoolFields& balance);
 
+/// What a budget slice adds: min(want, free × permille / 1000), where free is
+/// the pool's free balance (negative fields count as zero); 0 when that is
+/// below atLeast (the slice is refused). Exact in integers, without overflow.
+std::int64_t sliceAmount(Pool pool, const PoolFields& balance, std::int64_t want,
+                         std::int64_t atLeast, std::int64_t permille);
+
+/// Settling a charge that draws on a budget slice.
+struct SliceSettlement {
+    Settlement settlement; ///< the balance after (the slice's rest stays held)
+    PoolFields heldAfter;  ///< the slice's fields after
+};
+
+/// At most `share` of the cost is paid by the slice `held` (its `credits`
+/// part before its `refCredits` part), which keeps the rest; the cost beyond
+/// is taken from the balance as far as it goes. No field ends below zero.
+SliceSettlement settleAgainstSlice(Pool pool, std::int64_t cost, std::int64_t share,
+                                   const PoolFields& held, const PoolFields& balance);
+
 } // namespace trollproxy::internal
