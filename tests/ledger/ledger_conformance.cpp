@@ -3,7 +3,7 @@
 //
 // Only the public interface is used (no raw SQL, no driver calls), and every case
 // makes its own users and request ids, because a MongoDB database is shared by
-// all cases of a run.
+// all cases of a run. The helpers are in ledger_test_util.hpp.
 #include <doctest/doctest.h>
 
 #include <atomic>
@@ -18,125 +18,12 @@
 #include "trollproxy/ledger_admin.hpp"
 
 using namespace trollproxy;
-using trollproxy::test::uniqueName;
-using trollproxy::test::usd;
+using namespace trollproxy::test;
 
 namespace {
 
-std::string ledgerUri() {
-    const char* env = std::getenv("TROLLPROXY_TEST_LEDGER_URI");
-    if (env && *env)
-        return env;
-    static trollproxy::test::TempDir dir;
-    // TROLLPROXY_TEST_SQLITE_QUERY: URI options, e.g. synchronous=full.
-    const char* query = std::getenv("TROLLPROXY_TEST_SQLITE_QUERY");
-    return "sqlite:" + dir.file("conformance.db") +
-           (query && *query ? std::string("?") + query : "");
-}
-
-bool isMongo() {
-    return ledgerUri().rfind("mongodb", 0) == 0;
-}
-
 bool isHexDigest(const std::string& s) {
     return s.size() == 64 && s.find_first_not_of("0123456789abcdef") == std::string::npos;
-}
-
-// A key id as a charge carries it: digest-shaped, so every backend stores it as it is.
-std::string keyIdOf(const std::string& user) {
-    static const char kHex[] = "0123456789abcdef";
-    std::string id;
-    for (unsigned char ch : user) {
-        id += kHex[ch >> 4];
-        id += kHex[ch & 15];
-    }
-    id.resize(64, '0');
-    return id;
-}
-
-// CongoDB, the MongoDB-protocol test server, cannot store a string `_id` (only
-// ObjectIds): its runner sets TROLLPROXY_TEST_OBJECTID_IDS=1. Then users are named
-// "oid:<24 hex>" (how the backend names an ObjectId `_id`), and the part needing
-// `user_keys` (whose `_id` is the raw key) is left to a real mongod.
-bool objectIdsOnly() {
-    const char* env = std::getenv("TROLLPROXY_TEST_OBJECTID_IDS");
-    return env && *env == '1';
-}
-
-std::string userName(const char* stem) {
-    if (objectIdsOnly())
-        return "oid:" + newApiKey().substr(12, 24);
-    return uniqueName(stem);
-}
-
-// The request path and administration of one ledger, behind one pointer.
-std::unique_ptr<test::BothRoles> openTestLedger() {
-    auto l = test::BothRoles::open(ledgerUri());
-    if (!l)
-        FAIL("cannot open ledger ", ledgerUri(), ": ", l.error().message);
-    return std::move(l).value();
-}
-
-std::int64_t nowMs() {
-    using namespace std::chrono;
-    return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
-}
-
-// MongoDB stores USD as doubles: allow one nano-dollar per operation there.
-std::int64_t slack(std::int64_t operations) {
-    return isMongo() ? operations : 0;
-}
-
-#define CHECK_MONEY(actual, expected, ops)                                                         \
-    do {                                                                                           \
-        std::int64_t a_ = (actual).nanos, e_ = (expected).nanos;                                   \
-        INFO("actual ", Money{a_}.toString(), " expected ", Money{e_}.toString());                 \
-        CHECK(std::llabs(a_ - e_) <= slack(ops));                                                  \
-    } while (0)
-
-std::string makeUser(LedgerAdmin& l, const char* stem) {
-    std::string name = userName(stem);
-    REQUIRE(l.addUser(name));
-    return name;
-}
-
-void give(LedgerAdmin& l, const std::string& user, BalanceField field, const char* amount) {
-    auto r = l.credit(user, field, usd(amount));
-    REQUIRE_MESSAGE(r, r.error().message);
-}
-
-Balance balanceOf(LedgerAdmin& l, const std::string& user) {
-    auto b = l.balance(user);
-    REQUIRE_MESSAGE(b, b.error().message);
-    return *b;
-}
-
-HoldRequest hold(const std::string& id, const std::string& user, Pool pool, const char* amount,
-                 std::int64_t expiresAtMs = 0) {
-    return HoldRequest{id, user, pool, usd(amount),
-                       expiresAtMs ? expiresAtMs : nowMs() + 3'600'000};
-}
-
-Charge charge(const std::string& id, const std::string& user, Pool pool, const char* cost,
-              Usage usage = {100, 20, 30, 40, false}) {
-    Charge c;
-    c.requestId = id;
-    c.userId = user;
-    c.keyId = keyIdOf(user);
-    c.model = "test-model";
-    c.pool = pool;
-    c.usage = usage;
-    c.cost = usd(cost);
-    c.statusCode = 200;
-    c.latencyMs = 12;
-    c.createdAtMs = nowMs();
-    return c;
-}
-
-std::vector<LogEntry> logOf(LedgerAdmin& l, const std::string& user, std::int64_t last = 1000) {
-    auto u = l.usage(user, last);
-    REQUIRE_MESSAGE(u, u.error().message);
-    return *u;
 }
 
 } // namespace
