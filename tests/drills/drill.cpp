@@ -118,23 +118,49 @@ DrillStack::DrillStack(const std::string& settings, std::string uri,
     if (!cfg)
         throw std::runtime_error(cfg.error().message);
     prices = cfg->findModel("m")->prices;
+    this->settings = cfg->settings;
     ledger = support::openAdmin(ledgerUri);
     startProxy();
 }
 
 DrillStack::~DrillStack() {
+    peers.clear();
     proxy.reset();
     upstream.reset();
 }
 
-void DrillStack::startProxy() {
-    proxy.reset();
-    proxy = std::make_unique<harness::Process>(
-        support::proxyArgv(dir + "/config.json", ledgerUri, journalPath()),
+void DrillStack::startProxy(int instance) {
+    if (instance > 0 && static_cast<std::size_t>(instance) > peers.size()) {
+        peers.resize(static_cast<std::size_t>(instance));
+        peerMetricsPorts.resize(static_cast<std::size_t>(instance));
+    }
+    auto& slot = instance == 0 ? proxy : peers.at(static_cast<std::size_t>(instance - 1));
+    slot.reset();
+    const std::string log =
+        dir + (instance == 0 ? "/proxy.log" : "/proxy-" + std::to_string(instance) + ".log");
+    slot = std::make_unique<harness::Process>(
+        support::proxyArgv(dir + "/config.json", ledgerUri, journalPath(instance)),
         std::map<std::string, std::string>{
             {"TROLLPROXY_UPSTREAM_KEYS", "upstream-key-1,upstream-key-2"}},
-        harness::Process::Options{.stderrPath = dir + "/proxy.log"});
-    metricsPort = proxy->portOnLine("metrics listening on ");
+        harness::Process::Options{.stderrPath = log});
+    int metrics = slot->portOnLine("metrics listening on ");
+    if (instance == 0)
+        metricsPort = metrics;
+    else
+        peerMetricsPorts.at(static_cast<std::size_t>(instance - 1)) = metrics;
+}
+
+harness::Process& DrillStack::proxyAt(int instance) {
+    return instance == 0 ? *proxy : *peers.at(static_cast<std::size_t>(instance - 1));
+}
+
+int DrillStack::port(int instance) const {
+    return instance == 0 ? proxy->port() : peers.at(static_cast<std::size_t>(instance - 1))->port();
+}
+
+std::string DrillStack::journalPath(int instance) const {
+    return dir + (instance == 0 ? "/charges.journal"
+                                : "/charges-" + std::to_string(instance) + ".journal");
 }
 
 FakeStats DrillStack::stats() {
@@ -192,8 +218,10 @@ std::map<std::string, LogEntry> DrillStack::logs(const std::string& plainName, i
     return out;
 }
 
-double DrillStack::metric(const std::string& series) {
-    auto r = harness::get(metricsPort, "/metrics");
+double DrillStack::metric(const std::string& series, int instance) {
+    auto r = harness::get(
+        instance == 0 ? metricsPort : peerMetricsPorts.at(static_cast<std::size_t>(instance - 1)),
+        "/metrics");
     std::istringstream in(r.body);
     std::string line;
     while (std::getline(in, line)) {
@@ -354,11 +382,18 @@ std::map<int, int> Tally::byStatus() {
 void runLoad(int clients, int perClient, std::atomic<bool>& stop,
              const std::function<Shot(int, int)>& next, const std::function<int()>& port,
              Tally& tally) {
+    runLoad(
+        clients, perClient, stop, next, [&](int) { return port(); }, tally);
+}
+
+void runLoad(int clients, int perClient, std::atomic<bool>& stop,
+             const std::function<Shot(int, int)>& next, const std::function<int(int)>& portOf,
+             Tally& tally) {
     std::vector<std::thread> threads;
     for (int c = 0; c < clients; ++c) {
         threads.emplace_back([&, c] {
             for (int n = 0; !stop && (perClient <= 0 || n < perClient); ++n)
-                tally.add(fire(port(), next(c, n)));
+                tally.add(fire(portOf(c), next(c, n)));
         });
     }
     for (auto& t : threads)

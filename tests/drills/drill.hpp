@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../integration/harness.hpp"
@@ -22,7 +23,7 @@ struct Options {
     int overspendCovers = 50;
     double outageSeconds = 10;
     double soakSeconds = 1800;
-    std::string mongoUri; ///< outage drill against this MongoDB server too, when set
+    std::string mongoUri; ///< outage and slice drills against this MongoDB server too, when set
     pid_t mongoPid = 0;   ///< its process, frozen for the outage
     std::string self;     ///< this program's path (for the lock helper)
 };
@@ -48,15 +49,20 @@ struct FakeStats {
 };
 
 /// Test upstream + proxy (stderr to a file, restartable) + a ledger handle for checks.
+/// More proxies (instances 1, 2, …) can share the config and the ledger, each
+/// with its own journal, so its own instance and request-id prefix.
 struct DrillStack {
     std::string dir;
     std::string ledgerUri;
     std::string config; ///< the config text as written
     std::unique_ptr<harness::Process> upstream;
-    std::unique_ptr<harness::Process> proxy;
-    int metricsPort = 0; ///< the proxy's /metrics listener
+    std::unique_ptr<harness::Process> proxy;              ///< instance 0
+    int metricsPort = 0;                                  ///< instance 0's /metrics listener
+    std::vector<std::unique_ptr<harness::Process>> peers; ///< instances 1, 2, …
+    std::vector<int> peerMetricsPorts;
     std::unique_ptr<trollproxy::LedgerAdmin> ledger;
-    trollproxy::PriceTable prices; ///< model "m"
+    trollproxy::PriceTable prices;      ///< model "m"
+    trollproxy::ProxySettings settings; ///< as the proxy reads them
 
     /// `settings` is the body of the config's "trollproxy" object; an empty
     /// `ledgerUri` means a fresh SQLite file in `dir`; `prices` replaces model
@@ -66,9 +72,12 @@ struct DrillStack {
                std::vector<std::string> upstreamArgs = {}, std::string prices = "");
     ~DrillStack();
 
-    void startProxy();
-    int port() const { return proxy->port(); }
-    std::string journalPath() const { return dir + "/charges.journal"; }
+    /// Starts (or restarts) an instance: the same journal path, so the same instance.
+    void startProxy(int instance = 0);
+    harness::Process& proxyAt(int instance);
+    int port(int instance = 0) const;
+    int instances() const { return 1 + static_cast<int>(peers.size()); }
+    std::string journalPath(int instance = 0) const;
     FakeStats stats();
     void resetStats();
     std::string userWithKey(const std::string& name, trollproxy::Money creditsNew);
@@ -78,8 +87,8 @@ struct DrillStack {
                                                      int* duplicates = nullptr);
     /// The ledger's name for a drill's user (an ObjectId-shaped one on MongoDB).
     std::string ledgerName(const std::string& name) const;
-    /// A value from the proxy's /metrics (0 when absent).
-    double metric(const std::string& series);
+    /// A value from an instance's /metrics (0 when absent).
+    double metric(const std::string& series, int instance = 0);
 };
 
 /// What kind of failure a request asks the test upstream for.
@@ -133,6 +142,10 @@ struct Tally {
 void runLoad(int clients, int perClient, std::atomic<bool>& stop,
              const std::function<Shot(int client, int n)>& next, const std::function<int()>& port,
              Tally& tally);
+/// The same with a port per client (clients spread over several proxies).
+void runLoad(int clients, int perClient, std::atomic<bool>& stop,
+             const std::function<Shot(int client, int n)>& next,
+             const std::function<int(int client)>& portOf, Tally& tally);
 
 /// Sends 48 concurrent plain requests, 3 each, so every one of 32 workers has
 /// opened its ledger connection and its upstream connection (the baseline).
@@ -186,11 +199,66 @@ struct Audit {
 Audit audit(Verdict& v, DrillStack& s, const std::string& user, trollproxy::Money start,
             const std::vector<Outcome>& outcomes, bool allowUnmatched);
 
+// Budget slices (#13).
+
+/// A ledger a drill runs on: SQLite (uri "": a fresh file in the stack's
+/// directory) and, with --mongo, a fresh database on the MongoDB-protocol server.
+struct LedgerTarget {
+    std::string name;
+    std::string uri;
+    bool mongo = false;
+};
+std::vector<LedgerTarget> ledgerTargets(const Options& o);
+
+/// The settings body that turns slices on with journal-first settlement.
+std::string sliceSettings(const std::string& maxUsd, double idleSeconds = 2,
+                          const std::string& fraction = "0.5");
+
+/// True when no running instance has a charge waiting in its journal.
+bool journalsSettled(DrillStack& s);
+/// Waits until the user has nothing held (slices given back), no instance has a
+/// charge waiting in its journal, and `credited` - creditsNew = the sum of logged costs; false
+/// when `seconds` pass first. `took`: how long it waited.
+bool waitReleased(DrillStack& s, const std::string& user, trollproxy::Money credited,
+                  double seconds, double* took = nullptr);
+
+/// Reads a user's balance every 20 ms from its own ledger handle while a drill
+/// runs, and checks the slices' invariant at every sample: no field below zero,
+/// and settled charges + outstanding holds (slices included) at most the
+/// credits ever added.
+class BalanceWatch {
+public:
+    BalanceWatch(DrillStack& s, const std::string& user, trollproxy::Money credited);
+    ~BalanceWatch();
+    BalanceWatch(const BalanceWatch&) = delete;
+    BalanceWatch& operator=(const BalanceWatch&) = delete;
+    /// After a top-up: the credits added so far.
+    void credited(trollproxy::Money total);
+    /// Stops sampling, prints what it saw and checks it.
+    void finish(Verdict& v);
+    trollproxy::Money maxHeld() const { return trollproxy::Money{maxHeld_.load()}; }
+
+private:
+    void run(std::string uri, std::string name);
+
+    std::atomic<std::int64_t> credited_;
+    std::atomic<std::int64_t> maxHeld_{0};
+    std::atomic<bool> stop_{false};
+    std::atomic<int> samples_{0}, unreadable_{0}, negative_{0}, over_{0};
+    std::mutex mutex_;
+    std::string firstBad_;
+    std::thread thread_;
+};
+
 // The drills; each prints what it did and returns 0 (PASS) or 1 (FAIL).
 int overspendDrill(const Options& o);
 int crashDrill(const Options& o);
 int outageDrill(const Options& o);
 int upstreamFaultsDrill(const Options& o);
 int soakDrill(const Options& o);
+int slicesOverspendDrill(const Options& o);
+int slicesCrashDrill(const Options& o);
+int slicesOutageDrill(const Options& o);
+int slicesKeysDrill(const Options& o);
 
 } // namespace drills

@@ -1,4 +1,5 @@
 // trollproxy-drills: runs the fault drills against real processes and prints a verdict for each.
+#include <algorithm>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -14,9 +15,27 @@ namespace {
 const char kUsage[] =
     "usage: trollproxy-drills [--quick] [--requests N] [--covers N] [--outage-seconds S]\n"
     "                         [--soak-seconds S] [--mongo] DRILL...\n"
-    "  DRILL: overspend crash outage upstream-faults soak all\n"
+    "  DRILL: overspend crash outage upstream-faults soak\n"
+    "         slices-overspend slices-crash slices-outage slices-keys\n"
+    "         slices (the four slices-*)  all (every drill)\n"
     "  --quick  the short CI sizes (100 requests covering 10, 20 s soak; the outage stays 10 s)\n"
-    "  --mongo  also run the outage drill against CongoDB (tests/mongo) when it is installed\n";
+    "  --mongo  also run the outage and slices-* drills against CongoDB (tests/mongo) when it is\n"
+    "           installed\n";
+
+const std::vector<std::string> kSliceDrills{"slices-overspend", "slices-crash", "slices-outage",
+                                            "slices-keys"};
+
+int runDrill(const std::string& d, const drills::Options& o) {
+    return d == "overspend"          ? drills::overspendDrill(o)
+           : d == "crash"            ? drills::crashDrill(o)
+           : d == "outage"           ? drills::outageDrill(o)
+           : d == "soak"             ? drills::soakDrill(o)
+           : d == "upstream-faults"  ? drills::upstreamFaultsDrill(o)
+           : d == "slices-overspend" ? drills::slicesOverspendDrill(o)
+           : d == "slices-crash"     ? drills::slicesCrashDrill(o)
+           : d == "slices-outage"    ? drills::slicesOutageDrill(o)
+                                     : drills::slicesKeysDrill(o);
+}
 
 std::string exeDir() {
     char buf[PATH_MAX];
@@ -54,10 +73,13 @@ int main(int argc, char** argv) {
             o.soakSeconds = num();
         else if (a == "--mongo")
             mongo = true;
-        else if (a == "all")
-            which.insert(which.end(), {"overspend", "crash", "outage", "upstream-faults", "soak"});
-        else if (a == "overspend" || a == "crash" || a == "outage" || a == "upstream-faults" ||
-                 a == "soak")
+        else if (a == "all" || a == "slices") {
+            if (a == "all")
+                which.insert(which.end(),
+                             {"overspend", "crash", "outage", "upstream-faults", "soak"});
+            which.insert(which.end(), kSliceDrills.begin(), kSliceDrills.end());
+        } else if (a == "overspend" || a == "crash" || a == "outage" || a == "upstream-faults" ||
+                   a == "soak" || std::count(kSliceDrills.begin(), kSliceDrills.end(), a))
             which.push_back(a);
         else {
             std::fputs(kUsage, stderr);
@@ -96,7 +118,7 @@ int main(int argc, char** argv) {
             o.mongoPid = congo->pid();
         } else {
             std::printf("CongoDB is not installed (tests/mongo/install.sh): the MongoDB outage "
-                        "drill is skipped\n");
+                        "and slices drills are skipped\n");
         }
     }
     int failed = 0;
@@ -104,11 +126,7 @@ int main(int argc, char** argv) {
     for (const auto& d : which) {
         int rc = 1;
         try {
-            rc = d == "overspend" ? drills::overspendDrill(o)
-                 : d == "crash"   ? drills::crashDrill(o)
-                 : d == "outage"  ? drills::outageDrill(o)
-                 : d == "soak"    ? drills::soakDrill(o)
-                                  : drills::upstreamFaultsDrill(o);
+            rc = runDrill(d, o);
         } catch (const std::exception& e) {
             std::printf("=== %s: FAIL (error: %s)\n", d.c_str(), e.what());
         }

@@ -1,5 +1,6 @@
 // Drill: the ledger goes away under load (SQLite write-locked by another process, or the MongoDB
-// server frozen), in fail_closed and fail_open; then every served request must be billed.
+// server frozen), in fail_closed and fail_open, and with budget slices that cover the load; then
+// every served request must be billed.
 #include <algorithm>
 #include <csignal>
 #include <fstream>
@@ -29,15 +30,22 @@ struct Backend {
     std::function<void()> resume;          // ends it
 };
 
-void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::string& user) {
+// `slices`: budget slices (journal_first, fail_closed) warmed before the outage must
+// carry the load through it without a refusal.
+void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::string& user,
+          bool slices = false) {
     const char* modeName = failOpen ? "fail_open" : "fail_closed";
-    std::printf("\n  %s, %s: %.0f s outage under load\n", be.name.c_str(), modeName,
-                o.outageSeconds);
+    std::printf("\n  %s, %s%s: %.0f s outage under load\n", be.name.c_str(), modeName,
+                slices ? ", budget slices" : "", o.outageSeconds);
+    // A slice of 40 USD: far more than the ~1,000 requests of the outage cost (~4 USD).
     DrillStack s(std::string(R"("rate_limit_per_minute": 0, "ledger_failure_mode": ")") + modeName +
-                     "\"",
+                     "\"" + (slices ? ", " + sliceSettings("40") : ""),
                  be.uri);
     Money start = *Money::parse("100");
     std::string key = s.userWithKey(user, start);
+    std::unique_ptr<BalanceWatch> watch;
+    if (slices)
+        watch = std::make_unique<BalanceWatch>(s, user, start);
     std::atomic<bool> stop{false};
     Tally tally;
     const int clients = 12;
@@ -48,6 +56,10 @@ void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::s
             [port] { return port; }, tally);
     });
     std::this_thread::sleep_for(std::chrono::seconds(2));
+    if (slices) {
+        Money held = s.balance(user).heldCreditsNew;
+        v.check(held.nanos > 0, "before the outage the slice is warm: " + money(held) + " held");
+    }
     double outageFrom = now();
     be.stop(s);
     // A ledger operation during the outage returns within its time bound.
@@ -66,24 +78,15 @@ void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::s
     double left = o.outageSeconds - (now() - outageFrom);
     if (left > 0)
         std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int>(left * 1000)));
+    const double queued = s.metric("trollproxy_settlement_queue_depth");
     be.resume();
     double outageTo = now();
     std::this_thread::sleep_for(std::chrono::seconds(3));
     stop = true;
     load.join();
 
-    // Recovery: the journal drains and no hold is left.
-    double until = now() + 40;
-    bool recovered = false;
-    while (now() < until && !recovered) {
-        Money logged;
-        for (const auto& [id, e] : s.logs(user))
-            logged += e.cost;
-        recovered =
-            start - s.balance(user).creditsNew == logged && !std::ifstream(s.journalPath()).good();
-        if (!recovered)
-            std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    }
+    // Recovery: the journal drains and no hold is left (the slice goes back when idle).
+    bool recovered = waitReleased(s, user, start, 40);
     double recoveredAfter = now() - outageTo;
     auto st = tally.byStatus();
     int during = 0, during503 = 0, during200 = 0;
@@ -108,15 +111,22 @@ void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::s
                 lat.empty() ? 0 : lat[lat.size() / 2], maxSeconds);
     double journalled = s.metric("trollproxy_journalled_charges_total");
     double replayed = s.metric("trollproxy_journal_replayed_total");
-    std::printf(
-        "  journalled %.0f charges, replayed %.0f; recovered %.1f s after the ledger came back\n",
-        journalled, replayed, recoveredAfter);
+    std::printf("  journalled %.0f charges, replayed %.0f, %.0f waiting at the outage's end; "
+                "recovered %.1f s after the ledger came back\n",
+                journalled, replayed, queued, recoveredAfter);
+    if (watch)
+        watch->finish(v);
     v.check(recovered, "after recovery the journal is empty and no hold is left");
     v.check(st[200] + st[503] == static_cast<int>(tally.outcomes.size()),
             "every answer was 200 or 503");
     v.check(maxSeconds < 15,
             "no request waited unboundedly (max " + std::to_string(maxSeconds) + " s)");
-    if (failOpen) {
+    if (slices) {
+        v.check(st[503] == 0 && st[200] == static_cast<int>(tally.outcomes.size()),
+                "slices: no request refused, during the outage either (" +
+                    std::to_string(during200) + " served while it lasted)");
+        v.check(queued > 0, "slices: charges waited in the journal during the outage");
+    } else if (failOpen) {
         v.check(st[503] == 0, "fail_open: no request refused");
         v.check(journalled > 0, "fail_open: charges went through the journal");
     } else {
@@ -132,6 +142,27 @@ void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::s
     v.check(fs.requests == st[200] && fs.completed == a.fullEntries &&
                 upstreamValue == a.fullCharges,
             "no unbilled service: what reached the upstream = the 200s = the ledger's charges");
+}
+
+// The outage backends: SQLite write-locked by another process; with --mongo, the
+// MongoDB-protocol server frozen (SIGSTOP), its connections hanging as a dead primary's do.
+std::vector<Backend> backends(const Options& o, std::unique_ptr<harness::Process>& locker,
+                              const std::string& dbPrefix) {
+    std::vector<Backend> out;
+    out.push_back({"SQLite (write lock held by another process)", "",
+                   [&o, &locker](DrillStack& s) {
+                       locker = lockSqlite(o, s.dir + "/ledger.db", o.outageSeconds + 60);
+                   },
+                   [&locker] { locker.reset(); }});
+    if (!o.mongoUri.empty()) {
+        static int db = 0;
+        pid_t mongoPid = o.mongoPid;
+        out.push_back({"MongoDB protocol (CongoDB frozen with SIGSTOP)",
+                       o.mongoUri + "/" + dbPrefix + std::to_string(++db),
+                       [mongoPid](DrillStack&) { ::kill(mongoPid, SIGSTOP); },
+                       [mongoPid] { ::kill(mongoPid, SIGCONT); }});
+    }
+    return out;
 }
 
 } // namespace
@@ -160,6 +191,15 @@ int outageDrill(const Options& o) {
         mongo.uri = uri + "/drill" + std::to_string(++db);
         mode(v, o, mongo, true, "mongo-open");
     }
+    return v.finish();
+}
+
+int slicesOutageDrill(const Options& o) {
+    Verdict v("ledger outage with budget slices (" +
+              std::to_string(static_cast<int>(o.outageSeconds)) + " s, fail_closed)");
+    std::unique_ptr<harness::Process> locker;
+    for (auto& be : backends(o, locker, "slices-outage"))
+        mode(v, o, be, false, be.uri.empty() ? "slices" : "mongo-slices", true);
     return v.finish();
 }
 

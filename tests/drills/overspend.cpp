@@ -1,6 +1,8 @@
-// Drill: many concurrent requests from one key whose balance covers only some of them.
+// Drill: many concurrent requests from one key whose balance covers only some of them; with budget
+// slices, spread over two proxies on one ledger.
 #include <algorithm>
 #include <latch>
+#include <map>
 #include <thread>
 
 #include "drill.hpp"
@@ -11,11 +13,19 @@ namespace drills {
 
 namespace {
 
+// How a round sends its requests.
+struct Spread {
+    int requests = 0;    ///< sent at once
+    int proxies = 1;     ///< request i goes to instance i % proxies
+    bool slices = false; ///< budget slices: the books are read once the slices went back
+};
+
 // One round: `n` requests at once, a balance that covers `covers` holds; the
 // upstream reports `num/den` of the hold's tokens (1/1 exact, 1/2 under, 2/1 over; output
-// at most max_tokens). With max_tokens set the hold bounds the charge.
-bool round(Verdict& v, DrillStack& s, const Options& o, const std::string& user, int num, int den) {
-    const int n = o.overspendRequests;
+// at most max_tokens). With max_tokens set the hold bounds the charge. Returns the start balance.
+Money round(Verdict& v, DrillStack& s, const Options& o, const std::string& user, int num, int den,
+            const Spread& spread) {
+    const int n = spread.requests;
     const int maxTokens = 100;
     const std::size_t bodyBytes = 400;
     // Hold = (bytes/2 + 1 + 1000 unseen) input tokens at the dearest input price + max_tokens
@@ -31,11 +41,13 @@ bool round(Verdict& v, DrillStack& s, const Options& o, const std::string& user,
     std::string key = s.userWithKey(user, start);
     Money shortfallBefore = *s.ledger->totalShortfall();
     s.resetStats();
-    std::printf(
-        "\n  round %s: %d concurrent requests (stream/whole x OpenAI/Anthropic), hold %s each, "
-        "actual cost %s each, balance %s = %d holds\n",
-        user.c_str(), n, money(hold).c_str(), money(cost).c_str(), money(start).c_str(),
-        o.overspendCovers);
+    std::printf("\n  round %s: %d concurrent requests (stream/whole x OpenAI/Anthropic) over %d "
+                "proxies, hold %s each, actual cost %s each, balance %s = %d holds\n",
+                user.c_str(), n, spread.proxies, money(hold).c_str(), money(cost).c_str(),
+                money(start).c_str(), o.overspendCovers);
+    std::unique_ptr<BalanceWatch> watch;
+    if (spread.slices)
+        watch = std::make_unique<BalanceWatch>(s, user, start);
 
     std::vector<Shot> shots;
     for (int i = 0; i < n; ++i) {
@@ -56,7 +68,7 @@ bool round(Verdict& v, DrillStack& s, const Options& o, const std::string& user,
     for (int i = 0; i < n; ++i) {
         threads.emplace_back([&, i] {
             go.arrive_and_wait();
-            tally.add(fire(s.port(), shots[static_cast<std::size_t>(i)], 60));
+            tally.add(fire(s.port(i % spread.proxies), shots[static_cast<std::size_t>(i)], 60));
         });
     }
     double t0 = now();
@@ -82,6 +94,15 @@ bool round(Verdict& v, DrillStack& s, const Options& o, const std::string& user,
     v.check(served + refused == n, "every request was either served or refused with 402");
     v.check(incomplete == 0,
             "every 200 carried a whole answer (" + std::to_string(incomplete) + " did not)");
+    if (spread.slices) {
+        // Charges settle in the background; unused slices go back after slice_idle_seconds.
+        double took = 0;
+        const bool released = waitReleased(s, user, start, 30, &took);
+        v.check(released,
+                "charges settled, journals empty and every slice back in the balance (after " +
+                    std::to_string(took) + " s)");
+        watch->finish(v);
+    }
 
     Balance b = s.balance(user);
     int dup = 0;
@@ -110,6 +131,8 @@ bool round(Verdict& v, DrillStack& s, const Options& o, const std::string& user,
 
     v.check(b.creditsNew.nanos >= 0 && b.credits.nanos >= 0 && b.refCredits.nanos >= 0,
             "no balance field below zero");
+    v.check(b.heldCreditsNew.nanos == 0 && b.heldCredits.nanos == 0 && b.heldRefCredits.nanos == 0,
+            "nothing held once the answers are in and the slices went back");
     v.check(logged == decrease, "sum of logged costs (" + money(logged) + ") = balance decrease (" +
                                     money(decrease) + ")");
     v.check(b.creditsNewUsed == decrease, "creditsNewUsed = balance decrease");
@@ -125,12 +148,24 @@ bool round(Verdict& v, DrillStack& s, const Options& o, const std::string& user,
         v.check(upstreamValue == logged + shortfall,
                 "upstream tokens priced (" + money(upstreamValue) + ") = logged costs + shortfall");
     v.check(decrease <= start, "served requests never took more than the balance had");
-    if (num == den) {
+    if (num == den && spread.slices) {
+        // Money a slice holds (less than one hold's worth) may be out of the other proxy's reach.
+        v.check(served > 0 && served <= o.overspendCovers,
+                "at most the " + std::to_string(o.overspendCovers) +
+                    " covered served when cost = hold (" + std::to_string(served) + ")");
+        v.check(b.creditsNew == start - Money{cost.nanos * served} && shortfall.nanos == 0,
+                "balance = start - served x cost exactly, no shortfall");
+    } else if (num == den) {
         v.check(served == o.overspendCovers, "exactly " + std::to_string(o.overspendCovers) +
                                                  " served when cost = hold (" +
                                                  std::to_string(served) + ")");
         v.check(b.creditsNew.nanos == 0 && shortfall.nanos == 0,
                 "balance spent to exactly zero, no shortfall");
+    } else if (num < den && spread.slices) {
+        v.check(served > 0 && Money{cost.nanos * served} <= start,
+                "served x actual cost <= balance (" + std::to_string(served) + " served)");
+        v.check(shortfall.nanos == 0 && logged == Money{cost.nanos * served},
+                "each charged exactly its cost, no shortfall");
     } else if (num < den) {
         v.check(served >= o.overspendCovers && Money{cost.nanos * served} <= start,
                 "served x actual cost <= balance, and at least the " +
@@ -144,7 +179,7 @@ bool round(Verdict& v, DrillStack& s, const Options& o, const std::string& user,
                 "upstream over-ran its hold: each request charged its hold (the client's limit), "
                 "no shortfall");
     }
-    return true;
+    return start;
 }
 
 } // namespace
@@ -157,9 +192,53 @@ int overspendDrill(const Options& o) {
     DrillStack s(
         R"("rate_limit_per_minute": 0, "worker_threads": 640)", "", {"--threads", "640"},
         R"("billing_multiplier": 1.1, "input_price_per_mtok": 3, "output_price_per_mtok": 15)");
-    round(v, s, o, "exact", 1, 1);
-    round(v, s, o, "under", 1, 2);
-    round(v, s, o, "over", 2, 1);
+    const Spread one{o.overspendRequests, 1, false};
+    round(v, s, o, "exact", 1, 1, one);
+    round(v, s, o, "under", 1, 2, one);
+    round(v, s, o, "over", 2, 1, one);
+    return v.finish();
+}
+
+int slicesOverspendDrill(const Options& o) {
+    const int n = 4 * o.overspendCovers;
+    Verdict v("overspend race with budget slices: two proxies on one ledger, " + std::to_string(n) +
+              " concurrent requests, balance covers " + std::to_string(o.overspendCovers));
+    for (const auto& target : ledgerTargets(o)) {
+        std::printf("\n  ledger: %s\n", target.name.c_str());
+        // A slice holds at most ~8.6 holds (0.02 USD), so slices are refilled, and the
+        // balance runs too low for one: the last requests fall back to exact holds.
+        DrillStack s(
+            R"("rate_limit_per_minute": 0, "worker_threads": 640, )" + sliceSettings("0.02"),
+            target.uri, {"--threads", "640"},
+            R"("billing_multiplier": 1.1, "input_price_per_mtok": 3, "output_price_per_mtok": 15)");
+        s.startProxy(1);
+        const Spread two{n, 2, true};
+        std::map<std::string, Money> starts;
+        starts["slices-exact"] = round(v, s, o, "slices-exact", 1, 1, two);
+        starts["slices-under"] = round(v, s, o, "slices-under", 1, 2, two);
+        starts["slices-over"] = round(v, s, o, "slices-over", 2, 1, two);
+        std::printf("  slice refills granted %.0f / %.0f, fallbacks to exact holds %.0f / %.0f "
+                    "(proxy 0 / 1)\n",
+                    s.metric(R"(trollproxy_slice_refills_total{result="granted"})", 0),
+                    s.metric(R"(trollproxy_slice_refills_total{result="granted"})", 1),
+                    s.metric("trollproxy_slice_fallbacks_total", 0),
+                    s.metric("trollproxy_slice_fallbacks_total", 1));
+        // Both stop; what they held went back before, so nothing may change now.
+        s.peers[0]->stop();
+        s.proxy->stop();
+        for (const auto& [user, start] : starts) {
+            int dup = 0;
+            Money logged;
+            for (const auto& [id, e] : s.logs(user, &dup))
+                logged += e.cost;
+            Balance b = s.balance(user);
+            v.check(dup == 0 && b.heldCreditsNew.nanos == 0 && logged == start - b.creditsNew &&
+                        logged == b.creditsNewUsed,
+                    "after both proxies stopped, " + user +
+                        ": nothing held, logged costs = balance decrease = creditsNewUsed = " +
+                        money(logged));
+        }
+    }
     return v.finish();
 }
 
