@@ -213,8 +213,6 @@ void MongoLedger::unsetPending(const std::string& user, const std::string& id) {
     updateOne("usersNew", filter.get(), update.get());
 }
 
-namespace {
-
 bool hasField(const bson_t* doc, const std::string& path) {
     bson_iter_t it, found;
     return bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path.c_str(), &found);
@@ -232,6 +230,15 @@ void appendExists(bson_t* filter, const std::string& path, bool exists) {
     BSON_APPEND_BOOL(&cond, "$exists", exists);
     bson_append_document_end(filter, &cond);
 }
+
+void appendSameHeld(bson_t* filter, const bson_t* user, const std::string& holdKey) {
+    for (const char* field : kBalanceFields) {
+        std::string path = holdKey + "." + field;
+        internal::appendSameAs(filter, path.c_str(), user, path.c_str());
+    }
+}
+
+namespace {
 
 // The update that gives the hold at holdKey back to the fields it came from.
 void appendGiveBack(const bson_t* user, const std::string& holdKey, bson_t* filter,

@@ -29,6 +29,13 @@ std::string fieldSafe(std::string_view id);
 PoolFields readBalance(const bson_t* user);
 /// Appends $set entries for the balance fields that change.
 void setChangedBalances(bson_t* set, const PoolFields& before, const PoolFields& after);
+bool hasField(const bson_t* doc, const std::string& path);
+/// What the hold at holdKey ("trollproxyHolds.<id>") holds; zero when absent.
+PoolFields heldBy(const bson_t* user, const std::string& holdKey);
+/// Appends `path: {$exists: exists}` to a filter.
+void appendExists(bson_t* filter, const std::string& path, bool exists);
+/// Appends a compare-and-set condition on the hold's three amounts (absent stays absent).
+void appendSameHeld(bson_t* filter, const bson_t* user, const std::string& holdKey);
 
 class MongoLedger final : public LedgerBackend {
 public:
@@ -38,6 +45,7 @@ public:
     AuthOutcome authenticate(std::string_view apiKey) override;
     ReserveStatus reserve(const HoldRequest& hold) override;
     SettleOutcome settle(const Charge& charge) override;
+    SliceGrant reserveSlice(const SliceRequest& request) override;
     Result<void> release(std::string_view requestId) override;
     Result<void> renewHold(std::string_view requestId, std::int64_t expiresAtMs) override;
     Result<std::int64_t> sweepExpiredHolds(std::int64_t nowMs) override;
