@@ -136,7 +136,20 @@ public:
     explicit FlakyLedger(std::unique_ptr<CreditLedger> real, std::atomic<bool>& down)
         : real_(std::move(real)), down_(down) {}
     AuthOutcome authenticate(std::string_view k) override { return real_->authenticate(k); }
-    ReserveStatus reserve(const HoldRequest& h) override { return real_->reserve(h); }
+    ReserveStatus reserve(const HoldRequest& h) override {
+        if (std::this_thread::get_id() == caller)
+            ++reservedOnCaller;
+        if (down_)
+            return ReserveStatus::LedgerUnavailable;
+        return real_->reserve(h);
+    }
+    SliceGrant reserveSlice(const SliceRequest& r) override {
+        if (std::this_thread::get_id() == caller)
+            ++slicesOnCaller;
+        if (down_)
+            return {};
+        return real_->reserveSlice(r);
+    }
     SettleOutcome settle(const Charge& c) override {
         if (std::this_thread::get_id() == caller)
             ++settledOnCaller;
@@ -162,6 +175,8 @@ public:
 
     std::thread::id caller = std::this_thread::get_id(); // the test's thread
     std::atomic<int> settledOnCaller{0};
+    std::atomic<int> reservedOnCaller{0}; // request holds in the ledger
+    std::atomic<int> slicesOnCaller{0};   // slice refills the request waited for
 
 private:
     std::unique_ptr<CreditLedger> real_;
@@ -507,4 +522,124 @@ TEST_CASE("a restarted process gives back at once the holds its previous life le
     rig.startService();                                  // same journal: same instance
     CHECK(rig.balance() == before - *Money::parse("2")); // its own hold back, the other's kept
     CHECK(rig.admin->balance("u")->heldCreditsNew == *Money::parse("2"));
+}
+
+// Budget slices: requests hold from memory, charges draw on the process's slice.
+
+namespace {
+
+const char* kSlices = R"("settlement": "journal_first", "slice_max_usd": 2, "slice_fraction": 0.5)";
+
+std::unique_ptr<Rig> flakyRig(const std::string& settings, const std::string& usd,
+                              std::atomic<bool>& down, FlakyLedger*& flaky) {
+    return std::make_unique<Rig>(settings, usd, nullptr, [&](std::unique_ptr<CreditLedger> real) {
+        flaky = new FlakyLedger(std::move(real), down);
+        return std::unique_ptr<CreditLedger>(flaky);
+    });
+}
+
+} // namespace
+
+TEST_CASE("slices: after one refill, requests reserve and settle without the ledger on their "
+          "thread; the money is exact after the slice goes back") {
+    std::atomic<bool> down{false};
+    FlakyLedger* flaky = nullptr;
+    auto rig = flakyRig(kSlices, "10", down, flaky);
+    rig->service->start(); // the refiller tops the slice up in the background
+    Money charged;
+    for (int i = 0; i < 50; ++i) {
+        rig->upstream->scripts.push_back(anthropicWhole(10));
+        HttpResponse r = rig->post(false, 20);
+        REQUIRE(r.status == 200);
+        CHECK(rig->header(r, "x-trollproxy-shortfall").empty());
+        charged += *Money::parse(rig->header(r, "x-trollproxy-cost"));
+        // The first slice (4 holds of about 0.021 USD) covers four requests
+        // before it reaches its low mark.
+        if (i == 3)
+            CHECK(flaky->slicesOnCaller == 1);
+    }
+    CHECK(charged == *Money::parse("0.5005"));
+    CHECK(flaky->reservedOnCaller == 0);
+    CHECK(flaky->settledOnCaller == 0);
+    // While the slice is out, the balance is lower by what it holds unspent.
+    CHECK(Rig::waitFor([&] { return rig->admin->usage("u", 100)->size() == 50; }));
+    Balance b = *rig->admin->balance("u");
+    CHECK(b.heldCreditsNew.nanos > 0);
+    CHECK(b.creditsNew + b.heldCreditsNew + charged == *Money::parse("10"));
+    rig->service->stop(); // the slice goes back
+    CHECK(rig->admin->balance("u")->heldCreditsNew == Money{});
+    CHECK(rig->balance() + charged == *Money::parse("10"));
+}
+
+TEST_CASE("slices: an unused slice goes back after slice_idle_seconds") {
+    std::atomic<bool> down{false};
+    FlakyLedger* flaky = nullptr;
+    auto rig = flakyRig(std::string(kSlices) + R"(, "slice_idle_seconds": 5)", "10", down, flaky);
+    rig->service->start();
+    rig->upstream->scripts.push_back(anthropicWhole(10));
+    REQUIRE(rig->post(false, 20).status == 200);
+    CHECK(Rig::waitFor([&] { return rig->admin->usage("u", 10)->size() == 1; }));
+    CHECK(rig->admin->balance("u")->heldCreditsNew.nanos > 0);
+    rig->clock->advance(6'000);
+    CHECK(Rig::waitFor([&] { return rig->admin->balance("u")->heldCreditsNew == Money{}; }, 5));
+    CHECK(rig->balance() == *Money::parse("9.98999")); // 10 in + 10 out
+}
+
+TEST_CASE("slices: a slice takes at most slice_fraction of the free balance and slice_max_usd") {
+    std::atomic<bool> down{false};
+    FlakyLedger* flaky = nullptr;
+    auto rig = flakyRig(R"("slice_max_usd": 0.05, "slice_fraction": 0.25)", "0.1", down, flaky);
+    rig->upstream->scripts.push_back(anthropicWhole(10));
+    REQUIRE(rig->post(false, 20).status == 200); // synchronous settlement: the charge is in
+    Balance b = *rig->admin->balance("u");
+    // A quarter of the free 0.1 USD (below the 0.05 cap and four holds of
+    // 0.021); the charge of 0.01001 drew on it.
+    CHECK(b.heldCreditsNew == *Money::parse("0.01499"));
+    CHECK(b.creditsNew == *Money::parse("0.075"));
+}
+
+TEST_CASE("slices: a balance too low for a slice falls back to the request's own hold") {
+    std::atomic<bool> down{false};
+    FlakyLedger* flaky = nullptr;
+    // One request's hold (20 out × 1000/M + input) is about 0.021 USD; the
+    // fraction of 0.03 USD is below it.
+    auto rig = flakyRig(kSlices, "0.03", down, flaky);
+    rig->upstream->scripts.push_back(anthropicWhole(10));
+    HttpResponse r = rig->post(false, 20);
+    REQUIRE(r.status == 200);
+    CHECK(flaky->slicesOnCaller == 1);
+    CHECK(flaky->reservedOnCaller == 1);
+    rig->service->stop();
+    CHECK(rig->balance() == *Money::parse("0.01999"));
+    CHECK(rig->admin->balance("u")->heldCreditsNew == Money{});
+}
+
+TEST_CASE("slices: while the ledger is down, requests the slice covers are served; their charges "
+          "land once after") {
+    std::atomic<bool> down{false};
+    FlakyLedger* flaky = nullptr;
+    auto rig = flakyRig(std::string(kSlices) + R"(, "ledger_failure_mode": "fail_closed")", "10",
+                        down, flaky);
+    rig->upstream->scripts.push_back(anthropicWhole(10));
+    REQUIRE(rig->post(false, 20).status == 200); // a slice of four holds is taken
+    down = true;
+    // Its free part (0.084 − 0.01001 drawn) covers five more holds of 0.021.
+    for (int i = 0; i < 5; ++i) {
+        rig->upstream->scripts.push_back(anthropicWhole(10));
+        CHECK(rig->post(false, 20).status == 200);
+    }
+    CHECK(flaky->slicesOnCaller == 1);
+    // A request larger than the slice has left is refused (fail_closed), not served free.
+    rig->upstream->scripts.push_back(anthropicWhole(10));
+    CHECK(rig->post(false, 1'000'000).status == 503);
+    down = false;
+    auto charged = [&] {
+        auto logs = rig->admin->usage("u", 100);
+        return std::count_if(logs->begin(), logs->end(),
+                             [](const LogEntry& e) { return e.cost.nanos > 0; });
+    };
+    CHECK(Rig::waitFor([&] { return charged() == 6; }));
+    rig->service->stop();
+    CHECK(rig->admin->balance("u")->heldCreditsNew == Money{});
+    CHECK(rig->balance() == *Money::parse("9.93994")); // 6 × 0.01001
 }

@@ -83,6 +83,14 @@ struct ProxySettings {
     /// How long an authenticated key is trusted without asking the ledger
     /// again: a revoked key is refused at most this long after (0: every request asks).
     std::int64_t authCacheMs = 1000;
+    /// Budget slices: the most one process holds for one (user, pool), taken
+    /// from the ledger in one call and spent by requests from memory (zero:
+    /// off, every request holds its own estimate in the ledger).
+    Money sliceMax;
+    /// A slice takes at most this share (per mille) of the pool's free balance.
+    std::int64_t sliceFreePermille = 500;
+    /// A slice nobody used for this long goes back to the balance.
+    std::int64_t sliceIdleSeconds = 10;
     /// Where /metrics is served, "HOST:PORT" (port 0: any free port); "" when off.
     std::string metricsListen = "127.0.0.1:9464";
     std::string journalPath;

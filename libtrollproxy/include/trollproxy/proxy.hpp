@@ -75,6 +75,10 @@ struct ServiceParts {
     KeySource keys;
     /// Default: systemClock().
     std::shared_ptr<const Clock> clock;
+    /// fsync each journal-first charge before its answer ends (one fsync for
+    /// the charges written meanwhile). Default: when ledgerUri asks for full
+    /// durability (sqlite:...?synchronous=full).
+    bool syncJournal = false;
 };
 
 /// The proxy's whole request path. Thread-safe: handle() runs on many threads.

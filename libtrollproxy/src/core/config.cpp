@@ -172,6 +172,7 @@ private:
     void readMetricsListen(od::value v, const std::string& path, ProxySettings& s);
     void readLedgerFailureMode(od::value v, const std::string& path, ProxySettings& s);
     void readSettlement(od::value v, const std::string& path, ProxySettings& s);
+    void readSlice(const std::string& k, od::value v, const std::string& path, ProxySettings& s);
     void readForwardHeaders(od::value v, const std::string& path, ProxySettings& s);
 };
 
@@ -387,6 +388,7 @@ const IntSetting kIntSettings[] = {
     {"default_max_output_tokens", &ProxySettings::defaultMaxOutputTokens, 1, 10'000'000},
     {"ledger_timeout_ms", &ProxySettings::ledgerTimeoutMs, 1, 600'000},
     {"auth_cache_ms", &ProxySettings::authCacheMs, 0, 60'000},
+    {"slice_idle_seconds", &ProxySettings::sliceIdleSeconds, 1, 86'400},
 };
 
 // One of the integer settings of kIntSettings; false for another key.
@@ -429,6 +431,25 @@ void ConfigReader::readSettlement(od::value v, const std::string& path, ProxySet
         s.settlement = Settlement::JournalFirst;
     else
         error(path, "\"" + mode + "\" is not one of synchronous, journal_first");
+}
+
+void ConfigReader::readSlice(const std::string& k, od::value v, const std::string& path,
+                             ProxySettings& s) {
+    auto n = decimal(v, path);
+    if (!n)
+        return;
+    if (k == "slice_max_usd") {
+        if (*n < 0 || *n > 1'000'000LL * Money::kNanosPerUsd)
+            error(path, "must be between 0 (off) and 1000000 USD");
+        else
+            s.sliceMax = Money{*n};
+        return;
+    }
+    const std::int64_t permille = *n / (Money::kNanosPerUsd / 1000);
+    if (permille < 1 || *n > Money::kNanosPerUsd)
+        error(path, "must be between 0.001 and 1");
+    else
+        s.sliceFreePermille = permille;
 }
 
 void ConfigReader::readLedgerFailureMode(od::value v, const std::string& path, ProxySettings& s) {
@@ -491,6 +512,8 @@ void ConfigReader::readSettings(od::value v, const std::string& path, ProxySetti
             readLedgerFailureMode(val, p, s);
         else if (k == "settlement")
             readSettlement(val, p, s);
+        else if (k == "slice_max_usd" || k == "slice_fraction")
+            readSlice(k, val, p, s);
         else if (k == "journal_path")
             s.journalPath = str(val, p).value_or("");
         else if (k == "key_file")

@@ -37,6 +37,8 @@ std::string encodeCharge(const Charge& c) {
         o << ",\"cacheWrite1h\":" << c.usage.cacheWrite1h;
     if (!c.responseId.empty())
         o << ",\"responseId\":" << jsonQuote(c.responseId);
+    if (!c.holdId.empty())
+        o << ",\"holdId\":" << jsonQuote(c.holdId) << ",\"holdShareNanos\":" << c.holdShare.nanos;
     o << "}";
     return o.str();
 }
@@ -71,6 +73,8 @@ Result<Charge> decodeCharge(std::string_view line) {
         return Error{ErrorCode::ParseError, "journal line is missing a field"};
     (void)num("cacheWrite1h", c.usage.cacheWrite1h); // optional: older lines have none
     (void)str("responseId", c.responseId);           // optional
+    if (str("holdId", c.holdId) && !num("holdShareNanos", c.holdShare.nanos))
+        return Error{ErrorCode::ParseError, "journal line has a holdId without holdShareNanos"};
     c.pool = pool == "credits" ? Pool::Credits : Pool::CreditsNew;
     c.usage.estimated = est;
     c.success = ok;

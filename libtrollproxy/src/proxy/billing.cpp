@@ -93,20 +93,24 @@ Billed Biller::bill(const BillInput& in, Hold& hold, Settlement mode) {
     Charge ch = charge(in, priced, billed.cost);
     // A charge its hold covers cannot fall short: it may be settled after the
     // answer, from the journal. Otherwise the shortfall is known only once settled.
-    const bool covered = hold.held() && billed.cost.nanos <= in.holdAmount.nanos;
+    const bool covered = hold.covers(billed.cost);
+    hold.drawOn(ch);
+    hold.settled();
+    bool queued = false;
     if (mode == Settlement::JournalFirst && covered && queue_.submit(ch, false)) {
-        hold.settled();
         billed.recorded = true;
+        queued = true;
     } else {
-        settleNow(ch, billed);
-        hold.settled();
+        queued = settleNow(ch, billed);
     }
+    if (!queued)
+        slices_.settled(ch.holdId); // the ledger has it (or nothing will)
     if (billed.recorded)
         count(in, billed);
     return billed;
 }
 
-void Biller::settleNow(const Charge& ch, Billed& billed) {
+bool Biller::settleNow(const Charge& ch, Billed& billed) {
     SettleOutcome out = ledger_.settle(ch);
     if (out.status != SettleStatus::LedgerUnavailable) {
         if (out.status == SettleStatus::Settled) {
@@ -114,7 +118,7 @@ void Biller::settleNow(const Charge& ch, Billed& billed) {
             billed.shortfall = out.shortfall;
         }
         billed.recorded = true;
-        return;
+        return false;
     }
     metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "settle"}}));
     if (auto j = queue_.submit(ch, true); !j) {
@@ -130,10 +134,11 @@ void Biller::settleNow(const Charge& ch, Billed& billed) {
                          .endObject()
                          .str()
                          .c_str());
-        return;
+        return false;
     }
     metrics_.add("trollproxy_journalled_charges_total");
     billed.recorded = true;
+    return true;
 }
 
 void Biller::count(const BillInput& in, const Billed& billed) {

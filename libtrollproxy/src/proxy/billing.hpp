@@ -50,23 +50,27 @@ Money holdEstimate(const PriceTable& prices, std::string_view body, std::int64_t
 
 /// Settles charges: journal-first when the hold covers the charge and the
 /// settings ask for it (the flusher settles it in a batch), else in the ledger
-/// now, journalled while the ledger is down. Thread-safe.
+/// now, journalled while the ledger is down. A charge held by a slice draws on
+/// it. Thread-safe.
 class Biller {
 public:
-    Biller(CreditLedger& ledger, SettlementQueue& queue, Metrics& metrics, const Clock& clock)
-        : ledger_(ledger), queue_(queue), metrics_(metrics), clock_(clock) {}
+    Biller(CreditLedger& ledger, SettlementQueue& queue, SliceBook& slices, Metrics& metrics,
+           const Clock& clock)
+        : ledger_(ledger), queue_(queue), slices_(slices), metrics_(metrics), clock_(clock) {}
 
     /// Prices, caps, settles (the hold becomes the charge) and counts.
     Billed bill(const BillInput& input, Hold& hold, Settlement mode);
 
 private:
     Charge charge(const BillInput& input, const Usage& priced, Money cost) const;
-    /// Settles in the ledger now; journals (fsync'd) when it is down.
-    void settleNow(const Charge& charge, Billed& billed);
+    /// Settles in the ledger now; journals (fsync'd) when it is down. True
+    /// when the charge went to the queue (settled later).
+    bool settleNow(const Charge& charge, Billed& billed);
     void count(const BillInput& input, const Billed& billed);
 
     CreditLedger& ledger_;
     SettlementQueue& queue_;
+    SliceBook& slices_;
     Metrics& metrics_;
     const Clock& clock_;
 };

@@ -23,6 +23,7 @@ namespace trollproxy::internal {
 /// The service's parts an exchange uses. They outlive every exchange.
 struct ExchangeParts {
     CreditLedger& ledger;
+    SliceBook& slices;
     CallerAuth& auth;
     Biller& biller;
     Upstream& upstream;

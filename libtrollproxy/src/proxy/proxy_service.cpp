@@ -83,15 +83,17 @@ ProxyServiceImpl::ProxyServiceImpl(std::shared_ptr<const Routing> routing, Servi
     : routing_(std::move(routing)), ledger_(std::move(parts.ledger)),
       upstream_(std::move(parts.upstream)), getenv_(parts.keys.getenv),
       clock_(parts.clock ? parts.clock : systemClock()),
-      settlements_(routing_->config->journalFile(), *ledger_, metrics_, *clock_),
-      auth_(*ledger_, metrics_, *clock_), biller_(*ledger_, settlements_, metrics_, *clock_),
+      settlements_(routing_->config->journalFile(), *ledger_, metrics_, *clock_, parts.syncJournal),
       requestIdPrefix_(requestIdPrefixFor(routing_->config->journalFile())),
-      parts_{*ledger_,        auth_, biller_, *upstream_, metrics_, *clock_, shutdownDeadlineMs_,
+      slices_(*ledger_, metrics_, *clock_, requestIdPrefix_), auth_(*ledger_, metrics_, *clock_),
+      biller_(*ledger_, settlements_, slices_, metrics_, *clock_),
+      parts_{*ledger_,        slices_,  auth_,   biller_,
+             *upstream_,      metrics_, *clock_, shutdownDeadlineMs_,
              requestIdPrefix_} {
     // Charges a previous process left in the journal are settled first, then
     // the holds it left (it died mid-request) go back now, not after
     // hold_ttl_seconds. The ledger being down leaves them to the sweep.
-    settlements_.start();
+    settlements_.start([this](const Charge& c) { slices_.settled(c.holdId); });
     if (auto n = ledger_->releaseHolds(requestIdPrefix_); n && *n > 0)
         metrics_.add("trollproxy_holds_released_at_start_total", static_cast<double>(*n));
     tick();
@@ -253,6 +255,7 @@ void ProxyServiceImpl::tick() {
             metrics_.add("trollproxy_holds_expired_total", static_cast<double>(*swept));
     }
     metrics_.set("trollproxy_journal_pending", static_cast<double>(settlements_.depth()));
+    slices_.tick(slicePolicy(routing()->config->settings));
     publishKeyStates(*routing());
 }
 
@@ -277,6 +280,7 @@ void ProxyServiceImpl::start() {
     std::lock_guard lock(lifeMutex_);
     if (ticker_.joinable() || stopping_)
         return;
+    slices_.start(slicePolicy(routing()->config->settings));
     ticker_ = std::thread([this] {
         std::unique_lock lock(lifeMutex_);
         while (!lifeWake_.wait_for(lock, std::chrono::seconds(1), [this] { return stopping_; })) {
@@ -301,7 +305,9 @@ void ProxyServiceImpl::stop() {
     lifeWake_.notify_all();
     if (ticker_.joinable())
         ticker_.join();
+    // Every queued charge settled first, so that the slices it drew on can go back.
     settlements_.stop();
+    slices_.stop();
 }
 
 } // namespace trollproxy::internal
@@ -316,6 +322,7 @@ Result<std::unique_ptr<ProxyService>> ProxyService::create(Config config, Servic
         if (!ledger)
             return Error{ledger.error().code, "ledger: " + ledger.error().message};
         parts.ledger = std::move(*ledger);
+        parts.syncJournal |= uri.find("synchronous=full") != std::string::npos;
     }
     if (!parts.upstream)
         parts.upstream = makeCurlUpstream(UpstreamSettings{

@@ -13,6 +13,7 @@
 #include "proxy/metrics.hpp"
 #include "proxy/routing.hpp"
 #include "proxy/settlement_queue.hpp"
+#include "proxy/slice_book.hpp"
 #include "trollproxy/proxy.hpp"
 
 namespace trollproxy::internal {
@@ -54,10 +55,11 @@ private:
     std::shared_ptr<const Clock> clock_;
     mutable Metrics metrics_;
     SettlementQueue settlements_;
+    const std::string requestIdPrefix_;
+    SliceBook slices_;
     CallerAuth auth_;
     Biller biller_;
     std::atomic<std::int64_t> shutdownDeadlineMs_{0};
-    const std::string requestIdPrefix_;
     ExchangeParts parts_;
     std::atomic<bool> ready_{false};
     std::int64_t lastSweepMs_ = 0;

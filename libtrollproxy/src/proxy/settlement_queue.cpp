@@ -29,18 +29,20 @@ std::vector<Charge> readJournal(const std::string& path, std::int64_t& corrupt) 
 } // namespace
 
 SettlementQueue::SettlementQueue(std::string journalPath, CreditLedger& ledger, Metrics& metrics,
-                                 const Clock& clock)
-    : path_(std::move(journalPath)), ledger_(ledger), metrics_(metrics), clock_(clock) {}
+                                 const Clock& clock, bool syncEach)
+    : path_(std::move(journalPath)), ledger_(ledger), metrics_(metrics), clock_(clock),
+      syncEach_(syncEach) {}
 
 SettlementQueue::~SettlementQueue() {
     stop();
 }
 
-void SettlementQueue::start() {
+void SettlementQueue::start(std::function<void(const Charge&)> onSettled) {
     {
         std::lock_guard lock(mutex_);
         if (!flushers_.empty() || stopping_)
             return;
+        onSettled_ = std::move(onSettled);
         std::int64_t corrupt = 0;
         for (auto& c : readJournal(path_, corrupt))
             queue_.push_back(std::move(c));
@@ -72,16 +74,51 @@ Result<void> SettlementQueue::appendLine(const std::string& line) {
 
 Result<void> SettlementQueue::submit(const Charge& charge, bool sync) {
     std::string line = encodeCharge(charge) + "\n";
-    std::lock_guard lock(mutex_);
+    std::unique_lock lock(mutex_);
     if (auto r = appendLine(line); !r)
         return r;
+    const std::int64_t seq = ++appendedSeq_;
     removeWhenEmpty_ |= sync;
-    if (sync && ::fsync(fd_) != 0)
-        return Error{ErrorCode::Unavailable,
-                     "cannot sync journal " + path_ + ": " + std::strerror(errno)};
+    // Queued before it is synced: a rewrite of the file meanwhile keeps it.
     queue_.push_back(charge);
     ++appendedSinceCompact_;
     wake_.notify_one();
+    if (sync || syncEach_)
+        return syncThrough(lock, seq);
+    return {};
+}
+
+Result<void> SettlementQueue::syncThrough(std::unique_lock<std::mutex>& lock, std::int64_t seq) {
+    while (syncedSeq_ < seq) {
+        if (syncing_) {
+            synced_.wait(lock);
+            continue;
+        }
+        // This thread syncs for every line written so far (group commit).
+        // A copy of the descriptor: a rewrite may close fd_ meanwhile (the new
+        // file it renames in place is synced with every queued line).
+        const int fd = fd_ >= 0 ? ::dup(fd_) : -1;
+        if (fd < 0 && fd_ >= 0)
+            return Error{ErrorCode::Unavailable,
+                         "cannot sync journal " + path_ + ": " + std::strerror(errno)};
+        if (fd < 0) { // removed: everything written was settled
+            syncedSeq_ = std::max(syncedSeq_, appendedSeq_);
+            break;
+        }
+        syncing_ = true;
+        const std::int64_t upTo = appendedSeq_;
+        lock.unlock();
+        const bool ok = ::fsync(fd) == 0;
+        ::close(fd);
+        lock.lock();
+        syncing_ = false;
+        if (ok)
+            syncedSeq_ = std::max(syncedSeq_, upTo);
+        synced_.notify_all();
+        if (!ok)
+            return Error{ErrorCode::Unavailable,
+                         "cannot sync journal " + path_ + ": " + std::strerror(errno)};
+    }
     return {};
 }
 
@@ -100,10 +137,14 @@ bool SettlementQueue::flushBatch(std::unique_lock<std::mutex>& lock) {
         inflight_.emplace(c.requestId, c);
     lock.unlock();
     const std::int64_t startNs = clock_.steadyNs();
+    std::vector<SettleOutcome> outcomes = ledger_.settleBatch(batch);
     std::size_t done = 0;
-    for (; done < batch.size(); ++done) {
-        if (ledger_.settle(batch[done]).status == SettleStatus::LedgerUnavailable)
-            break;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+        if (outcomes[i].status == SettleStatus::LedgerUnavailable)
+            continue;
+        ++done;
+        if (onSettled_)
+            onSettled_(batch[i]);
     }
     const double seconds = static_cast<double>(clock_.steadyNs() - startNs) / 1e9;
     lock.lock();
@@ -113,8 +154,10 @@ bool SettlementQueue::flushBatch(std::unique_lock<std::mutex>& lock) {
     for (const auto& c : batch)
         inflight_.erase(c.requestId);
     // What the ledger did not take goes back to the front, in order.
-    for (std::size_t i = batch.size(); i > done; --i)
-        queue_.push_front(std::move(batch[i - 1]));
+    for (std::size_t i = batch.size(); i > 0; --i) {
+        if (outcomes[i - 1].status == SettleStatus::LedgerUnavailable)
+            queue_.push_front(std::move(batch[i - 1]));
+    }
     if (done < n)
         metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "settle"}}));
     if ((queue_.empty() && inflight_.empty()) || appendedSinceCompact_ >= kCompactEvery)

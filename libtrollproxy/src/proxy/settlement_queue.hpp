@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -26,15 +27,19 @@ namespace trollproxy::internal {
 /// it is removed when nothing is left. Thread-safe.
 class SettlementQueue {
 public:
+    /// `syncEach`: every journal-first line is fsync'd before submit()
+    /// returns (the ledger asks for full durability), one fsync for all the
+    /// lines written meanwhile.
     SettlementQueue(std::string journalPath, CreditLedger& ledger, Metrics& metrics,
-                    const Clock& clock);
+                    const Clock& clock, bool syncEach = false);
     ~SettlementQueue();
     SettlementQueue(const SettlementQueue&) = delete;
     SettlementQueue& operator=(const SettlementQueue&) = delete;
 
     /// Settles the charges a previous process left in the journal (as far as
-    /// the ledger takes them now), then starts the flushers.
-    void start();
+    /// the ledger takes them now), then starts the flushers. `onSettled` is
+    /// called (on a flusher's thread) for each charge the ledger took.
+    void start(std::function<void(const Charge&)> onSettled = {});
 
     /// Journals the charge and queues it; with `sync` the line is fsync'd
     /// before this returns (it then survives the machine too). An error when
@@ -61,11 +66,16 @@ private:
     /// Rewrites the file with what is still unsettled (or removes it). Lock held.
     void compact();
     Result<void> appendLine(const std::string& line);
+    /// Waits until the line numbered `seq` is on disk, syncing for every
+    /// line written so far when no other thread does. Lock held.
+    Result<void> syncThrough(std::unique_lock<std::mutex>& lock, std::int64_t seq);
 
     const std::string path_;
     CreditLedger& ledger_;
     Metrics& metrics_;
     const Clock& clock_;
+    const bool syncEach_;
+    std::function<void(const Charge&)> onSettled_;
 
     mutable std::mutex mutex_;
     std::condition_variable wake_;
@@ -75,6 +85,10 @@ private:
     int fd_ = -1;
     bool removeWhenEmpty_ = false; // the file held fsync'd or inherited lines
     bool stopping_ = false;
+    std::int64_t appendedSeq_ = 0; // lines written
+    std::int64_t syncedSeq_ = 0;   // lines known on disk
+    bool syncing_ = false;
+    std::condition_variable synced_;
     std::vector<std::thread> flushers_;
 };
 
