@@ -10,14 +10,19 @@
 
 #include <sqlite3.h>
 
-#include "ledger/pool_math.hpp"
 #include "ledger/sqlite_db.hpp"
 #include "ledger/sqlite_group_commit.hpp"
 #include "ledger/sqlite_secrets.hpp"
+#include "ledger/sqlite_steps.hpp"
 
 namespace trollproxy::internal {
 
 namespace {
+
+using sqlite::insertLog;
+using sqlite::releaseIn;
+using sqlite::reserveIn;
+using sqlite::settleIn;
 
 const char* kSchema = R"(
 CREATE TABLE IF NOT EXISTS usersNew (
@@ -223,151 +228,6 @@ public:
     Result<Money> totalShortfall() override;
 
 private:
-    // One hold, inside a group-commit transaction. LedgerUnavailable when a statement failed.
-    static ReserveStatus reserveIn(Connection& c, const HoldRequest& h) {
-        {
-            Stmt s = c.prepare("SELECT 1 FROM holds WHERE requestId = ?");
-            s.bind(1, h.requestId);
-            if (s.step() == SQLITE_ROW)
-                return ReserveStatus::Reserved; // the same hold again
-        }
-        PoolFields bal;
-        if (!readFields(c, h.userId, bal))
-            return ReserveStatus::InsufficientCredits;
-        PoolFields take;
-        if (!takeHold(h.pool, h.amount.nanos, bal, take))
-            return ReserveStatus::InsufficientCredits;
-        Stmt up =
-            c.prepare("UPDATE usersNew SET credits = credits - ?, refCredits = refCredits - ?, "
-                      "creditsNew = creditsNew - ? WHERE id = ?");
-        up.bind(1, take.credits)
-            .bind(2, take.refCredits)
-            .bind(3, take.creditsNew)
-            .bind(4, h.userId);
-        if (up.step() != SQLITE_DONE)
-            return ReserveStatus::LedgerUnavailable;
-        Stmt ins =
-            c.prepare("INSERT INTO holds (requestId, userId, pool, fromCredits, fromRefCredits, "
-                      "fromCreditsNew, expiresAtMs) VALUES (?, ?, ?, ?, ?, ?, ?)");
-        ins.bind(1, h.requestId).bind(2, h.userId).bind(3, std::string(poolName(h.pool)));
-        ins.bind(4, take.credits)
-            .bind(5, take.refCredits)
-            .bind(6, take.creditsNew)
-            .bind(7, h.expiresAtMs);
-        if (ins.step() != SQLITE_DONE)
-            return ReserveStatus::LedgerUnavailable;
-        return ReserveStatus::Reserved;
-    }
-
-    // One settlement, inside a group-commit transaction; false when a statement failed.
-    static bool settleIn(Connection& c, const Charge& ch, SettleOutcome& out) {
-        int seen;
-        {
-            Stmt s = c.prepare("SELECT 1 FROM request_logs WHERE requestId = ?");
-            s.bind(1, ch.requestId);
-            seen = s.step();
-        }
-        if (seen == SQLITE_ROW) {
-            // A hold taken again under a settled id (a client retry) must not keep
-            // the money: return it, change nothing else.
-            if (!releaseIn(c, ch.requestId))
-                return false;
-            out.status = SettleStatus::AlreadySettled;
-            return true;
-        }
-        if (seen != SQLITE_DONE)
-            return false;
-        PoolFields held = heldFor(c, ch.requestId);
-        PoolFields bal;
-        bool userExists = readFields(c, ch.userId, bal);
-        if (!userExists)
-            bal = held; // only the hold can be accounted for
-        Settlement st = settleAgainst(ch.pool, ch.cost.nanos, held, bal);
-        if (userExists && !chargeUserIn(c, ch, st))
-            return false;
-        Stmt del = c.prepare("DELETE FROM holds WHERE requestId = ?");
-        del.bind(1, ch.requestId);
-        if (del.step() != SQLITE_DONE)
-            return false;
-        if (!logSettlementIn(c, ch, st) || !countKeyUseIn(c, ch))
-            return false;
-        out.status = SettleStatus::Settled;
-        out.charged = Money{st.charged};
-        out.shortfall = Money{st.shortfall};
-        return true;
-    }
-
-    // What the request's hold took from each field; zero when it holds nothing.
-    static PoolFields heldFor(Connection& c, const std::string& id) {
-        PoolFields held;
-        Stmt s = c.prepare(
-            "SELECT fromCredits, fromRefCredits, fromCreditsNew FROM holds WHERE requestId = ?");
-        s.bind(1, id);
-        if (s.step() == SQLITE_ROW)
-            held = {s.integer(0), s.integer(1), s.integer(2)};
-        return held;
-    }
-
-    // The user's balances after the settlement, and the pool's used and token counters.
-    static bool chargeUserIn(Connection& c, const Charge& ch, const Settlement& st) {
-        bool isNew = ch.pool == Pool::CreditsNew;
-        std::int64_t tokensIn = ch.usage.totalInput();
-        Stmt up =
-            c.prepare("UPDATE usersNew SET credits = ?, refCredits = ?, creditsNew = ?, "
-                      "creditsUsed = creditsUsed + ?, "
-                      "creditsNewUsed = creditsNewUsed + ?, tokensUserNew = tokensUserNew + ?, "
-                      "totalInputTokens = totalInputTokens + ?, totalOutputTokens = "
-                      "totalOutputTokens + ? WHERE id = ?");
-        up.bind(1, st.after.credits).bind(2, st.after.refCredits).bind(3, st.after.creditsNew);
-        up.bind(4, isNew ? 0 : st.charged).bind(5, isNew ? st.charged : 0);
-        up.bind(6, isNew ? tokensIn + ch.usage.output : 0)
-            .bind(7, tokensIn)
-            .bind(8, ch.usage.output);
-        up.bind(9, ch.userId);
-        return up.step() == SQLITE_DONE;
-    }
-
-    // The settlement's request log entry, and its shortfall added to the running total.
-    static bool logSettlementIn(Connection& c, const Charge& ch, const Settlement& st) {
-        LogEntry e{ch.requestId,
-                   ch.userId,
-                   ch.keyId,
-                   ch.model,
-                   ch.usage,
-                   Money{st.charged},
-                   Money{st.shortfall},
-                   poolCreditType(ch.pool),
-                   ch.statusCode,
-                   ch.latencyMs,
-                   ch.success,
-                   ch.createdAtMs,
-                   ch.responseId};
-        if (!insertLog(c, e, ch.pool, false))
-            return false;
-        if (st.shortfall > 0 && !addCounter(c, "shortfall", st.shortfall))
-            return false;
-        return true;
-    }
-
-    // The key's statistics: tokens, requests, last use.
-    static bool countKeyUseIn(Connection& c, const Charge& ch) {
-        Stmt k = c.prepare(
-            "UPDATE user_keys SET tokensUsed = tokensUsed + ?, requestsCount = requestsCount + 1, "
-            "lastUsedAt = ? WHERE id = ?");
-        k.bind(1, ch.usage.totalInput() + ch.usage.output).bind(2, ch.createdAtMs);
-        k.bind(3, storedKeyId(ch.keyId));
-        return k.step() == SQLITE_DONE;
-    }
-
-    static bool readFields(Connection& c, const std::string& user, PoolFields& f) {
-        Stmt s = c.prepare("SELECT credits, refCredits, creditsNew FROM usersNew WHERE id = ?");
-        s.bind(1, user);
-        if (s.step() != SQLITE_ROW)
-            return false;
-        f = {s.integer(0), s.integer(1), s.integer(2)};
-        return true;
-    }
-
     // Releases, in one transaction, the holds whose request ids `sql` selects
     // (`bind` fills its parameters), as release() does; returns how many.
     Result<std::int64_t> releaseSelected(const char* sql, const std::function<void(Stmt&)>& bind) {
@@ -396,32 +256,6 @@ private:
         return static_cast<std::int64_t>(ids.size());
     }
 
-    static bool releaseIn(Connection& c, const std::string& id) {
-        std::string user;
-        PoolFields held;
-        {
-            Stmt s = c.prepare("SELECT userId, fromCredits, fromRefCredits, fromCreditsNew FROM "
-                               "holds WHERE requestId = ?");
-            s.bind(1, id);
-            int rc = s.step();
-            if (rc == SQLITE_DONE)
-                return true; // nothing held (settled or released before)
-            if (rc != SQLITE_ROW)
-                return false;
-            user = s.text(0);
-            held = {s.integer(1), s.integer(2), s.integer(3)};
-        }
-        Stmt up =
-            c.prepare("UPDATE usersNew SET credits = credits + ?, refCredits = refCredits + ?, "
-                      "creditsNew = creditsNew + ? WHERE id = ?");
-        up.bind(1, held.credits).bind(2, held.refCredits).bind(3, held.creditsNew).bind(4, user);
-        if (up.step() != SQLITE_DONE)
-            return false;
-        Stmt del = c.prepare("DELETE FROM holds WHERE requestId = ?");
-        del.bind(1, id);
-        return del.step() == SQLITE_DONE;
-    }
-
     // Responses API ids came after the first schema: databases made before get the
     // column (NULL for their rows) and its index.
     static Result<void> addResponseIdColumn(Connection& c) {
@@ -443,39 +277,6 @@ private:
             return Error{ErrorCode::Unavailable,
                          "cannot index request_logs.responseId: " + c.lastError()};
         return {};
-    }
-
-    static bool insertLog(Connection& c, const LogEntry& e, std::optional<Pool> pool,
-                          bool ignoreDuplicate) {
-        Stmt s = c.prepare(
-            ignoreDuplicate
-                ? "INSERT OR IGNORE INTO request_logs VALUES "
-                  "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                : "INSERT INTO request_logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
-        s.bind(1, e.requestId).bind(2, e.userId).bind(3, storedKeyId(e.keyId)).bind(4, e.model);
-        s.bind(5, e.usage.uncachedInput).bind(6, e.usage.output).bind(7, e.usage.cacheWrite);
-        s.bind(8, e.usage.cacheRead).bind(9, e.cost.nanos).bind(10, e.shortfall.nanos);
-        s.bind(11, e.usage.totalInput() + e.usage.output)
-            .bind(12, e.statusCode)
-            .bind(13, e.latencyMs);
-        s.bind(14, e.success ? 1 : 0).bind(15, e.creditType);
-        if (pool)
-            s.bind(16, std::string(poolName(*pool)));
-        else
-            s.bindNull(16);
-        s.bind(17, e.usage.estimated ? 1 : 0).bind(18, e.createdAtMs);
-        if (e.responseId.empty())
-            s.bindNull(19);
-        else
-            s.bind(19, e.responseId);
-        return s.step() == SQLITE_DONE;
-    }
-
-    static bool addCounter(Connection& c, const char* name, std::int64_t v) {
-        Stmt s = c.prepare("INSERT INTO counters (name, value) VALUES (?, ?) "
-                           "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value");
-        s.bind(1, std::string(name)).bind(2, v);
-        return s.step() == SQLITE_DONE;
     }
 
     ConnectionPool pool_;
