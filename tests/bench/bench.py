@@ -259,6 +259,12 @@ def portkey_target(run_dir):
     return Target("portkey", "Portkey", port, headers, p)
 
 
+# Budget slices with journal-first settlement: one user runs up to 256 requests
+# at once in the bench, each holding about 0.14 USD (8192 output tokens), so a
+# slice must be able to hold that many.
+SLICES = {"settlement": "journal_first", "slice_max_usd": 100}
+
+
 def trollproxy_target(run_dir, name, label, ledger, proxy=None, delay_ms=CHUNK_DELAY_MS, settings=None):
     up = start_upstream(run_dir, name, delay_ms)
     cfg = os.path.join(run_dir, f"{name}.json")
@@ -306,9 +312,9 @@ def mongo_target(run_dir):
     port = wait_listening(p, run_dir)
     return [trollproxy_target(run_dir, "trollproxy-mongo", "trollproxy (MongoDB ledger)",
                               f"mongodb://127.0.0.1:{port}/trollproxy_bench"),
-            trollproxy_target(run_dir, "trollproxy-mongo-jf", "trollproxy (MongoDB ledger, journal_first)",
-                              f"mongodb://127.0.0.1:{port}/trollproxy_bench_jf",
-                              settings={"settlement": "journal_first"})]
+            trollproxy_target(run_dir, "trollproxy-mongo-slices", "trollproxy (MongoDB ledger, slices, journal_first)",
+                              f"mongodb://127.0.0.1:{port}/trollproxy_bench_slices",
+                              settings=SLICES)]
 
 
 def check_target(t):
@@ -427,7 +433,7 @@ def table(title, rows, targets, note=""):
     head = ["", *[t.label for t in targets]]
     for o in ours:
         short = {"trollproxy": "trollproxy", "trollproxy-mongo": "tp-mongo",
-                 "trollproxy-mongo-jf": "tp-mongo-jf"}.get(o.name, o.name[len("trollproxy-"):])
+                 "trollproxy-mongo-slices": "tp-mongo-slices"}.get(o.name, o.name[len("trollproxy-"):])
         head += [f"{short} / {label}" for _, label in others]
     lines = [f"### {title}", ""]
     if note:
@@ -439,6 +445,13 @@ def table(title, rows, targets, note=""):
             cells += [ratio(vals.get(o.name), vals.get(n)) for n, _ in others]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def cpu_per_request(r):
+    """The proxy's CPU time per answered request, in microseconds."""
+    if not r or not r.get("rps") or r.get("cpu_pct") is None:
+        return None
+    return round(r["cpu_pct"] / 100.0 * 1e6 / r["rps"], 1)
 
 
 def added(point, target, field, sub=None):
@@ -473,6 +486,7 @@ def report(R, targets):
         rows.append((f"c={c} p99", " ms", {t.name: w.get(t.name, {}).get("p99_ms") for t in targets}))
         rows.append((f"c={c} errors", "", {t.name: w.get(t.name, {}).get("errors") for t in targets}))
         rows.append((f"c={c} proxy CPU", " %", {t.name: w.get(t.name, {}).get("cpu_pct") for t in proxies}))
+        rows.append((f"c={c} CPU per request", " µs", {t.name: cpu_per_request(w.get(t.name, {})) for t in proxies}))
         rows.append((f"c={c} proxy RSS", " MiB", {t.name: w.get(t.name, {}).get("rss_peak_mib") for t in proxies}))
     out.append(table("Non-streaming throughput (wrk, %d s per point)" % args.wrk_seconds, rows, targets,
                      "CPU is percent of one core over the run (2 cores = 200 %); RSS is the peak of VmRSS "
@@ -677,10 +691,10 @@ def run(run_dir):
     targets.append(portkey_target(run_dir))
     db = os.path.join(run_dir, "ledger.db")
     targets.append(trollproxy_target(run_dir, "trollproxy", "trollproxy", f"sqlite:{db}"))
-    # The same binary settling journal-first (trollproxy.settlement), on its own ledger file.
-    targets.append(trollproxy_target(run_dir, "trollproxy-jf", "trollproxy (journal_first)",
-                                     f"sqlite:{os.path.join(run_dir, 'ledger-jf.db')}",
-                                     settings={"settlement": "journal_first"}))
+    # The same binary with budget slices and journal-first settlement, on its own ledger file.
+    targets.append(trollproxy_target(run_dir, "trollproxy-slices", "trollproxy (slices, journal_first)",
+                                     f"sqlite:{os.path.join(run_dir, 'ledger-slices.db')}",
+                                     settings=SLICES))
     if args.baseline:
         targets.append(trollproxy_target(run_dir, "trollproxy-baseline", "trollproxy (baseline)",
                                          f"sqlite:{os.path.join(run_dir, 'ledger-baseline.db')}",
