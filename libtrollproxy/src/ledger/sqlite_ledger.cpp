@@ -149,6 +149,25 @@ public:
         return out;
     }
 
+    SliceGrant reserveSlice(const SliceRequest& r) override {
+        SliceGrant out;
+        bool ok = commits_.run([&](Connection& c) {
+            out = sqlite::reserveSliceIn(c, r);
+            return out.status != ReserveStatus::LedgerUnavailable;
+        });
+        return ok ? out : SliceGrant{};
+    }
+
+    // One operation of the group commit, so all of the charges or none take effect.
+    std::vector<SettleOutcome> settleBatch(std::span<const Charge> charges) override {
+        std::vector<SettleOutcome> out(charges.size());
+        if (charges.empty())
+            return out;
+        if (!commits_.run([&](Connection& c) { return sqlite::settleAllIn(c, charges, out); }))
+            out.assign(charges.size(), SettleOutcome{}); // LedgerUnavailable, none applied
+        return out;
+    }
+
     Result<void> release(std::string_view requestId) override {
         std::string id(requestId);
         if (!commits_.run([&](Connection& c) { return releaseIn(c, id); }))

@@ -60,6 +60,23 @@ bool countKeyUseIn(Connection& c, const Charge& ch) {
     return k.step() == SQLITE_DONE;
 }
 
+// The charge replaces the request's own hold (if any): the rest goes back.
+bool replaceHoldIn(Connection& c, const Charge& ch, Settlement& st) {
+    PoolFields held = heldFor(c, ch.requestId);
+    PoolFields bal;
+    Found user = readFields(c, ch.userId, bal);
+    if (user == Found::Failed)
+        return false;
+    if (user == Found::No)
+        bal = held; // only the hold can be accounted for
+    st = settleAgainst(ch.pool, ch.cost.nanos, held, bal);
+    if (user == Found::Yes && !chargeUserIn(c, ch, st))
+        return false;
+    Stmt del = c.prepare("DELETE FROM holds WHERE requestId = ?");
+    del.bind(1, ch.requestId);
+    return del.step() == SQLITE_DONE;
+}
+
 } // namespace
 
 // One hold, inside a group-commit transaction. LedgerUnavailable when a statement failed.
@@ -71,8 +88,9 @@ ReserveStatus reserveIn(Connection& c, const HoldRequest& h) {
             return ReserveStatus::Reserved; // the same hold again
     }
     PoolFields bal;
-    if (!readFields(c, h.userId, bal))
-        return ReserveStatus::InsufficientCredits;
+    if (Found user = readFields(c, h.userId, bal); user != Found::Yes)
+        return user == Found::No ? ReserveStatus::InsufficientCredits
+                                 : ReserveStatus::LedgerUnavailable;
     PoolFields take;
     if (!takeHold(h.pool, h.amount.nanos, bal, take))
         return ReserveStatus::InsufficientCredits;
@@ -103,7 +121,7 @@ bool settleIn(Connection& c, const Charge& ch, SettleOutcome& out) {
     }
     if (seen == SQLITE_ROW) {
         // A hold taken again under a settled id (a client retry) must not keep
-        // the money: return it, change nothing else.
+        // the money: return it, change nothing else (a slice stays as it is).
         if (!releaseIn(c, ch.requestId))
             return false;
         out.status = SettleStatus::AlreadySettled;
@@ -111,17 +129,8 @@ bool settleIn(Connection& c, const Charge& ch, SettleOutcome& out) {
     }
     if (seen != SQLITE_DONE)
         return false;
-    PoolFields held = heldFor(c, ch.requestId);
-    PoolFields bal;
-    bool userExists = readFields(c, ch.userId, bal);
-    if (!userExists)
-        bal = held; // only the hold can be accounted for
-    Settlement st = settleAgainst(ch.pool, ch.cost.nanos, held, bal);
-    if (userExists && !chargeUserIn(c, ch, st))
-        return false;
-    Stmt del = c.prepare("DELETE FROM holds WHERE requestId = ?");
-    del.bind(1, ch.requestId);
-    if (del.step() != SQLITE_DONE)
+    Settlement st;
+    if (!(ch.holdId.empty() ? replaceHoldIn(c, ch, st) : drawOnSliceIn(c, ch, st)))
         return false;
     if (!logSettlementIn(c, ch, st) || !countKeyUseIn(c, ch))
         return false;
@@ -147,13 +156,14 @@ bool chargeUserIn(Connection& c, const Charge& ch, const Settlement& st) {
     return up.step() == SQLITE_DONE;
 }
 
-bool readFields(Connection& c, const std::string& user, PoolFields& f) {
+Found readFields(Connection& c, const std::string& user, PoolFields& f) {
     Stmt s = c.prepare("SELECT credits, refCredits, creditsNew FROM usersNew WHERE id = ?");
     s.bind(1, user);
-    if (s.step() != SQLITE_ROW)
-        return false;
+    int rc = s.step();
+    if (rc != SQLITE_ROW)
+        return rc == SQLITE_DONE ? Found::No : Found::Failed;
     f = {s.integer(0), s.integer(1), s.integer(2)};
-    return true;
+    return Found::Yes;
 }
 
 bool releaseIn(Connection& c, const std::string& id) {

@@ -28,15 +28,33 @@ bool settleIn(Connection& c, const Charge& ch, SettleOutcome& out);
 /// when there is none.
 bool releaseIn(Connection& c, const std::string& id);
 
-/// Reads the user's balance fields; false when there is no such user (or the
-/// statement failed).
-bool readFields(Connection& c, const std::string& user, PoolFields& f);
+/// Whether a row was there; Failed when the statement failed.
+enum class Found { Yes, No, Failed };
+
+/// Reads the user's balance fields into `f` (when Yes).
+Found readFields(Connection& c, const std::string& user, PoolFields& f);
 
 /// Stores the balances after a settlement and adds to the pool's used and token counters.
 bool chargeUserIn(Connection& c, const Charge& ch, const Settlement& st);
 
 /// Writes a request log entry; `pool` is NULL for entries without a charge.
 bool insertLog(Connection& c, const LogEntry& e, std::optional<Pool> pool, bool ignoreDuplicate);
+
+// sqlite_slices.cpp
+
+/// Adds to a budget slice from the pool's free balance (see SliceRequest);
+/// InsufficientCredits too when the id is another user's or pool's hold;
+/// LedgerUnavailable when a statement failed.
+SliceGrant reserveSliceIn(Connection& c, const SliceRequest& r);
+
+/// The balance part of settling a charge that draws on the slice Charge::holdId:
+/// the user's fields and counters, the slice's rest; false when a statement failed.
+bool drawOnSliceIn(Connection& c, const Charge& ch, Settlement& st);
+
+/// Settles every charge in order (as settleIn), outcomes[i] for charges[i]; false
+/// when a statement failed (the caller rolls them all back).
+bool settleAllIn(Connection& c, std::span<const Charge> charges,
+                 std::vector<SettleOutcome>& outcomes);
 
 } // namespace sqlite
 } // namespace trollproxy::internal
