@@ -139,14 +139,14 @@ public:
     ReserveStatus reserve(const HoldRequest& h) override {
         if (std::this_thread::get_id() == caller)
             ++reservedOnCaller;
-        if (down_)
+        if (reservesFail)
             return ReserveStatus::LedgerUnavailable;
         return real_->reserve(h);
     }
     SliceGrant reserveSlice(const SliceRequest& r) override {
         if (std::this_thread::get_id() == caller)
             ++slicesOnCaller;
-        if (down_)
+        if (reservesFail)
             return {};
         return real_->reserveSlice(r);
     }
@@ -175,8 +175,9 @@ public:
 
     std::thread::id caller = std::this_thread::get_id(); // the test's thread
     std::atomic<int> settledOnCaller{0};
-    std::atomic<int> reservedOnCaller{0}; // request holds in the ledger
-    std::atomic<int> slicesOnCaller{0};   // slice refills the request waited for
+    std::atomic<int> reservedOnCaller{0};  // request holds in the ledger
+    std::atomic<int> slicesOnCaller{0};    // slice refills the request waited for
+    std::atomic<bool> reservesFail{false}; // holds and slices fail too, not only settle
 
 private:
     std::unique_ptr<CreditLedger> real_;
@@ -623,6 +624,7 @@ TEST_CASE("slices: while the ledger is down, requests the slice covers are serve
     rig->upstream->scripts.push_back(anthropicWhole(10));
     REQUIRE(rig->post(false, 20).status == 200); // a slice of four holds is taken
     down = true;
+    flaky->reservesFail = true;
     // Its free part (0.084 − 0.01001 drawn) covers five more holds of 0.021.
     for (int i = 0; i < 5; ++i) {
         rig->upstream->scripts.push_back(anthropicWhole(10));
@@ -633,6 +635,7 @@ TEST_CASE("slices: while the ledger is down, requests the slice covers are serve
     rig->upstream->scripts.push_back(anthropicWhole(10));
     CHECK(rig->post(false, 1'000'000).status == 503);
     down = false;
+    flaky->reservesFail = false;
     auto charged = [&] {
         auto logs = rig->admin->usage("u", 100);
         return std::count_if(logs->begin(), logs->end(),
