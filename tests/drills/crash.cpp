@@ -143,9 +143,13 @@ void phase(Verdict& v, const Options& o, bool duringOutage) {
 
 // Budget slices: two proxies on one ledger; one is killed under load while the
 // other goes on serving, then restarted on its journal (the same instance).
-void slicesPhase(Verdict& v, const Options& o, const LedgerTarget& target) {
-    std::printf("\n  %s: two proxies with budget slices (journal_first), kill -9 one under load\n",
-                target.name.c_str());
+// `stalled`: the ledger stops answering (SQLite write-locked, CongoDB frozen)
+// before the kill, so the dead proxy leaves charges on its slice in its journal.
+void slicesPhase(Verdict& v, const Options& o, const LedgerTarget& target, bool stalled) {
+    std::printf(
+        "\n  %s: two proxies with budget slices (journal_first), kill -9 one under load%s\n",
+        target.name.c_str(),
+        stalled ? " while the ledger does not answer (charges wait in the journal)" : "");
     DrillStack s(R"("rate_limit_per_minute": 0, )" + sliceSettings("5"), target.uri);
     s.startProxy(1);
     Money start = *Money::parse("100");
@@ -160,6 +164,17 @@ void slicesPhase(Verdict& v, const Options& o, const LedgerTarget& target) {
     const int clients = o.quick ? 12 : 24;
     std::thread load([&] { runLoad(clients, 0, stop, next, portOf, tally); });
     std::this_thread::sleep_for(std::chrono::seconds(o.quick ? 4 : 8));
+    std::unique_ptr<harness::Process> lock;
+    if (stalled) {
+        if (target.mongo)
+            ::kill(o.mongoPid, SIGSTOP);
+        else
+            lock = lockSqlite(o, s.dir + "/ledger.db", 120);
+        const double until = now() + 20;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+        while (now() < until && journalLines(s.journalPath(1)) == 0)
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
     std::int64_t beforeKill = 0;
     {
         std::lock_guard l(tally.mutex);
@@ -168,6 +183,12 @@ void slicesPhase(Verdict& v, const Options& o, const LedgerTarget& target) {
     s.peers[0]->signal(SIGKILL, true);
     peerUp = false;
     const int journalled = journalLines(s.journalPath(1));
+    if (stalled) {
+        v.check(journalled > 0, "charges were waiting in the dead proxy's journal");
+        if (target.mongo)
+            ::kill(o.mongoPid, SIGCONT);
+        lock.reset(); // the ledger answers again
+    }
     std::this_thread::sleep_for(std::chrono::seconds(2)); // the survivor serves everyone
     stop = true;
     load.join();
@@ -176,7 +197,7 @@ void slicesPhase(Verdict& v, const Options& o, const LedgerTarget& target) {
         cut += oc.status == 200 && !oc.complete;
         dropped += oc.status == 0;
     }
-    std::printf("  killed proxy 1 after %lld answers (%d charges in its journal): %d answers cut "
+    std::printf("  killed proxy 1 after %lld answers (%d lines in its journal): %d answers cut "
                 "mid-way, %d requests got no answer\n",
                 static_cast<long long>(beforeKill), journalled, cut, dropped);
 
@@ -232,8 +253,10 @@ int crashDrill(const Options& o) {
 
 int slicesCrashDrill(const Options& o) {
     Verdict v("crash with budget slices: kill -9 one of two proxies under load, restart, replay");
-    for (const auto& target : ledgerTargets(o))
-        slicesPhase(v, o, target);
+    for (bool stalled : {false, true}) {
+        for (const auto& target : ledgerTargets(o)) // a fresh MongoDB database each time
+            slicesPhase(v, o, target, stalled);
+    }
     return v.finish();
 }
 

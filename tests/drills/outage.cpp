@@ -37,7 +37,7 @@ void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::s
     const char* modeName = failOpen ? "fail_open" : "fail_closed";
     std::printf("\n  %s, %s%s: %.0f s outage under load\n", be.name.c_str(), modeName,
                 slices ? ", budget slices" : "", o.outageSeconds);
-    // A slice of 40 USD: far more than the ~1,000 requests of the outage cost (~4 USD).
+    // Slices of up to 40 USD; the load draws about 0.2 USD a second.
     DrillStack s(std::string(R"("rate_limit_per_minute": 0, "ledger_failure_mode": ")") + modeName +
                      "\"" + (slices ? ", " + sliceSettings("40") : ""),
                  be.uri);
@@ -57,8 +57,19 @@ void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::s
     });
     std::this_thread::sleep_for(std::chrono::seconds(2));
     if (slices) {
+        // A slice is sized to the spend (twice what was drawn since its last refill, at
+        // least four times the request that refills it), so the steady load keeps it near
+        // a few seconds' worth. Warm it: one request that may cost up to ~3.3 USD (max_tokens
+        // 200,000) refills it to ~13 USD, more than the outage's load draws.
+        Outcome warm = fire(
+            port, makeShot(key, false, false, Fault::None, Usage{100, 0, 0, 10, false}, 200'000));
+        const int warmStatus = warm.status;
         Money held = s.balance(user).heldCreditsNew;
-        v.check(held.nanos > 0, "before the outage the slice is warm: " + money(held) + " held");
+        std::printf("  warmed the slice with a request of max_tokens 200000: %d; %s held\n",
+                    warmStatus, money(held).c_str());
+        tally.add(std::move(warm));
+        v.check(warmStatus == 200 && held >= *Money::parse("10"),
+                "before the outage the slice is warm: " + money(held) + " held (>= 10 USD)");
     }
     double outageFrom = now();
     be.stop(s);
@@ -122,6 +133,12 @@ void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::s
     v.check(maxSeconds < 15,
             "no request waited unboundedly (max " + std::to_string(maxSeconds) + " s)");
     if (slices) {
+        std::printf(
+            "  during the outage the ledger failed %.0f authentications, %.0f slice refills; "
+            "slice refills granted %.0f in all\n",
+            s.metric(R"(trollproxy_ledger_errors_total{op="authenticate"})"),
+            s.metric(R"(trollproxy_slice_refills_total{result="unavailable"})"),
+            s.metric(R"(trollproxy_slice_refills_total{result="granted"})"));
         v.check(st[503] == 0 && st[200] == static_cast<int>(tally.outcomes.size()),
                 "slices: no request refused, during the outage either (" +
                     std::to_string(during200) + " served while it lasted)");

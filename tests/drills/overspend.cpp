@@ -205,7 +205,7 @@ int slicesOverspendDrill(const Options& o) {
               " concurrent requests, balance covers " + std::to_string(o.overspendCovers));
     for (const auto& target : ledgerTargets(o)) {
         std::printf("\n  ledger: %s\n", target.name.c_str());
-        // A slice holds at most ~8.6 holds (0.02 USD), so slices are refilled, and the
+        // A slice holds at most ~3.5 holds (0.02 USD), so slices are refilled, and the
         // balance runs too low for one: the last requests fall back to exact holds.
         DrillStack s(
             R"("rate_limit_per_minute": 0, "worker_threads": 640, )" + sliceSettings("0.02"),

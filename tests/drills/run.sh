@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs the full fault drills (./dev.sh drills): 500-request overspend race, crash, 10 s ledger outages
-# (SQLite, and MongoDB when CongoDB is installed), upstream faults, and a soak (default 1800 s).
-#   tests/drills/run.sh [--soak-seconds S] [--outage-seconds S] [DRILL...]   (DRILL: overspend crash outage upstream-faults soak)
+# (SQLite, and MongoDB when CongoDB is installed), upstream faults, a soak (default 1800 s), and the
+# budget slice drills (SQLite, and MongoDB when CongoDB is installed).
+#   tests/drills/run.sh [--soak-seconds S] [--outage-seconds S] [DRILL...]
+#   (DRILL: overspend crash outage upstream-faults soak slices-overspend slices-crash slices-outage
+#    slices-keys slices all)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${TROLLPROXY_BUILD_DIR:-build}
