@@ -9,7 +9,6 @@
 #include <cstdlib>
 
 #include "ledger/mongo_ledger_impl.hpp"
-#include "ledger/test_hooks.hpp"
 
 namespace trollproxy::internal::mongo {
 
@@ -246,17 +245,21 @@ void appendGiveBack(const bson_t* user, const std::string& holdKey, bson_t* filt
     PoolFields bal = readBalance(user), held = heldBy(user, holdKey);
     PoolFields after{bal.credits + held.credits, bal.refCredits + held.refCredits,
                      bal.creditsNew + held.creditsNew};
-    bson_t set, unset;
-    BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
-    setChangedBalances(&set, bal, after);
-    bson_append_document_end(update, &set);
+    Doc set;
+    setChangedBalances(set.get(), bal, after);
+    if (!bson_empty(set.get())) // a slice drawn to zero gives nothing back
+        BSON_APPEND_DOCUMENT(update, "$set", set.get());
+    bson_t unset;
     BSON_APPEND_DOCUMENT_BEGIN(update, "$unset", &unset);
     BSON_APPEND_UTF8(&unset, holdKey.c_str(), "");
     bson_append_document_end(update, &unset);
+    // A slice's amounts change without the balances: guard them too.
     appendExists(filter, holdKey, true);
+    appendSameHeld(filter, user, holdKey);
 }
 
-// Copies the pending marker at `it` into record, without the time it was written.
+} // namespace
+
 void copyMarker(const bson_iter_t* it, bson_t* record) {
     uint32_t len = 0;
     const uint8_t* data = nullptr;
@@ -265,141 +268,6 @@ void copyMarker(const bson_iter_t* it, bson_t* record) {
     bson_reinit(record);
     if (bson_init_static(&marker, data, len))
         bson_copy_to_excluding_noinit(&marker, record, "at", nullptr);
-}
-
-// $set: the balances after the charge, and the pending marker (the log entry in record,
-// and when it was written); $inc: the pool's used counter and the token counters.
-void appendCharge(const Charge& ch, const PoolFields& bal, const internal::Settlement& st,
-                  const std::string& pendingKey, const bson_t* record, bson_t* update) {
-    bool isNew = ch.pool == Pool::CreditsNew;
-    std::int64_t tokensIn = ch.usage.totalInput();
-    bson_t set, inc, pend;
-    BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
-    setChangedBalances(&set, bal, st.after);
-    bson_append_document_begin(&set, pendingKey.c_str(), -1, &pend);
-    bson_concat(&pend, record);
-    BSON_APPEND_INT64(&pend, "at", nowMs());
-    bson_append_document_end(&set, &pend);
-    bson_append_document_end(update, &set);
-    BSON_APPEND_DOCUMENT_BEGIN(update, "$inc", &inc);
-    BSON_APPEND_DOUBLE(&inc, isNew ? "creditsNewUsed" : "creditsUsed",
-                       Money{st.charged}.toUsdDouble());
-    if (isNew)
-        BSON_APPEND_INT64(&inc, "tokensUserNew", tokensIn + ch.usage.output);
-    BSON_APPEND_INT64(&inc, "totalInputTokens", tokensIn);
-    BSON_APPEND_INT64(&inc, "totalOutputTokens", ch.usage.output);
-    bson_append_document_end(update, &inc);
-}
-
-// settle()'s compare-and-set plan, run again on every attempt: one update on the user
-// that takes the charge and leaves its log entry (record) in a pending marker.
-struct SettlePlan {
-    explicit SettlePlan(const Charge& c)
-        : ch(c), holdKey("trollproxyHolds." + fieldSafe(c.requestId)),
-          pendingKey("trollproxyPending." + fieldSafe(c.requestId)),
-          entry{c.requestId,  c.userId,    c.keyId,   c.model,
-                c.usage,      Money{},     c.cost,    poolCreditType(c.pool),
-                c.statusCode, c.latencyMs, c.success, c.createdAtMs,
-                c.responseId} {}
-
-    bool operator()(const bson_t* user, bson_t* filter, bson_t* update) {
-        bool hasHold = hasField(user, holdKey);
-        bson_iter_t it;
-        if (bson_iter_init(&it, user) && bson_iter_find_descendant(&it, pendingKey.c_str(), &it) &&
-            BSON_ITER_HOLDS_DOCUMENT(&it)) {
-            // The money moved before (a crash, or a racing settle) and its log
-            // entry is not written yet: write that one; give back a newer hold.
-            copyMarker(&it, record.get());
-            if (hasHold)
-                appendGiveBack(user, holdKey, filter, update);
-            return true;
-        }
-        PoolFields bal = readBalance(user), held = heldBy(user, holdKey);
-        internal::Settlement st = internal::settleAgainst(ch.pool, ch.cost.nanos, held, bal);
-        entry.cost = Money{st.charged};
-        entry.shortfall = Money{st.shortfall};
-        bson_reinit(record.get());
-        internal::appendLogEntry(record.get(), entry, poolName(ch.pool));
-        appendCharge(ch, bal, st, pendingKey, record.get(), update);
-        if (hasHold) {
-            bson_t unset;
-            BSON_APPEND_DOCUMENT_BEGIN(update, "$unset", &unset);
-            BSON_APPEND_UTF8(&unset, holdKey.c_str(), "");
-            bson_append_document_end(update, &unset);
-        }
-        appendExists(filter, holdKey, hasHold);
-        appendExists(filter, pendingKey, false);
-        return true;
-    }
-
-    const Charge& ch;
-    std::string holdKey, pendingKey;
-    LogEntry entry;
-    Doc record; // the log entry, as stored in the pending marker and then in request_logs
-};
-
-// The key's statistics after a settlement: tokens, requests, last use.
-void appendKeyUsage(const Charge& ch, bson_t* update) {
-    bson_t inc, set;
-    BSON_APPEND_DOCUMENT_BEGIN(update, "$inc", &inc);
-    BSON_APPEND_INT64(&inc, "tokensUsed", ch.usage.totalInput() + ch.usage.output);
-    BSON_APPEND_INT64(&inc, "requestsCount", 1);
-    bson_append_document_end(update, &inc);
-    BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
-    BSON_APPEND_DATE_TIME(&set, "lastUsedAt", ch.createdAtMs);
-    bson_append_document_end(update, &set);
-}
-
-} // namespace
-
-SettleOutcome MongoLedger::settle(const Charge& ch) {
-    SettleOutcome out;
-    Doc logFilter, existing;
-    BSON_APPEND_UTF8(logFilter.get(), "requestId", ch.requestId.c_str());
-    Found logged = findOne("request_logs", logFilter.get(), existing);
-    if (logged == Found::Error)
-        return out;
-    if (logged == Found::Yes) {
-        // Settled before. A hold taken again under this id (a retried request) goes back.
-        unsetPending(ch.userId, ch.requestId);
-        if (releaseOn(ch.userId, ch.requestId) == Cas::Unavailable)
-            return out;
-        out.status = SettleStatus::AlreadySettled;
-        return out;
-    }
-    SettlePlan plan(ch);
-    Cas r = casUser(ch.userId, plan);
-    if (r == Cas::Unavailable || r == Cas::Refused)
-        return out;
-    if (r == Cas::Applied)
-        ledgerTestPoint(
-            "mongo-crash-after-charge"); // the money moved, its log entry is not written yet
-    if (r == Cas::NotFound) {
-        // The user is gone: nothing to take; the whole cost is shortfall.
-        bson_reinit(plan.record.get());
-        internal::appendLogEntry(plan.record.get(), plan.entry, poolName(ch.pool));
-    }
-    Write w = writeLog(plan.record.get());
-    if (w == Write::Failed)
-        return out; // the pending marker keeps the retry (or the sweep) from applying it twice
-    unsetPending(ch.userId, ch.requestId);
-    {
-        std::lock_guard lock(ownersMutex_);
-        holdOwner_.erase(ch.requestId);
-    }
-    if (w == Write::Existed) {
-        out.status = SettleStatus::AlreadySettled; // a racing settle of the same id wrote it
-        return out;
-    }
-    LogEntry done = internal::logEntryFrom(plan.record.get());
-    Doc kf, ku;
-    BSON_APPEND_UTF8(kf.get(), "_id", ch.keyId.c_str());
-    appendKeyUsage(ch, ku.get());
-    updateOne("user_keys", kf.get(), ku.get()); // statistics only
-    out.status = SettleStatus::Settled;
-    out.charged = done.cost;
-    out.shortfall = done.shortfall;
-    return out;
 }
 
 MongoLedger::Cas MongoLedger::releaseOn(const std::string& user, const std::string& id) {

@@ -6,12 +6,16 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <random>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
+#include <vector>
 
 #include <mongoc/mongoc.h>
 
@@ -36,6 +40,26 @@ PoolFields heldBy(const bson_t* user, const std::string& holdKey);
 void appendExists(bson_t* filter, const std::string& path, bool exists);
 /// Appends a compare-and-set condition on the hold's three amounts (absent stays absent).
 void appendSameHeld(bson_t* filter, const bson_t* user, const std::string& holdKey);
+/// Copies the pending marker at `it` into record, without the time it was written.
+void copyMarker(const bson_iter_t* it, bson_t* record);
+
+/// What the plan made of a charge.
+enum class Fate {
+    Unavailable, ///< its user's compare-and-set failed: nothing done
+    Apply,       ///< the money moved now, its log entry is in a pending marker
+    FromMarker,  ///< the money moved before (a crash, a racing settle): finish its entry
+    Logged,      ///< settled before: only a hold under its id goes back
+    Duplicate,   ///< its id came earlier in the batch
+    NoUser,      ///< the user is gone: logged with the whole cost as shortfall
+};
+
+/// One charge of a settleBatch() and what became of it (mongo_batch.cpp).
+struct BatchItem {
+    const Charge* ch = nullptr;
+    Fate fate = Fate::Unavailable;
+    Doc record;            ///< its log entry (Apply, FromMarker, NoUser)
+    SettleOutcome outcome; ///< once its log entry was written (or not)
+};
 
 class MongoLedger final : public LedgerBackend {
 public:
@@ -46,6 +70,7 @@ public:
     ReserveStatus reserve(const HoldRequest& hold) override;
     SettleOutcome settle(const Charge& charge) override;
     SliceGrant reserveSlice(const SliceRequest& request) override;
+    std::vector<SettleOutcome> settleBatch(std::span<const Charge> charges) override;
     Result<void> release(std::string_view requestId) override;
     Result<void> renewHold(std::string_view requestId, std::int64_t expiresAtMs) override;
     Result<std::int64_t> sweepExpiredHolds(std::int64_t nowMs) override;
@@ -167,6 +192,21 @@ private:
     enum class Write { Inserted, Existed, Failed };
     void ensureIndexes();
     Write writeLog(const bson_t* entry);
+    // settleBatch()'s steps (mongo_batch.cpp, mongo_batch_write.cpp).
+    Found findLogged(std::span<const Charge> charges, std::unordered_set<std::string>& logged);
+    /// One compare-and-set applying `items` (one user's charges, in order).
+    Cas settleUser(const std::string& user, std::vector<BatchItem*>& items,
+                   const std::unordered_set<std::string>& logged);
+    /// Writes the items' log entries, then removes their markers and counts the keys'
+    /// use; sets each item's outcome.
+    void finishLogs(const std::vector<BatchItem*>& toLog);
+    static SettleOutcome outcomeOf(const BatchItem& item, Write w);
+    /// One unordered bulk of upserts of the items' log entries; each one's outcome in order.
+    std::vector<Write> writeLogs(const std::vector<BatchItem*>& items);
+    /// One bulk update removing each user's pending markers of the given request ids.
+    void unsetPendingMany(const std::map<std::string, std::vector<std::string>>& idsByUser);
+    /// One bulk update of the keys' statistics for the charges settled now.
+    void countKeyUse(const std::vector<const Charge*>& settled);
     void unsetPending(const std::string& user, const std::string& id);
     Cas releaseOn(const std::string& user, const std::string& id);
     /// The same; gaveBack tells whether this call returned the hold (false: it was gone).
