@@ -9,6 +9,7 @@
 #include <cmath>
 #include <csignal>
 #include <filesystem>
+#include <map>
 #include <netinet/in.h>
 #include <set>
 #include <sys/socket.h>
@@ -192,6 +193,18 @@ void checkUnavailableInTime(const std::string& uri) {
     c.userId = user;
     c.cost = Money{1};
     timed("settle", [&] { CHECK(l->settle(c).status == SettleStatus::LedgerUnavailable); });
+    timed("settleBatch", [&] {
+        Charge d = c;
+        d.requestId = "r2";
+        d.holdId = "s1";
+        d.holdShare = Money{1};
+        for (const SettleOutcome& o : l->settleBatch(std::vector<Charge>{c, d}))
+            CHECK(o.status == SettleStatus::LedgerUnavailable);
+    });
+    timed("reserveSlice", [&] {
+        SliceRequest r{"s1", user, Pool::CreditsNew, Money{1}, Money{1}, 500, nowMs() + 1000};
+        CHECK(l->reserveSlice(r).status == ReserveStatus::LedgerUnavailable);
+    });
     timed("release", [&] { CHECK_FALSE(l->release("r1")); });
     timed("sweep", [&] { CHECK_FALSE(l->sweepExpiredHolds(nowMs())); });
     timed("balance", [&] { CHECK_FALSE(l->balance(user)); });
@@ -476,4 +489,141 @@ TEST_CASE("a crash between moving the money and writing its log entry: the retry
     c.requestId = b + "0";
     CHECK(l->settle(c).status == SettleStatus::AlreadySettled);
     std::filesystem::remove_all(dir);
+}
+
+// The ledger's test hook (src/ledger/test_hooks.hpp): exported by libtrollproxy, not
+// public API.
+namespace trollproxy::internal {
+using LedgerHook = void (*)(std::string_view point);
+void setLedgerTestHook(LedgerHook hook);
+} // namespace trollproxy::internal
+
+namespace {
+
+// Stops an armed thread's settleBatch where a crash would hurt most: the users'
+// compare-and-sets moved the money, no log entry is written yet. It waits there until let go.
+std::atomic<bool> stopReached{false}, stopGo{false};
+thread_local bool stopArmed = false;
+
+void stopAfterCharge(std::string_view point) {
+    if (!stopArmed || point != "mongo-crash-after-charge")
+        return;
+    stopReached = true;
+    while (!stopGo)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
+bool hasPendingMarker(Raw& raw, const std::string& user, const std::string& requestId) {
+    bson_t filter = BSON_INITIALIZER;
+    appendId(&filter, user);
+    bson_t* doc = raw.findOne("usersNew", &filter);
+    bson_destroy(&filter);
+    REQUIRE(doc);
+    bool has = typeOf(doc, ("trollproxyPending." + requestId).c_str()) == BSON_TYPE_DOCUMENT;
+    bson_destroy(doc);
+    return has;
+}
+
+} // namespace
+
+TEST_CASE("settleBatch stopped after the money moved: a retry or the sweep writes each entry "
+          "once") {
+    using test::usd;
+    internal::setLedgerTestHook(stopAfterCharge);
+    stopReached = false;
+    stopGo = false;
+    auto l = open(ledgerUri());     // the stopped batch's process
+    auto other = open(ledgerUri()); // another process, or this one restarted
+    Raw raw;
+    std::string a = userName("bstop-a"), b = userName("bstop-b");
+    REQUIRE(other->addUser(a));
+    REQUIRE(other->addUser(b));
+    REQUIRE(other->credit(a, BalanceField::CreditsNew, usd("1.0")));
+    REQUIRE(other->credit(b, BalanceField::Credits, usd("1.0")));
+    std::string slice = "bs" + hex(8), req = "br" + hex(8);
+    SliceGrant g = l->reserveSlice(SliceRequest{slice, a, Pool::CreditsNew, usd("0.5"), usd("0.1"),
+                                                1000, nowMs() + 3'600'000});
+    REQUIRE(g.status == ReserveStatus::Reserved);
+    REQUIRE(l->reserve(test::hold(req + "-3", a, Pool::CreditsNew, "0.2")) ==
+            ReserveStatus::Reserved);
+    auto onSlice = [&](Charge c, const char* share) {
+        c.holdId = slice;
+        c.holdShare = usd(share);
+        return c;
+    };
+    const std::vector<Charge> batch{
+        onSlice(test::charge(req + "-1", a, Pool::CreditsNew, "0.1"), "0.1"),
+        test::charge(req + "-2", b, Pool::Credits, "0.3"),
+        test::charge(req + "-3", a, Pool::CreditsNew, "0.15"), // its own hold of 0.2
+        onSlice(test::charge(req + "-4", a, Pool::CreditsNew, "0.2"), "0.05"),
+    };
+    const char* charged[] = {"0.1", "0.3", "0.15", "0.2"};
+
+    std::vector<SettleOutcome> stopped;
+    std::thread t([&] {
+        stopArmed = true;
+        stopped = l->settleBatch(batch);
+    });
+    auto t0 = std::chrono::steady_clock::now();
+    while (!stopReached && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20))
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    REQUIRE(stopReached);
+
+    // The money moved, once per charge, each with its pending marker; no entry yet.
+    auto check = [&] {
+        Balance ba = *other->balance(a), bb = *other->balance(b);
+        CHECK_MONEY(ba.creditsNew, usd("0.2"), 8);
+        CHECK_MONEY(ba.heldCreditsNew, usd("0.35"), 2);
+        CHECK_MONEY(ba.creditsNewUsed, usd("0.45"), 2);
+        CHECK_MONEY(bb.credits, usd("0.7"), 2);
+        CHECK_MONEY(bb.creditsUsed, usd("0.3"), 2);
+    };
+    check();
+    CHECK(test::logOf(*other, a).empty());
+    CHECK(test::logOf(*other, b).empty());
+    CHECK(hasPendingMarker(raw, a, req + "-1"));
+    CHECK(hasPendingMarker(raw, b, req + "-2"));
+
+    SUBCASE("a retry (the journal replayed) writes the entries, moves no money") {
+        auto again = other->settleBatch(batch);
+        REQUIRE(again.size() == batch.size());
+        for (std::size_t i = 0; i < again.size(); ++i) {
+            INFO("charge ", i);
+            CHECK(again[i].status == SettleStatus::Settled);
+            CHECK_MONEY(again[i].charged, usd(charged[i]), 1);
+        }
+    }
+    SUBCASE("the sweep writes the entries once the markers are past the grace time") {
+        REQUIRE(other->sweepExpiredHolds(nowMs()));
+        CHECK(test::logOf(*other, a).empty()); // young markers: the batch may still run
+        REQUIRE(other->sweepExpiredHolds(nowMs() + 60'000)); // the slice expires later
+    }
+    check();
+    CHECK(test::logOf(*other, a).size() == 3);
+    CHECK(test::logOf(*other, b).size() == 1);
+    CHECK_FALSE(hasPendingMarker(raw, a, req + "-1"));
+    CHECK_FALSE(hasPendingMarker(raw, a, req + "-4"));
+    CHECK_FALSE(hasPendingMarker(raw, b, req + "-2"));
+
+    // Let go, the stopped batch finds its entries written by someone else.
+    stopGo = true;
+    t.join();
+    internal::setLedgerTestHook(nullptr);
+    REQUIRE(stopped.size() == batch.size());
+    for (const SettleOutcome& o : stopped)
+        CHECK(o.status == SettleStatus::AlreadySettled);
+    for (const SettleOutcome& o : other->settleBatch(batch))
+        CHECK(o.status == SettleStatus::AlreadySettled);
+    check();
+    std::map<std::string, Money> costs;
+    for (const std::string& user : {a, b})
+        for (const LogEntry& e : test::logOf(*other, user))
+            costs[e.requestId] = e.cost;
+    REQUIRE(costs.size() == 4);
+    for (std::size_t i = 0; i < batch.size(); ++i)
+        CHECK_MONEY(costs[batch[i].requestId], usd(charged[i]), 1);
+    REQUIRE(l->release(slice));
+    Balance ba = *other->balance(a);
+    CHECK_MONEY(ba.creditsNew + ba.creditsNewUsed, usd("1.0"), 10);
+    CHECK(ba.heldCreditsNew.nanos == 0);
 }

@@ -1,5 +1,7 @@
 // The MongoDB ledger's class and the helpers its source files share (mongo_ledger.cpp:
-// the request path; mongo_sweep.cpp: the expiry sweep; mongo_admin.cpp: administration).
+// the request path; mongo_slices.cpp: budget slices; mongo_batch*.cpp: settle and
+// settleBatch; mongo_sweep.cpp, mongo_release.cpp: giving holds back; mongo_admin.cpp:
+// administration).
 #pragma once
 
 #include <atomic>
