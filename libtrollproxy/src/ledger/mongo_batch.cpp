@@ -214,9 +214,10 @@ SettleOutcome MongoLedger::outcomeOf(const BatchItem& it, Write w) {
 }
 
 MongoLedger::Cas MongoLedger::settleUser(const std::string& user, std::vector<BatchItem*>& items,
-                                         const std::unordered_set<std::string>& logged) {
+                                         const std::unordered_set<std::string>& logged,
+                                         const bson_t* read) {
     UserPlan plan(items, logged);
-    Cas r = casUser(user, plan);
+    Cas r = casUser(user, plan, read);
     if (r == Cas::NotFound) {
         // The user is gone: nothing to take; the whole cost is shortfall.
         std::unordered_set<std::string> seen;
@@ -252,8 +253,13 @@ std::vector<SettleOutcome> MongoLedger::settleBatch(std::span<const Charge> char
         items.emplace_back().ch = &c;
         byUser[c.userId].push_back(&items.back());
     }
-    for (auto& [user, list] : byUser)
-        settleUser(user, list, logged);
+    std::map<std::string, Doc> docs; // read in one round trip for every user's first attempt
+    if (findUsers(byUser, docs) == Found::Error)
+        docs.clear();
+    for (auto& [user, list] : byUser) {
+        auto d = docs.find(user);
+        settleUser(user, list, logged, d == docs.end() ? nullptr : d->second.get());
+    }
     std::vector<BatchItem*> toLog;
     for (BatchItem& it : items) {
         if (it.fate == Fate::Apply || it.fate == Fate::FromMarker || it.fate == Fate::NoUser)

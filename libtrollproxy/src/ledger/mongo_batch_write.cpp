@@ -69,6 +69,35 @@ MongoLedger::Found MongoLedger::findLogged(std::span<const Charge> charges,
     return failed ? Found::Error : Found::Yes;
 }
 
+MongoLedger::Found
+MongoLedger::findUsers(const std::map<std::string, std::vector<BatchItem*>>& byUser,
+                       std::map<std::string, Doc>& docs) {
+    if (byUser.size() < 2)
+        return Found::No; // casUser reads the one user itself
+    Coll c(pool_, db_, "usersNew");
+    Doc filter;
+    bson_t cond, ids;
+    BSON_APPEND_DOCUMENT_BEGIN(filter.get(), "_id", &cond);
+    BSON_APPEND_ARRAY_BEGIN(&cond, "$in", &ids);
+    std::size_t i = 0;
+    for (const auto& entry : byUser)
+        internal::appendUserId(&ids, std::to_string(i++).c_str(), entry.first);
+    bson_append_array_end(&cond, &ids);
+    bson_append_document_end(filter.get(), &cond);
+    mongoc_cursor_t* cur =
+        mongoc_collection_find_with_opts(c.get(), filter.get(), nullptr, nullptr);
+    const bson_t* d = nullptr;
+    while (mongoc_cursor_next(cur, &d)) {
+        bson_iter_t it;
+        if (bson_iter_init_find(&it, d, "_id"))
+            bson_copy_to_excluding_noinit(d, docs[internal::userNameOf(&it)].get(), "", nullptr);
+    }
+    bson_error_t err;
+    bool failed = mongoc_cursor_error(cur, &err);
+    mongoc_cursor_destroy(cur);
+    return failed ? Found::Error : Found::Yes;
+}
+
 std::vector<MongoLedger::Write> MongoLedger::writeLogs(const std::vector<BatchItem*>& items) {
     ensureIndexes();
     Coll c(pool_, db_, "request_logs");

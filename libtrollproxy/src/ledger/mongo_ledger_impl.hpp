@@ -160,13 +160,19 @@ private:
     enum class Cas { Applied, Refused, NotFound, Unavailable };
 
     // Reads the user, lets `plan` build the update, and writes it only if the
-    // balance fields are still what was read. Retries on contention.
+    // balance fields are still what was read. Retries on contention. The first
+    // attempt may use a document read before (`read`, from findUsers()).
     // plan(const bson_t* user, bson_t* filter, bson_t* update) -> bool
-    template <typename Plan> Cas casUser(const std::string& name, Plan&& plan) {
+    template <typename Plan>
+    Cas casUser(const std::string& name, Plan&& plan, const bson_t* read = nullptr) {
         thread_local std::mt19937 rng{std::random_device{}()};
         for (int attempt = 0; attempt < 200; ++attempt) {
             Doc user;
-            Found f = findUser(name, user);
+            Found f = Found::Yes;
+            if (attempt == 0 && read)
+                bson_copy_to_excluding_noinit(read, user.get(), "", nullptr);
+            else
+                f = findUser(name, user);
             if (f == Found::Error)
                 return Cas::Unavailable;
             if (f == Found::No)
@@ -196,9 +202,13 @@ private:
     Write writeLog(const bson_t* entry);
     // settleBatch()'s steps (mongo_batch.cpp, mongo_batch_write.cpp).
     Found findLogged(std::span<const Charge> charges, std::unordered_set<std::string>& logged);
-    /// One compare-and-set applying `items` (one user's charges, in order).
+    /// The users' documents in one find, by name; absent ones are left out.
+    Found findUsers(const std::map<std::string, std::vector<BatchItem*>>& byUser,
+                    std::map<std::string, Doc>& docs);
+    /// One compare-and-set applying `items` (one user's charges, in order); its first
+    /// attempt on `read` when given.
     Cas settleUser(const std::string& user, std::vector<BatchItem*>& items,
-                   const std::unordered_set<std::string>& logged);
+                   const std::unordered_set<std::string>& logged, const bson_t* read);
     /// Writes the items' log entries, then removes their markers and counts the keys'
     /// use; sets each item's outcome.
     void finishLogs(const std::vector<BatchItem*>& toLog);
