@@ -36,6 +36,10 @@ SliceGrant MongoLedger::reserveSlice(const SliceRequest& r) {
     std::string holdKey = "trollproxyHolds." + fieldSafe(r.sliceId);
     std::int64_t added = 0;
     Cas c = casUser(r.userId, [&](const bson_t* user, bson_t* filter, bson_t* update) {
+        // An id already holding another pool's money is not this slice (as on SQLite).
+        if (hasField(user, holdKey) &&
+            internal::stringField(user, (holdKey + ".pool").c_str()) != poolName(r.pool))
+            return false;
         PoolFields bal = readBalance(user), take;
         added = internal::sliceAmount(r.pool, bal, r.want.nanos, r.atLeast.nanos, r.freePermille);
         if (added <= 0 || !internal::takeHold(r.pool, added, bal, take))
