@@ -122,8 +122,8 @@ void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::s
                 lat.empty() ? 0 : lat[lat.size() / 2], maxSeconds);
     double journalled = s.metric("trollproxy_journalled_charges_total");
     double replayed = s.metric("trollproxy_journal_replayed_total");
-    std::printf("  journalled %.0f charges, replayed %.0f, %.0f waiting at the outage's end; "
-                "recovered %.1f s after the ledger came back\n",
+    std::printf("  journalled %.0f charges, replayed %.0f; %.0f in the settlement queue at the "
+                "outage's end; recovered %.1f s after the ledger came back\n",
                 journalled, replayed, queued, recoveredAfter);
     if (watch)
         watch->finish(v);

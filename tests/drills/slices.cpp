@@ -139,6 +139,11 @@ void topUp(Verdict& v, DrillStack& s) {
         int refusal = 0;
         const int spent = spendDown(s, key, n, tally, refusal);
         served += spent;
+        // Each served request cost exactly one hold: what was left when it was refused.
+        const Money left = credited - Money{hold.nanos * served};
+        if (refusal == 402 && left >= hold)
+            v.note("refused (402) with " + money(left) +
+                   " (>= one hold) not yet spent: the rest of the user's slice was out of reach");
         Balance b = s.balance(user);
         const Money amount{hold.nanos * holds};
         credited += amount;
