@@ -180,8 +180,8 @@ void slicesPhase(Verdict& v, const Options& o, const LedgerTarget& target, bool 
         std::lock_guard l(tally.mutex);
         beforeKill = static_cast<std::int64_t>(tally.outcomes.size());
     }
+    peerUp = false; // new requests go to proxy 0; those in flight on proxy 1 die with it
     s.peers[0]->signal(SIGKILL, true);
-    peerUp = false;
     const int journalled = journalLines(s.journalPath(1));
     if (stalled) {
         v.check(journalled > 0, "charges were waiting in the dead proxy's journal");
