@@ -79,8 +79,18 @@ Outcome CallerAuth::authenticate(const HttpRequest& http, const AuthPolicy& poli
     if (key.empty())
         return refuse(OutcomeKind::MissingKey,
                       "missing API key (Authorization: Bearer KEY or x-api-key)");
+    const bool remembers = policy.cacheMs > 0 || policy.failureMode == LedgerFailureMode::FailOpen;
     if (policy.cacheMs > 0) {
         if (auto known = remembered(key, policy.cacheMs)) {
+            account = std::move(*known);
+            return {};
+        }
+    }
+    // The ledger is down: a key accepted before stays accepted (a revocation
+    // cannot be seen until it is back), without waiting for a lookup to fail.
+    const bool down = ledgerUp_ && !ledgerUp_->load(std::memory_order_relaxed);
+    if (down && remembers) {
+        if (auto known = remembered(key, INT64_MAX)) {
             account = std::move(*known);
             return {};
         }
@@ -88,9 +98,7 @@ Outcome CallerAuth::authenticate(const HttpRequest& http, const AuthPolicy& poli
     AuthOutcome auth = ledger_.authenticate(key);
     if (auth.status == AuthStatus::LedgerUnavailable) {
         metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "authenticate"}}));
-        if (policy.failureMode != LedgerFailureMode::FailOpen)
-            return refusalFor(auth.status);
-        auto known = remembered(key, INT64_MAX);
+        auto known = remembers ? remembered(key, INT64_MAX) : std::nullopt;
         if (!known)
             return refusalFor(auth.status);
         account = std::move(*known);
@@ -100,7 +108,7 @@ Outcome CallerAuth::authenticate(const HttpRequest& http, const AuthPolicy& poli
         forget(key);
         return refusalFor(auth.status);
     }
-    if (policy.cacheMs > 0 || policy.failureMode == LedgerFailureMode::FailOpen)
+    if (remembers)
         remember(key, auth.account);
     account = std::move(auth.account);
     return {};

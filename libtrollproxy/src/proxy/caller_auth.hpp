@@ -1,6 +1,7 @@
 // CallerAuth: who is calling, from the request's API key, with the fail-open cache.
 #pragma once
 
+#include <atomic>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -32,13 +33,16 @@ inline AuthPolicy authPolicy(const ProxySettings& s) {
 }
 
 /// Authenticates callers against the ledger, remembering keys it accepted:
-/// for `cacheMs` they need no ledger call, and while the ledger is down under
-/// fail_open they are still accepted. Only accepted keys are remembered, at
-/// most kMaxCached of them, so a flood of bad keys costs no memory. Thread-safe.
+/// for `cacheMs` they need no ledger call, and while the ledger is down they
+/// are still accepted (under fail_closed their requests are then served only
+/// from budget slices; nothing else can be held). When the last ping said the
+/// ledger is down, a remembered key does not wait for a lookup to time out. Only accepted keys are
+/// remembered, at most kMaxCached of them, so a flood of bad keys costs no memory. Thread-safe.
 class CallerAuth {
 public:
-    CallerAuth(CreditLedger& ledger, Metrics& metrics, const Clock& clock)
-        : ledger_(ledger), metrics_(metrics), clock_(clock) {}
+    CallerAuth(CreditLedger& ledger, Metrics& metrics, const Clock& clock,
+               const std::atomic<bool>* ledgerUp = nullptr)
+        : ledger_(ledger), metrics_(metrics), clock_(clock), ledgerUp_(ledgerUp) {}
 
     /// Ok with `account` set, or the refusal (401, 403, 400 for a header with
     /// a control character, 503 when the ledger cannot say).
@@ -59,6 +63,7 @@ private:
     CreditLedger& ledger_;
     Metrics& metrics_;
     const Clock& clock_;
+    const std::atomic<bool>* ledgerUp_; // the last ping's answer, when known
     std::mutex cacheMutex_;
     std::unordered_map<std::string, Known> cache_;
 };

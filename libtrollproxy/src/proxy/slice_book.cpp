@@ -15,6 +15,7 @@ struct Slice {
     std::int64_t drawn = 0;   ///< drawn on by charges (settled or queued)
     std::int64_t claimed = 0; ///< estimates of requests in flight
     std::int64_t pending = 0; ///< charges drawn on it, queued, not settled yet
+    std::int64_t refills = 0; ///< ledger calls adding to it now
     std::int64_t target = 0;  ///< the size the last refill aimed at
     std::int64_t drawnAtRefill = 0;
     std::int64_t lastUseMs = 0;   ///< steady clock
@@ -153,25 +154,37 @@ ClaimStatus SliceBook::refill(Slice& s, Money need, const SlicePolicy& policy) {
         req.atLeast = Money{std::max<std::int64_t>(need.nanos - free, 1)};
         req.freePermille = policy.freePermille;
         req.expiresAtMs = clock_.wallMs() + policy.ttlMs;
+        ++s.refills; // not given back while the ledger may be adding to it
     }
     SliceGrant g = ledger_.reserveSlice(req);
+    std::vector<std::string> ids;
+    ClaimStatus st = settleRefill(s, g, policy, ids);
+    releaseInLedger(ids);
+    return st;
+}
+
+ClaimStatus SliceBook::settleRefill(Slice& s, const SliceGrant& g, const SlicePolicy& policy,
+                                    std::vector<std::string>& ids) {
     std::lock_guard lock(mutex_);
-    switch (g.status) {
-    case ReserveStatus::Reserved:
+    --s.refills;
+    const char* result = "unavailable";
+    ClaimStatus st = ClaimStatus::LedgerUnavailable;
+    if (g.status == ReserveStatus::Reserved) {
         s.granted += g.added.nanos;
         s.drawnAtRefill = s.drawn;
         s.inLedger = true;
         s.renewAtMs = clock_.steadyMs() + policy.ttlMs / 3;
-        metrics_.add(Metrics::series("trollproxy_slice_refills_total", {{"result", "granted"}}));
-        return ClaimStatus::Claimed;
-    case ReserveStatus::InsufficientCredits:
-        metrics_.add(Metrics::series("trollproxy_slice_refills_total", {{"result", "refused"}}));
-        return ClaimStatus::NoSlice;
-    case ReserveStatus::LedgerUnavailable:
-        break;
+        result = "granted";
+        st = ClaimStatus::Claimed;
+    } else if (g.status == ReserveStatus::InsufficientCredits) {
+        result = "refused";
+        st = ClaimStatus::NoSlice;
     }
-    metrics_.add(Metrics::series("trollproxy_slice_refills_total", {{"result", "unavailable"}}));
-    return ClaimStatus::LedgerUnavailable;
+    metrics_.add(Metrics::series("trollproxy_slice_refills_total", {{"result", result}}));
+    // Retired meanwhile: what the refill added goes back with it.
+    if (auto it = byId_.find(s.id); s.retired && it != byId_.end())
+        releaseIfIdle(it->second, ids);
+    return st;
 }
 
 bool SliceBook::extend(SliceClaim& c, Money extra) {
@@ -219,7 +232,8 @@ void SliceBook::settled(const std::string& sliceId) {
 }
 
 void SliceBook::releaseIfIdle(const std::shared_ptr<Slice>& s, std::vector<std::string>& ids) {
-    if (!s->retired || s->claimed != 0 || s->pending != 0 || !byId_.erase(s->id))
+    if (!s || !s->retired || s->claimed != 0 || s->pending != 0 || s->refills != 0 ||
+        !byId_.erase(s->id))
         return;
     if (s->inLedger)
         ids.push_back(s->id);
@@ -244,7 +258,7 @@ void SliceBook::tick(const SlicePolicy& policy) {
         for (const auto& [id, s] : byId_)
             all.push_back(s);
         for (const auto& s : all) {
-            if (!s->retired && s->claimed == 0 && s->pending == 0 &&
+            if (!s->retired && s->claimed == 0 && s->pending == 0 && s->refills == 0 &&
                 now - s->lastUseMs >= policy.idleMs) {
                 s->retired = true;
                 s->retiredAtMs = now - kRetryAfterRefusalMs; // idle, not refused

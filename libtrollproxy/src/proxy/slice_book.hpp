@@ -96,6 +96,9 @@ private:
     std::shared_ptr<Slice> sliceFor(const std::string& user, Pool pool);
     /// Adds to a short slice with one ledger call (one refill per slice at a time).
     ClaimStatus refill(Slice& slice, Money need, const SlicePolicy& policy);
+    /// The refill's answer applied to the slice; ids: slices to give back.
+    ClaimStatus settleRefill(Slice& slice, const SliceGrant& grant, const SlicePolicy& policy,
+                             std::vector<std::string>& ids);
     /// Gives a retired slice back when nothing is in flight or queued. Lock held.
     void releaseIfIdle(const std::shared_ptr<Slice>& slice, std::vector<std::string>& ids);
     void releaseInLedger(const std::vector<std::string>& ids);
