@@ -599,19 +599,35 @@ TEST_CASE("slices: a slice takes at most slice_fraction of the free balance and 
     CHECK(b.creditsNew == *Money::parse("0.075"));
 }
 
-TEST_CASE("slices: a balance too low for a slice falls back to the request's own hold") {
+TEST_CASE("slices: a balance too low for a slice of its size gives the slice what the request "
+          "lacks, exactly") {
     std::atomic<bool> down{false};
     FlakyLedger* flaky = nullptr;
-    // One request's hold (20 out × 1000/M + input) is about 0.021 USD; the
-    // fraction of 0.03 USD is below it.
+    // One request's hold (20 out × 1000/M + input) is about 0.021 USD; half
+    // of the free 0.03 USD is below it, the whole is not.
     auto rig = flakyRig(kSlices, "0.03", down, flaky);
     rig->upstream->scripts.push_back(anthropicWhole(10));
     HttpResponse r = rig->post(false, 20);
     REQUIRE(r.status == 200);
-    CHECK(flaky->slicesOnCaller == 1);
-    CHECK(flaky->reservedOnCaller == 1);
+    CHECK(flaky->slicesOnCaller == 2); // the slice's size refused, then the exact need
+    CHECK(flaky->reservedOnCaller == 0);
+    // The next one finds 0.021 − 0.01001 in the slice and 0.009 in the balance: refused.
+    rig->upstream->scripts.push_back(anthropicWhole(10));
+    CHECK(rig->post(false, 20).status == 402);
     rig->service->stop();
     CHECK(rig->balance() == *Money::parse("0.01999"));
+    CHECK(rig->admin->balance("u")->heldCreditsNew == Money{});
+}
+
+TEST_CASE("slices: a hold larger than slice_max_usd is the request's own, in the ledger") {
+    std::atomic<bool> down{false};
+    FlakyLedger* flaky = nullptr;
+    auto rig = flakyRig(R"("slice_max_usd": 0.01)", "10", down, flaky);
+    rig->upstream->scripts.push_back(anthropicWhole(10));
+    REQUIRE(rig->post(false, 20).status == 200);
+    CHECK(flaky->slicesOnCaller == 0);
+    CHECK(flaky->reservedOnCaller == 1);
+    CHECK(rig->balance() == *Money::parse("9.98999"));
     CHECK(rig->admin->balance("u")->heldCreditsNew == Money{});
 }
 

@@ -157,6 +157,14 @@ ClaimStatus SliceBook::refill(Slice& s, Money need, const SlicePolicy& policy) {
         ++s.refills; // not given back while the ledger may be adding to it
     }
     SliceGrant g = ledger_.reserveSlice(req);
+    if (g.status == ReserveStatus::InsufficientCredits &&
+        (req.want.nanos > req.atLeast.nanos || req.freePermille < 1000)) {
+        // Too little for a slice of that size: what this request lacks, exactly,
+        // as its own hold would take it (the balance may still cover that).
+        req.want = req.atLeast;
+        req.freePermille = 1000;
+        g = ledger_.reserveSlice(req);
+    }
     std::vector<std::string> ids;
     ClaimStatus st = settleRefill(s, g, policy, ids);
     releaseInLedger(ids);
