@@ -30,6 +30,33 @@ struct Backend {
     std::function<void()> resume;          // ends it
 };
 
+// When money stays held after recovery: which of the clients' requests still hold
+// it (renewHold answers NotFound for a request that holds nothing), and what they saw.
+void describeHeld(DrillStack& s, const std::string& user, const std::vector<Outcome>& outcomes,
+                  double outageFrom, double outageTo) {
+    Balance b = s.balance(user);
+    std::printf("  still held after recovery: %s\n", money(b.heldCreditsNew).c_str());
+    auto ledger = openLedger(s.ledgerUri);
+    if (!ledger)
+        return;
+    const std::int64_t expiry = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    std::chrono::system_clock::now().time_since_epoch())
+                                    .count() +
+                                s.settings.holdTtlSeconds * 1000;
+    int shown = 0;
+    for (const auto& oc : outcomes) {
+        if (oc.requestId.empty() || !(*ledger)->renewHold(oc.requestId, expiry))
+            continue;
+        if (shown++ < 5)
+            std::printf("  held by %s: answered %d after %.2f s, sent %.2f s after the outage "
+                        "began (it lasted %.1f s)\n",
+                        oc.requestId.c_str(), oc.status, oc.seconds, oc.started - outageFrom,
+                        outageTo - outageFrom);
+    }
+    if (shown == 0)
+        std::printf("  no client-visible request holds it\n");
+}
+
 // `slices`: budget slices (journal_first, fail_closed) warmed before the outage must
 // carry the load through it without a refusal.
 void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::string& user,
@@ -99,6 +126,8 @@ void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::s
     // Recovery: the journal drains and no hold is left (the slice goes back when idle).
     bool recovered = waitReleased(s, user, start, 40);
     double recoveredAfter = now() - outageTo;
+    if (!recovered)
+        describeHeld(s, user, tally.outcomes, outageFrom, outageTo);
     auto st = tally.byStatus();
     int during = 0, during503 = 0, during200 = 0;
     double maxSeconds = 0;
