@@ -28,6 +28,17 @@ std::vector<Charge> readJournal(const std::string& path, std::int64_t& corrupt) 
 
 } // namespace
 
+std::size_t SettlementQueue::laneOf(const std::string& userId) const {
+    return std::hash<std::string>{}(userId) % lanes_.size();
+}
+
+std::int64_t SettlementQueue::queued() const {
+    std::int64_t n = 0;
+    for (const auto& q : lanes_)
+        n += static_cast<std::int64_t>(q.size());
+    return n;
+}
+
 SettlementQueue::SettlementQueue(std::string journalPath, CreditLedger& ledger, Metrics& metrics,
                                  const Clock& clock, bool syncEach)
     : path_(std::move(journalPath)), ledger_(ledger), metrics_(metrics), clock_(clock),
@@ -45,7 +56,7 @@ void SettlementQueue::start(std::function<void(const Charge&)> onSettled) {
         onSettled_ = std::move(onSettled);
         std::int64_t corrupt = 0;
         for (auto& c : readJournal(path_, corrupt))
-            queue_.push_back(std::move(c));
+            lane(c.userId).push_back(std::move(c));
         if (corrupt > 0)
             metrics_.add("trollproxy_journal_corrupt_lines_total", static_cast<double>(corrupt));
         removeWhenEmpty_ = true;
@@ -56,7 +67,7 @@ void SettlementQueue::start(std::function<void(const Charge&)> onSettled) {
     drainAll();
     std::lock_guard lock(mutex_);
     for (int i = 0; i < kFlushers; ++i)
-        flushers_.emplace_back([this] { run(); });
+        flushers_.emplace_back([this, i] { run(static_cast<std::size_t>(i)); });
 }
 
 Result<void> SettlementQueue::appendLine(const std::string& line) {
@@ -80,9 +91,10 @@ Result<void> SettlementQueue::submit(const Charge& charge, bool sync) {
     const std::int64_t seq = ++appendedSeq_;
     removeWhenEmpty_ |= sync;
     // Queued before it is synced: a rewrite of the file meanwhile keeps it.
-    queue_.push_back(charge);
+    const std::size_t i = laneOf(charge.userId);
+    lanes_[i].push_back(charge);
     ++appendedSinceCompact_;
-    wake_.notify_one();
+    wakes_[i].notify_one();
     if (sync || syncEach_)
         return syncThrough(lock, seq);
     return {};
@@ -124,15 +136,16 @@ Result<void> SettlementQueue::syncThrough(std::unique_lock<std::mutex>& lock, st
 
 std::int64_t SettlementQueue::depth() const {
     std::lock_guard lock(mutex_);
-    return static_cast<std::int64_t>(queue_.size() + inflight_.size());
+    return queued() + static_cast<std::int64_t>(inflight_.size());
 }
 
-bool SettlementQueue::flushBatch(std::unique_lock<std::mutex>& lock) {
-    const std::size_t n = std::min(kBatch, queue_.size());
+bool SettlementQueue::flushBatch(std::unique_lock<std::mutex>& lock, std::size_t lane) {
+    std::deque<Charge>& queue = lanes_[lane];
+    const std::size_t n = std::min(kBatch, queue.size());
     std::vector<Charge> batch(
-        std::make_move_iterator(queue_.begin()),
-        std::make_move_iterator(queue_.begin() + static_cast<std::ptrdiff_t>(n)));
-    queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
+        std::make_move_iterator(queue.begin()),
+        std::make_move_iterator(queue.begin() + static_cast<std::ptrdiff_t>(n)));
+    queue.erase(queue.begin(), queue.begin() + static_cast<std::ptrdiff_t>(n));
     for (const auto& c : batch)
         inflight_.emplace(c.requestId, c);
     lock.unlock();
@@ -156,20 +169,25 @@ bool SettlementQueue::flushBatch(std::unique_lock<std::mutex>& lock) {
     // What the ledger did not take goes back to the front, in order.
     for (std::size_t i = batch.size(); i > 0; --i) {
         if (outcomes[i - 1].status == SettleStatus::LedgerUnavailable)
-            queue_.push_front(std::move(batch[i - 1]));
+            queue.push_front(std::move(batch[i - 1]));
     }
     if (done < n)
         metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "settle"}}));
-    if ((queue_.empty() && inflight_.empty()) || appendedSinceCompact_ >= kCompactEvery)
+    // A rewrite costs a line per unsettled charge: only when the file holds
+    // at least as many settled lines as unsettled ones (amortized O(1) per
+    // charge, however deep the queue gets while the ledger lags).
+    const std::int64_t unsettled = queued() + static_cast<std::int64_t>(inflight_.size());
+    if (unsettled == 0 ||
+        (appendedSinceCompact_ >= kCompactEvery && appendedSinceCompact_ >= unsettled))
         compact();
     metrics_.set("trollproxy_settlement_queue_depth",
-                 static_cast<double>(queue_.size() + inflight_.size()));
+                 static_cast<double>(queued() + static_cast<std::int64_t>(inflight_.size())));
     return done == n;
 }
 
 void SettlementQueue::compact() {
     appendedSinceCompact_ = 0;
-    if (queue_.empty() && inflight_.empty()) {
+    if (queued() == 0 && inflight_.empty()) {
         // Everything is settled. The common case, after journal-first charges:
         // empty the file in place (a crash before that replays settled charges,
         // which the ledger ignores). After an outage or at start, remove it.
@@ -192,8 +210,9 @@ void SettlementQueue::compact() {
     bool ok = fd >= 0;
     for (const auto& [id, c] : inflight_)
         ok = ok && writeAll(fd, encodeCharge(c) + "\n");
-    for (const auto& c : queue_)
-        ok = ok && writeAll(fd, encodeCharge(c) + "\n");
+    for (const auto& queue : lanes_)
+        for (const auto& c : queue)
+            ok = ok && writeAll(fd, encodeCharge(c) + "\n");
     ok = ok && ::fsync(fd) == 0;
     if (fd >= 0)
         ::close(fd);
@@ -202,22 +221,24 @@ void SettlementQueue::compact() {
         syncDirectoryOf(path_);
 }
 
-void SettlementQueue::run() {
+void SettlementQueue::run(std::size_t lane) {
     std::unique_lock lock(mutex_);
     for (;;) {
-        wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+        wakes_[lane].wait(lock, [this, lane] { return stopping_ || !lanes_[lane].empty(); });
         if (stopping_)
             return;
-        if (flushBatch(lock))
+        if (flushBatch(lock, lane))
             continue;
         // The ledger is down: try again in a while, not in a tight loop.
-        wake_.wait_for(lock, std::chrono::milliseconds(500), [this] { return stopping_; });
+        wakes_[lane].wait_for(lock, std::chrono::milliseconds(500), [this] { return stopping_; });
     }
 }
 
 void SettlementQueue::drainAll() {
     std::unique_lock lock(mutex_);
-    while (!queue_.empty() && flushBatch(lock)) {
+    for (std::size_t i = 0; i < lanes_.size(); ++i) {
+        while (!lanes_[i].empty() && flushBatch(lock, i)) {
+        }
     }
 }
 
@@ -228,14 +249,15 @@ void SettlementQueue::stop() {
             return;
         stopping_ = true;
     }
-    wake_.notify_all();
+    for (auto& w : wakes_)
+        w.notify_all();
     for (auto& t : flushers_)
         t.join();
     flushers_.clear();
     drainAll();
     std::lock_guard lock(mutex_);
     removeWhenEmpty_ = true;
-    if (queue_.empty() && inflight_.empty())
+    if (queued() == 0 && inflight_.empty())
         compact();
     if (fd_ >= 0) {
         ::fsync(fd_);

@@ -54,13 +54,19 @@ public:
     std::int64_t depth() const;
 
 private:
-    static constexpr std::size_t kBatch = 64;
-    static constexpr int kFlushers = 4;                 // a slow ledger's round trips overlap
-    static constexpr std::int64_t kCompactEvery = 4096; // appended lines between rewrites
+    static constexpr std::size_t kBatch = 256;
+    // A slow ledger's round trips overlap. Each flusher has its own lane of
+    // users, so that two batches never race for one user's document.
+    static constexpr int kFlushers = 4;
+    static constexpr std::int64_t kCompactEvery = 4096; // appended lines between rewrites, at least
 
-    void run();
-    /// Settles one batch from the queue; false when the ledger was unavailable.
-    bool flushBatch(std::unique_lock<std::mutex>& lock);
+    void run(std::size_t lane);
+    /// Settles one batch from the lane; false when the ledger was unavailable.
+    bool flushBatch(std::unique_lock<std::mutex>& lock, std::size_t lane);
+    std::size_t laneOf(const std::string& userId) const;
+    std::deque<Charge>& lane(const std::string& userId) { return lanes_[laneOf(userId)]; }
+    /// Charges waiting in all lanes. Lock held.
+    std::int64_t queued() const;
     /// Settles everything queued on the calling thread (at stop).
     void drainAll();
     /// Rewrites the file with what is still unsettled (or removes it). Lock held.
@@ -78,8 +84,8 @@ private:
     std::function<void(const Charge&)> onSettled_;
 
     mutable std::mutex mutex_;
-    std::condition_variable wake_;
-    std::deque<Charge> queue_;               // journalled, waiting
+    std::condition_variable wakes_[kFlushers];
+    std::vector<std::deque<Charge>> lanes_ = std::vector<std::deque<Charge>>(kFlushers); // waiting
     std::map<std::string, Charge> inflight_; // being settled now, by request id
     std::int64_t appendedSinceCompact_ = 0;
     int fd_ = -1;

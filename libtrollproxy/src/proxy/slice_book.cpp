@@ -18,13 +18,14 @@ struct Slice {
     std::int64_t refills = 0; ///< ledger calls adding to it now
     std::int64_t target = 0;  ///< the size the last refill aimed at
     std::int64_t drawnAtRefill = 0;
-    std::int64_t lastUseMs = 0;   ///< steady clock
-    std::int64_t renewAtMs = 0;   ///< steady clock
-    std::int64_t retiredAtMs = 0; ///< steady clock
-    bool inLedger = false;        ///< a refill succeeded: the ledger holds it
-    bool retired = false;         ///< takes no claims; given back once idle
-    bool lowQueued = false;       ///< waiting for the refiller
-    std::mutex refilling;         ///< one refill at a time
+    std::int64_t refilledAtMs = 0; ///< steady clock
+    std::int64_t lastUseMs = 0;    ///< steady clock
+    std::int64_t renewAtMs = 0;    ///< steady clock
+    std::int64_t retiredAtMs = 0;  ///< steady clock
+    bool inLedger = false;         ///< a refill succeeded: the ledger holds it
+    bool retired = false;          ///< takes no claims; given back once idle
+    bool lowQueued = false;        ///< waiting for the refiller
+    std::mutex refilling;          ///< one refill at a time
 
     std::int64_t free() const { return granted - drawn - claimed; }
 };
@@ -35,6 +36,10 @@ const std::string& SliceClaim::sliceId() const {
 }
 
 namespace {
+
+// A slice aims to hold what its user spends in this many seconds (one refill
+// per that long at a steady rate), within slice_max_usd.
+constexpr std::int64_t kSpendSeconds = 10;
 
 // After a slice was refused (balance too low), requests hold per request for
 // this long before a new slice is tried.
@@ -142,11 +147,17 @@ ClaimStatus SliceBook::refill(Slice& s, Money need, const SlicePolicy& policy) {
         if (s.retired || s.free() >= need.nanos)
             return ClaimStatus::Claimed; // refilled meanwhile (or retired): look again
         const std::int64_t free = std::max<std::int64_t>(s.free(), 0);
-        // Adapts to the spend: room for what is in flight and twice what was
-        // drawn since the last refill, bounded by the setting.
-        s.target = std::clamp(std::max({4 * need.nanos, 2 * (s.claimed + need.nanos),
-                                        2 * (s.drawn - s.drawnAtRefill)}),
-                              need.nanos, policy.max.nanos);
+        // Adapts to the spend: room for twice what is in flight, and for
+        // kSpendSeconds of what was drawn per second since the last refill,
+        // bounded by the setting.
+        const std::int64_t now = clock_.steadyMs();
+        const std::int64_t elapsedMs = std::max<std::int64_t>(now - s.refilledAtMs, 100);
+        const std::int64_t spent = s.drawn - s.drawnAtRefill;
+        const std::int64_t perSpan = spent / elapsedMs * kSpendSeconds * 1000 +
+                                     spent % elapsedMs * kSpendSeconds * 1000 / elapsedMs;
+        s.target = std::clamp(
+            std::max({4 * need.nanos, 2 * (s.claimed + need.nanos), perSpan + 2 * s.claimed}),
+            need.nanos, policy.max.nanos);
         req.sliceId = s.id;
         req.userId = s.user;
         req.pool = s.pool;
@@ -180,6 +191,7 @@ ClaimStatus SliceBook::settleRefill(Slice& s, const SliceGrant& g, const SlicePo
     if (g.status == ReserveStatus::Reserved) {
         s.granted += g.added.nanos;
         s.drawnAtRefill = s.drawn;
+        s.refilledAtMs = clock_.steadyMs();
         s.inLedger = true;
         s.renewAtMs = clock_.steadyMs() + policy.ttlMs / 3;
         result = "granted";
