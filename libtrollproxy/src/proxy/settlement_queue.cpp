@@ -86,6 +86,13 @@ Result<void> SettlementQueue::appendLine(const std::string& line) {
 Result<void> SettlementQueue::submit(const Charge& charge, bool sync) {
     std::string line = encodeCharge(charge) + "\n";
     std::unique_lock lock(mutex_);
+    // The ledger takes charges slower than they come: wait a while for room,
+    // then let the caller settle this one itself (the pace of the ledger). A
+    // charge journalled because the ledger is down is always taken.
+    if (!sync && !room_.wait_for(lock, std::chrono::seconds(1), [this] {
+            return queued() + static_cast<std::int64_t>(inflight_.size()) < kMaxQueued;
+        }))
+        return Error{ErrorCode::Unavailable, "the settlement queue is full"};
     if (auto r = appendLine(line); !r)
         return r;
     const std::int64_t seq = ++appendedSeq_;
@@ -180,6 +187,7 @@ bool SettlementQueue::flushBatch(std::unique_lock<std::mutex>& lock, std::size_t
     if (unsettled == 0 ||
         (appendedSinceCompact_ >= kCompactEvery && appendedSinceCompact_ >= unsettled))
         compact();
+    room_.notify_all();
     metrics_.set("trollproxy_settlement_queue_depth",
                  static_cast<double>(queued() + static_cast<std::int64_t>(inflight_.size())));
     return done == n;

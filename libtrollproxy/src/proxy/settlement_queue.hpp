@@ -43,7 +43,9 @@ public:
 
     /// Journals the charge and queues it; with `sync` the line is fsync'd
     /// before this returns (it then survives the machine too). An error when
-    /// the journal cannot be written: the charge is recorded nowhere.
+    /// the journal cannot be written (the charge is recorded nowhere), or when
+    /// kMaxQueued charges wait for a slow ledger for a second (not `sync`):
+    /// then the caller settles it itself.
     Result<void> submit(const Charge& charge, bool sync);
 
     /// Stops the flusher after one last attempt to settle what is queued;
@@ -55,6 +57,8 @@ public:
 
 private:
     static constexpr std::size_t kBatch = 256;
+    // Journal-first charges waiting at most (about 500 bytes each in memory).
+    static constexpr std::int64_t kMaxQueued = 100'000;
     // A slow ledger's round trips overlap. Each flusher has its own lane of
     // users, so that two batches never race for one user's document.
     static constexpr int kFlushers = 4;
@@ -95,6 +99,7 @@ private:
     std::int64_t syncedSeq_ = 0;   // lines known on disk
     bool syncing_ = false;
     std::condition_variable synced_;
+    std::condition_variable room_; // a batch was settled
     std::vector<std::thread> flushers_;
 };
 
