@@ -9,6 +9,16 @@ std::string jsonQuote(std::string_view s) {
     std::string out;
     out.reserve(s.size() + 2);
     out.push_back('"');
+    // Runs that need no escape are copied whole.
+    std::size_t plain = 0;
+    while (plain < s.size()) {
+        auto c = static_cast<unsigned char>(s[plain]);
+        if (c < 0x20 || c == '"' || c == '\\')
+            break;
+        ++plain;
+    }
+    out.append(s.data(), plain);
+    s.remove_prefix(plain);
     for (char ch : s) {
         auto c = static_cast<unsigned char>(ch);
         switch (c) {

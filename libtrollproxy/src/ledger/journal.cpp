@@ -5,7 +5,6 @@
 #include <cstring>
 #include <fcntl.h>
 #include <fstream>
-#include <sstream>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -23,24 +22,39 @@ using internal::writeAll;
 
 std::string encodeCharge(const Charge& c) {
     using internal::jsonQuote;
-    std::ostringstream o;
-    o << "{\"requestId\":" << jsonQuote(c.requestId) << ",\"userId\":" << jsonQuote(c.userId)
-      << ",\"keyId\":" << jsonQuote(c.keyId) << ",\"model\":" << jsonQuote(c.model)
-      << ",\"pool\":\"" << poolName(c.pool) << "\",\"input\":" << c.usage.uncachedInput
-      << ",\"cacheWrite\":" << c.usage.cacheWrite << ",\"cacheRead\":" << c.usage.cacheRead
-      << ",\"output\":" << c.usage.output
-      << ",\"estimated\":" << (c.usage.estimated ? "true" : "false")
-      << ",\"costNanos\":" << c.cost.nanos << ",\"statusCode\":" << c.statusCode
-      << ",\"latencyMs\":" << c.latencyMs << ",\"success\":" << (c.success ? "true" : "false")
-      << ",\"createdAtMs\":" << c.createdAtMs;
+    std::string o;
+    o.reserve(512);
+    auto num = [&o](const char* key, std::int64_t v) {
+        o += key;
+        o += std::to_string(v);
+    };
+    auto flag = [&o](const char* key, bool v) {
+        o += key;
+        o += v ? "true" : "false";
+    };
+    o += "{\"requestId\":" + jsonQuote(c.requestId) + ",\"userId\":" + jsonQuote(c.userId) +
+         ",\"keyId\":" + jsonQuote(c.keyId) + ",\"model\":" + jsonQuote(c.model) + ",\"pool\":\"" +
+         poolName(c.pool) + "\"";
+    num(",\"input\":", c.usage.uncachedInput);
+    num(",\"cacheWrite\":", c.usage.cacheWrite);
+    num(",\"cacheRead\":", c.usage.cacheRead);
+    num(",\"output\":", c.usage.output);
+    flag(",\"estimated\":", c.usage.estimated);
+    num(",\"costNanos\":", c.cost.nanos);
+    num(",\"statusCode\":", c.statusCode);
+    num(",\"latencyMs\":", c.latencyMs);
+    flag(",\"success\":", c.success);
+    num(",\"createdAtMs\":", c.createdAtMs);
     if (c.usage.cacheWrite1h > 0)
-        o << ",\"cacheWrite1h\":" << c.usage.cacheWrite1h;
+        num(",\"cacheWrite1h\":", c.usage.cacheWrite1h);
     if (!c.responseId.empty())
-        o << ",\"responseId\":" << jsonQuote(c.responseId);
-    if (!c.holdId.empty())
-        o << ",\"holdId\":" << jsonQuote(c.holdId) << ",\"holdShareNanos\":" << c.holdShare.nanos;
-    o << "}";
-    return o.str();
+        o += ",\"responseId\":" + jsonQuote(c.responseId);
+    if (!c.holdId.empty()) {
+        o += ",\"holdId\":" + jsonQuote(c.holdId);
+        num(",\"holdShareNanos\":", c.holdShare.nanos);
+    }
+    o += "}";
+    return o;
 }
 
 Result<Charge> decodeCharge(std::string_view line) {
