@@ -4,8 +4,10 @@
 #include <algorithm>
 #include <csignal>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
+#include "../support/process.hpp"
 #include "drill.hpp"
 
 using namespace trollproxy;
@@ -30,10 +32,10 @@ struct Backend {
     std::function<void()> resume;          // ends it
 };
 
-// When money stays held after recovery: which of the clients' requests still hold
-// it (renewHold answers NotFound for a request that holds nothing), and what they saw.
-void describeHeld(DrillStack& s, const std::string& user, const std::vector<Outcome>& outcomes,
-                  double outageFrom, double outageTo) {
+// When money stays held after recovery: which requests still hold it (renewHold
+// answers NotFound for a request that holds nothing). The ids come from the
+// proxy's request log: a refusal's answer carries none.
+void describeHeld(DrillStack& s, const std::string& user, double outageFrom) {
     Balance b = s.balance(user);
     std::printf("  still held after recovery: %s\n", money(b.heldCreditsNew).c_str());
     auto ledger = openLedger(s.ledgerUri);
@@ -43,18 +45,21 @@ void describeHeld(DrillStack& s, const std::string& user, const std::vector<Outc
                                     std::chrono::system_clock::now().time_since_epoch())
                                     .count() +
                                 s.settings.holdTtlSeconds * 1000;
+    std::istringstream log(support::readFile(s.dir + "/proxy.log"));
+    const std::string idKey = "\"request_id\":\"";
     int shown = 0;
-    for (const auto& oc : outcomes) {
-        if (oc.requestId.empty() || !(*ledger)->renewHold(oc.requestId, expiry))
+    for (std::string line; std::getline(log, line);) {
+        const auto p = line.find(idKey);
+        if (p == std::string::npos)
             continue;
-        if (shown++ < 5)
-            std::printf("  held by %s: answered %d after %.2f s, sent %.2f s after the outage "
-                        "began (it lasted %.1f s)\n",
-                        oc.requestId.c_str(), oc.status, oc.seconds, oc.started - outageFrom,
-                        outageTo - outageFrom);
+        const std::string id =
+            line.substr(p + idKey.size(), line.find('"', p + idKey.size()) - p - idKey.size());
+        if ((*ledger)->renewHold(id, expiry) && shown++ < 5)
+            std::printf("  held by %s (the outage began %.3f s before now): %s\n", id.c_str(),
+                        now() - outageFrom, line.c_str());
     }
     if (shown == 0)
-        std::printf("  no client-visible request holds it\n");
+        std::printf("  no request in the proxy's log holds it\n");
 }
 
 // `slices`: budget slices (journal_first, fail_closed) warmed before the outage must
@@ -84,10 +89,10 @@ void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::s
     });
     std::this_thread::sleep_for(std::chrono::seconds(2));
     if (slices) {
-        // A slice is sized to the spend (twice what was drawn since its last refill, at
-        // least four times the request that refills it), so the steady load keeps it near
-        // a few seconds' worth. Warm it: one request that may cost up to ~3.3 USD (max_tokens
-        // 200,000) refills it to ~13 USD, more than the outage's load draws.
+        // A slice is sized to the spend (about 10 s of what was drawn since its last refill,
+        // at least four times the request that refills it), so the steady load keeps it near
+        // the outage's length. Warm it: one request that may cost up to ~3.3 USD (max_tokens
+        // 200,000) refills it to ~13 USD, several times what the outage's load draws.
         Outcome warm = fire(
             port, makeShot(key, false, false, Fault::None, Usage{100, 0, 0, 10, false}, 200'000));
         const int warmStatus = warm.status;
@@ -127,7 +132,7 @@ void mode(Verdict& v, const Options& o, Backend& be, bool failOpen, const std::s
     bool recovered = waitReleased(s, user, start, 40);
     double recoveredAfter = now() - outageTo;
     if (!recovered)
-        describeHeld(s, user, tally.outcomes, outageFrom, outageTo);
+        describeHeld(s, user, outageFrom);
     auto st = tally.byStatus();
     int during = 0, during503 = 0, during200 = 0;
     double maxSeconds = 0;
