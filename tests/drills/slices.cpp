@@ -54,8 +54,10 @@ void revoke(Verdict& v, DrillStack& s) {
     const double revoking = now();
     auto revoked = s.ledger->revokeKey(key);
     const double revokedAt = now(); // committed
-    std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int>(bound * 1000) + 1500));
+    // At the bound every request is refused; the slice (idle for 5 s) still holds money.
+    std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int>(bound * 1000) + 100));
     const Money heldAfter = s.balance(user).heldCreditsNew;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1400));
     stop = true;
     load.join();
 
@@ -84,7 +86,8 @@ void revoke(Verdict& v, DrillStack& s) {
     v.check(static_cast<bool>(revoked), "trollproxy-admin's revokeKey succeeded");
     v.check(heldAtRevoke.nanos > 0 && heldAfter.nanos > 0,
             "the key's slice held money at the revoke (" + money(heldAtRevoke) +
-                ") and still after the bound (" + money(heldAfter) + ")");
+                ") and still at the bound, when every request is refused (" + money(heldAfter) +
+                ")");
     v.check(servedBefore > 0 && refusedBefore == 0 && other == 0,
             "before the revoke every request was served");
     v.check(refusedAfter > 0 && late == 0 && firstRefused <= bound + 0.1,
@@ -182,7 +185,8 @@ int slicesKeysDrill(const Options& o) {
     Verdict v("budget slices and keys: a revoked key, a top-up");
     for (const auto& target : ledgerTargets(o)) {
         std::printf("\n  ledger: %s\n", target.name.c_str());
-        DrillStack s(R"("rate_limit_per_minute": 0, )" + sliceSettings("1"), target.uri, {},
+        // slice_idle_seconds 5: a slice outlives the revocation bound (auth_cache_ms, 1 s).
+        DrillStack s(R"("rate_limit_per_minute": 0, )" + sliceSettings("1", 5), target.uri, {},
                      kPrices);
         revoke(v, s);
         topUp(v, s);
