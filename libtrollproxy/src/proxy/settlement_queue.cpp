@@ -85,6 +85,13 @@ Result<void> SettlementQueue::appendLine(const std::string& line) {
 
 Result<void> SettlementQueue::submit(const Charge& charge, bool sync) {
     std::string line = encodeCharge(charge) + "\n";
+    // Request threads queue here in arrival order once one has waited long:
+    // hundreds of them on a plain mutex starved some for a second.
+    (void)submitters_.lockFor(std::chrono::hours(24));
+    struct Gate {
+        FairTimedMutex& m;
+        ~Gate() { m.unlock(); }
+    } gate{submitters_};
     std::unique_lock lock(mutex_);
     // The ledger takes charges slower than they come: wait a while for room,
     // then let the caller settle this one itself (the pace of the ledger). A

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/fair_mutex.hpp"
 #include "proxy/metrics.hpp"
 #include "trollproxy/clock.hpp"
 #include "trollproxy/ledger.hpp"
@@ -87,6 +88,7 @@ private:
     const bool syncEach_;
     std::function<void(const Charge&)> onSettled_;
 
+    FairTimedMutex submitters_; // taken by submit() before mutex_
     mutable std::mutex mutex_;
     std::condition_variable wakes_[kFlushers];
     std::vector<std::deque<Charge>> lanes_ = std::vector<std::deque<Charge>>(kFlushers); // waiting
