@@ -199,6 +199,10 @@ ClaimStatus SliceBook::settleRefill(Slice& s, const SliceGrant& g, const SlicePo
     } else if (g.status == ReserveStatus::InsufficientCredits) {
         result = "refused";
         st = ClaimStatus::NoSlice;
+    } else {
+        // A call that timed out may still be applied when the database
+        // answers again: the slice is released when it goes, whatever it holds.
+        s.inLedger = true;
     }
     metrics_.add(Metrics::series("trollproxy_slice_refills_total", {{"result", result}}));
     // Retired meanwhile: what the refill added goes back with it.
