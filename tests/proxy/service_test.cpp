@@ -141,6 +141,10 @@ public:
             ++reservedOnCaller;
         if (reservesFail)
             return ReserveStatus::LedgerUnavailable;
+        if (reserveLate) { // applied, but the answer never came back
+            (void)real_->reserve(h);
+            return ReserveStatus::LedgerUnavailable;
+        }
         return real_->reserve(h);
     }
     SliceGrant reserveSlice(const SliceRequest& r) override {
@@ -178,6 +182,7 @@ public:
     std::atomic<int> reservedOnCaller{0};  // request holds in the ledger
     std::atomic<int> slicesOnCaller{0};    // slice refills the request waited for
     std::atomic<bool> reservesFail{false}; // holds and slices fail too, not only settle
+    std::atomic<bool> reserveLate{false};  // a hold is taken, but reserve() reports a timeout
 
 private:
     std::unique_ptr<CreditLedger> real_;
@@ -661,4 +666,18 @@ TEST_CASE("slices: while the ledger is down, requests the slice covers are serve
     rig->service->stop();
     CHECK(rig->admin->balance("u")->heldCreditsNew == Money{});
     CHECK(rig->balance() == *Money::parse("9.93994")); // 6 × 0.01001
+}
+
+TEST_CASE("a hold whose reserve timed out but was applied goes back once the ledger answers") {
+    std::atomic<bool> down{false};
+    FlakyLedger* flaky = nullptr;
+    auto rig = flakyRig(R"("hold_ttl_seconds": 900)", "10", down, flaky);
+    rig->service->start();
+    flaky->reserveLate = true;
+    rig->upstream->scripts.push_back(anthropicWhole(10));
+    CHECK(rig->post(false, 20).status == 503); // fail_closed: nothing served
+    CHECK(rig->admin->balance("u")->heldCreditsNew.nanos > 0);
+    flaky->reserveLate = false;
+    CHECK(Rig::waitFor([&] { return rig->admin->balance("u")->heldCreditsNew == Money{}; }));
+    CHECK(rig->balance() == *Money::parse("10"));
 }

@@ -40,7 +40,7 @@ Exchange::Exchange(const ExchangeParts& parts, std::shared_ptr<const Routing> ro
     : parts_(parts), routing_(std::move(routing)), http_(&http), format_(format),
       route_(std::move(route)), requestId_(newRequestId(parts.requestIdPrefix)),
       startNs_(parts.clock.steadyNs()), promptBytes_(static_cast<std::int64_t>(http.body.size())),
-      hold_(parts.ledger, parts.slices, parts.metrics, parts.clock) {}
+      hold_(parts.ledger, parts.slices, parts.doubtful, parts.metrics, parts.clock) {}
 
 HttpResponse Exchange::run() {
     Outcome o = authenticate();

@@ -24,6 +24,7 @@ namespace trollproxy::internal {
 struct ExchangeParts {
     CreditLedger& ledger;
     SliceBook& slices;
+    DoubtfulHolds& doubtful;
     CallerAuth& auth;
     Biller& biller;
     Upstream& upstream;

@@ -6,6 +6,26 @@
 
 namespace trollproxy::internal {
 
+void DoubtfulHolds::add(const std::string& requestId, std::int64_t nowMs) {
+    std::lock_guard lock(mutex_);
+    since_.emplace(requestId, nowMs);
+}
+
+void DoubtfulHolds::retry(CreditLedger& ledger, Metrics& metrics, std::int64_t nowMs) {
+    std::vector<std::string> ids;
+    {
+        std::lock_guard lock(mutex_);
+        for (auto it = since_.begin(); it != since_.end();) {
+            ids.push_back(it->first);
+            it = nowMs - it->second > kRetryForMs ? since_.erase(it) : std::next(it);
+        }
+    }
+    for (const auto& id : ids) {
+        if (!ledger.release(id))
+            metrics.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "release"}}));
+    }
+}
+
 ReserveStatus Hold::reserve(const HoldRequest& request, const SlicePolicy& policy) {
     requestId_ = request.requestId;
     amount_ = request.amount;
@@ -23,8 +43,10 @@ ReserveStatus Hold::reserve(const HoldRequest& request, const SlicePolicy& polic
     }
     ReserveStatus status = ledger_.reserve(request);
     held_ = status == ReserveStatus::Reserved;
-    if (status == ReserveStatus::LedgerUnavailable)
+    if (status == ReserveStatus::LedgerUnavailable) {
         metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "reserve"}}));
+        doubtful_.add(request.requestId, clock_.wallMs());
+    }
     renewAtMs_ = clock_.steadyMs() + (request.expiresAtMs - clock_.wallMs()) / 3;
     return status;
 }

@@ -2,6 +2,8 @@
 // released unless it was settled.
 #pragma once
 
+#include <map>
+#include <mutex>
 #include <string>
 
 #include "proxy/metrics.hpp"
@@ -11,6 +13,23 @@
 
 namespace trollproxy::internal {
 
+/// Holds whose reserve() did not answer (a timeout): the database may still
+/// apply them once it answers again, and nobody would release them until the
+/// sweep. They are released, again and again for a minute, while the ledger
+/// answers; a release of a hold that was never taken changes nothing.
+/// Thread-safe.
+class DoubtfulHolds {
+public:
+    void add(const std::string& requestId, std::int64_t nowMs);
+    /// One round of releases (the service's background round, ledger up).
+    void retry(CreditLedger& ledger, Metrics& metrics, std::int64_t nowMs);
+
+private:
+    static constexpr std::int64_t kRetryForMs = 60'000;
+    std::mutex mutex_;
+    std::map<std::string, std::int64_t> since_; // request id → when its reserve failed
+};
+
 /// Owns a request's hold from reserve() to its settlement: a claim on the
 /// (user, pool) slice in memory when slices are on and one can cover it, else
 /// a hold of its own in the ledger. Its destructor returns a hold still
@@ -18,8 +37,9 @@ namespace trollproxy::internal {
 /// thread-safe: one request's thread.
 class Hold {
 public:
-    Hold(CreditLedger& ledger, SliceBook& slices, Metrics& metrics, const Clock& clock)
-        : ledger_(ledger), slices_(slices), metrics_(metrics), clock_(clock) {}
+    Hold(CreditLedger& ledger, SliceBook& slices, DoubtfulHolds& doubtful, Metrics& metrics,
+         const Clock& clock)
+        : ledger_(ledger), slices_(slices), doubtful_(doubtful), metrics_(metrics), clock_(clock) {}
     ~Hold() { release(); }
     Hold(const Hold&) = delete;
     Hold& operator=(const Hold&) = delete;
@@ -51,6 +71,7 @@ public:
 private:
     CreditLedger& ledger_;
     SliceBook& slices_;
+    DoubtfulHolds& doubtful_;
     Metrics& metrics_;
     const Clock& clock_;
     std::string requestId_;

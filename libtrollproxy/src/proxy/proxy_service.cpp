@@ -88,9 +88,8 @@ ProxyServiceImpl::ProxyServiceImpl(std::shared_ptr<const Routing> routing, Servi
       slices_(*ledger_, metrics_, *clock_, requestIdPrefix_),
       auth_(*ledger_, metrics_, *clock_, &ready_),
       biller_(*ledger_, settlements_, slices_, metrics_, *clock_),
-      parts_{*ledger_,        slices_,  auth_,   biller_,
-             *upstream_,      metrics_, *clock_, shutdownDeadlineMs_,
-             requestIdPrefix_} {
+      parts_{*ledger_, slices_, doubtful_,           auth_,           biller_, *upstream_,
+             metrics_, *clock_, shutdownDeadlineMs_, requestIdPrefix_} {
     // Charges a previous process left in the journal are settled first, then
     // the holds it left (it died mid-request) go back now, not after
     // hold_ttl_seconds. The ledger being down leaves them to the sweep.
@@ -257,6 +256,7 @@ void ProxyServiceImpl::tick() {
     }
     metrics_.set("trollproxy_journal_pending", static_cast<double>(settlements_.depth()));
     slices_.tick(slicePolicy(routing()->config->settings));
+    doubtful_.retry(*ledger_, metrics_, now);
     publishKeyStates(*routing());
 }
 

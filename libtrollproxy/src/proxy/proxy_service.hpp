@@ -57,6 +57,7 @@ private:
     SettlementQueue settlements_;
     const std::string requestIdPrefix_;
     SliceBook slices_;
+    DoubtfulHolds doubtful_;
     CallerAuth auth_;
     Biller biller_;
     std::atomic<std::int64_t> shutdownDeadlineMs_{0};
