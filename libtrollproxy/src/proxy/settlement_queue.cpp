@@ -32,6 +32,10 @@ std::size_t SettlementQueue::laneOf(const std::string& userId) const {
     return std::hash<std::string>{}(userId) % lanes_.size();
 }
 
+std::int64_t SettlementQueue::unsettled() const {
+    return queued() + static_cast<std::int64_t>(inflight_.size());
+}
+
 std::int64_t SettlementQueue::queued() const {
     std::int64_t n = 0;
     for (const auto& q : lanes_)
@@ -96,9 +100,8 @@ Result<void> SettlementQueue::submit(const Charge& charge, bool sync) {
     // The ledger takes charges slower than they come: wait a while for room,
     // then let the caller settle this one itself (the pace of the ledger). A
     // charge journalled because the ledger is down is always taken.
-    if (!sync && !room_.wait_for(lock, std::chrono::seconds(1), [this] {
-            return queued() + static_cast<std::int64_t>(inflight_.size()) < kMaxQueued;
-        }))
+    if (!sync &&
+        !room_.wait_for(lock, std::chrono::seconds(1), [this] { return unsettled() < kMaxQueued; }))
         return Error{ErrorCode::Unavailable, "the settlement queue is full"};
     if (auto r = appendLine(line); !r)
         return r;
@@ -150,7 +153,7 @@ Result<void> SettlementQueue::syncThrough(std::unique_lock<std::mutex>& lock, st
 
 std::int64_t SettlementQueue::depth() const {
     std::lock_guard lock(mutex_);
-    return queued() + static_cast<std::int64_t>(inflight_.size());
+    return unsettled();
 }
 
 bool SettlementQueue::flushBatch(std::unique_lock<std::mutex>& lock, std::size_t lane) {
@@ -190,19 +193,17 @@ bool SettlementQueue::flushBatch(std::unique_lock<std::mutex>& lock, std::size_t
     // A rewrite costs a line per unsettled charge: only when the file holds
     // at least as many settled lines as unsettled ones (amortized O(1) per
     // charge, however deep the queue gets while the ledger lags).
-    const std::int64_t unsettled = queued() + static_cast<std::int64_t>(inflight_.size());
-    if (unsettled == 0 ||
-        (appendedSinceCompact_ >= kCompactEvery && appendedSinceCompact_ >= unsettled))
+    const std::int64_t left = unsettled();
+    if (left == 0 || (appendedSinceCompact_ >= kCompactEvery && appendedSinceCompact_ >= left))
         compact();
     room_.notify_all();
-    metrics_.set("trollproxy_settlement_queue_depth",
-                 static_cast<double>(queued() + static_cast<std::int64_t>(inflight_.size())));
+    metrics_.set("trollproxy_settlement_queue_depth", static_cast<double>(unsettled()));
     return done == n;
 }
 
 void SettlementQueue::compact() {
     appendedSinceCompact_ = 0;
-    if (queued() == 0 && inflight_.empty()) {
+    if (unsettled() == 0) {
         // Everything is settled. The common case, after journal-first charges:
         // empty the file in place (a crash before that replays settled charges,
         // which the ledger ignores). After an outage or at start, remove it.
@@ -272,7 +273,7 @@ void SettlementQueue::stop() {
     drainAll();
     std::lock_guard lock(mutex_);
     removeWhenEmpty_ = true;
-    if (queued() == 0 && inflight_.empty())
+    if (unsettled() == 0)
         compact();
     if (fd_ >= 0) {
         ::fsync(fd_);

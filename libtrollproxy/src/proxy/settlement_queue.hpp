@@ -72,6 +72,8 @@ private:
     std::deque<Charge>& lane(const std::string& userId) { return lanes_[laneOf(userId)]; }
     /// Charges waiting in all lanes. Lock held.
     std::int64_t queued() const;
+    /// Charges waiting or being settled. Lock held.
+    std::int64_t unsettled() const;
     /// Settles everything queued on the calling thread (at stop).
     void drainAll();
     /// Rewrites the file with what is still unsettled (or removes it). Lock held.

@@ -76,6 +76,21 @@ SliceBook::~SliceBook() {
     stop();
 }
 
+void SliceBook::retire(Slice& s, bool refused) {
+    s.retired = true;
+    // Refused: the user's requests hold per request for a while. Otherwise
+    // (idle, swept) the next request may start a new slice at once.
+    s.retiredAtMs = clock_.steadyMs() - (refused ? 0 : kRetryAfterRefusalMs);
+}
+
+std::vector<std::shared_ptr<Slice>> SliceBook::heldSlices() const {
+    std::vector<std::shared_ptr<Slice>> all;
+    all.reserve(byId_.size());
+    for (const auto& [id, s] : byId_)
+        all.push_back(s);
+    return all;
+}
+
 std::shared_ptr<Slice> SliceBook::sliceFor(const std::string& user, Pool pool) {
     const std::string key = ownerKey(user, pool);
     auto it = byOwner_.find(key);
@@ -123,10 +138,8 @@ ClaimStatus SliceBook::claim(const std::string& user, Pool pool, Money amount,
             std::vector<std::string> ids;
             {
                 std::lock_guard lock(mutex_);
-                if (!s->retired) {
-                    s->retired = true;
-                    s->retiredAtMs = clock_.steadyMs();
-                }
+                if (!s->retired)
+                    retire(*s, true);
                 releaseIfIdle(s, ids);
             }
             // The slice's rest goes back now, so that the request's own hold can use it.
@@ -278,15 +291,10 @@ void SliceBook::tick(const SlicePolicy& policy) {
     {
         std::lock_guard lock(mutex_);
         const std::int64_t now = clock_.steadyMs();
-        std::vector<std::shared_ptr<Slice>> all;
-        for (const auto& [id, s] : byId_)
-            all.push_back(s);
-        for (const auto& s : all) {
+        for (const auto& s : heldSlices()) {
             if (!s->retired && s->claimed == 0 && s->pending == 0 && s->refills == 0 &&
-                now - s->lastUseMs >= policy.idleMs) {
-                s->retired = true;
-                s->retiredAtMs = now - kRetryAfterRefusalMs; // idle, not refused
-            }
+                now - s->lastUseMs >= policy.idleMs)
+                retire(*s, false);
             releaseIfIdle(s, ids);
             if (byId_.count(s->id) && s->inLedger && now >= s->renewAtMs)
                 renew.push_back(s);
@@ -301,8 +309,7 @@ void SliceBook::tick(const SlicePolicy& policy) {
         } else if (r.error().code == ErrorCode::NotFound) {
             // Swept: the ledger gave it back. Nothing more is claimed from it;
             // charges still drawing on it are taken from the balance.
-            s->retired = true;
-            s->retiredAtMs = clock_.steadyMs() - kRetryAfterRefusalMs;
+            retire(*s, false);
             s->granted = s->drawn + s->claimed;
         }
     }
@@ -364,10 +371,7 @@ void SliceBook::stop() {
     std::vector<std::string> ids;
     {
         std::lock_guard lock(mutex_);
-        std::vector<std::shared_ptr<Slice>> all;
-        for (const auto& [id, s] : byId_)
-            all.push_back(s);
-        for (const auto& s : all) {
+        for (const auto& s : heldSlices()) {
             s->retired = true;
             releaseIfIdle(s, ids);
         }

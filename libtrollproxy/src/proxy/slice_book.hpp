@@ -94,6 +94,10 @@ public:
 
 private:
     std::shared_ptr<Slice> sliceFor(const std::string& user, Pool pool);
+    /// Takes no more claims; `refused`: the balance was too low for it. Lock held.
+    void retire(Slice& slice, bool refused);
+    /// The slices held in the ledger, copied (byId_ changes while they are walked). Lock held.
+    std::vector<std::shared_ptr<Slice>> heldSlices() const;
     /// Adds to a short slice with one ledger call (one refill per slice at a time).
     ClaimStatus refill(Slice& slice, Money need, const SlicePolicy& policy);
     /// The refill's answer applied to the slice; ids: slices to give back.
