@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 namespace trollproxy::server {
@@ -125,21 +126,65 @@ ssize_t GuardedServer::ConnectionStream::read(char* ptr, std::size_t size) {
 }
 
 ssize_t GuardedServer::ConnectionStream::write(const char* ptr, std::size_t size) {
-    if (!waitFor(c_.fd, POLLOUT, writeMs_))
-        return -1;
-    ssize_t n;
-    do {
-        n = ::send(c_.fd, ptr, size, MSG_NOSIGNAL);
-    } while (n < 0 && errno == EINTR);
-    return n;
+    if (holdNext_) {
+        holdNext_ = false;
+        held_.assign(ptr, size);
+        return static_cast<ssize_t>(size);
+    }
+    return sendAll(ptr, size) ? static_cast<ssize_t>(size) : -1;
+}
+
+bool GuardedServer::ConnectionStream::flush() {
+    holdNext_ = false;
+    return held_.empty() || sendAll(nullptr, 0);
+}
+
+// The socket is tried first and waited on only when it is full.
+bool GuardedServer::ConnectionStream::sendAll(const char* ptr, std::size_t size) {
+    iovec parts[2] = {{held_.data(), held_.size()}, {const_cast<char*>(ptr), size}};
+    std::size_t first = held_.empty() ? 1 : 0;
+    const std::size_t count = size == 0 ? 1 : 2;
+    while (first < count) {
+        msghdr msg{};
+        msg.msg_iov = parts + first;
+        msg.msg_iovlen = count - first;
+        ssize_t n = ::sendmsg(c_.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (!waitFor(c_.fd, POLLOUT, writeMs_))
+                return false;
+            continue;
+        }
+        if (n < 0)
+            return false;
+        for (auto left = static_cast<std::size_t>(n); first < count && left > 0;) {
+            std::size_t take = std::min(left, parts[first].iov_len);
+            parts[first].iov_base = static_cast<char*>(parts[first].iov_base) + take;
+            parts[first].iov_len -= take;
+            left -= take;
+            if (parts[first].iov_len == 0)
+                ++first;
+        }
+        while (first < count && parts[first].iov_len == 0)
+            ++first;
+    }
+    held_.clear();
+    return true;
 }
 
 void GuardedServer::ConnectionStream::get_remote_ip_and_port(std::string& ip, int& port) const {
-    addressOf(c_.fd, true, ip, port);
+    if (c_.peerPort < 0)
+        addressOf(c_.fd, true, c_.peerIp, c_.peerPort);
+    ip = c_.peerIp;
+    port = c_.peerPort;
 }
 
 void GuardedServer::ConnectionStream::get_local_ip_and_port(std::string& ip, int& port) const {
-    addressOf(c_.fd, false, ip, port);
+    if (c_.localPort < 0)
+        addressOf(c_.fd, false, c_.localIp, c_.localPort);
+    ip = c_.localIp;
+    port = c_.localPort;
 }
 
 } // namespace trollproxy::server

@@ -55,6 +55,9 @@ struct GuardedServer::Connection {
     SteadyClock::time_point since; ///< when it began to wait in the reader
     bool lingering = false;        ///< answered and closing: input is discarded
     std::size_t accounted = 0;
+    // Addresses, looked up once: httplib asks for them on every request.
+    std::string peerIp, localIp;
+    int peerPort = -1, localPort = -1;
 };
 
 /// httplib's view of a connection: the buffered bytes first, then the socket.
@@ -76,8 +79,19 @@ public:
     void get_local_ip_and_port(std::string& ip, int& port) const override;
     socket_t socket() const override { return c_.fd; }
 
+    /// The next write is an answer's head whose body follows at once: it is
+    /// kept and sent with the body, one segment for a small answer.
+    void holdNextWrite() { holdNext_ = true; }
+    /// Sends a held head (e.g. no body came after all); false on failure.
+    bool flush();
+
 private:
+    /// Sends `held_` then `ptr`, all of it, within the write timeout.
+    bool sendAll(const char* ptr, std::size_t size);
+
     Connection& c_;
+    bool holdNext_ = false;
+    std::string held_;
     const int readMs_;
     const int writeMs_;
 };

@@ -23,6 +23,7 @@ constexpr int kNextRequestWaitMs = 2;
 struct GuardedServer::Exchange {
     RequestScope scope;
     Connection* conn = nullptr;
+    ConnectionStream* stream = nullptr;
     std::uint64_t start = 0; ///< conn->consumed when the request began
     bool responded = false;
     bool keepAlive = false; ///< the connection can carry another request
@@ -43,7 +44,7 @@ GuardedServer::GuardedServer(HeadLimits limits, ElasticPool::Options workers)
     }
     new_task_queue = [this] { return new HeadCollector(*this); };
     set_post_routing_handler(
-        [this](const httplib::Request&, httplib::Response& res) { markResponse(res); });
+        [this](const httplib::Request& req, httplib::Response& res) { markResponse(req, res); });
 }
 
 GuardedServer::~GuardedServer() = default;
@@ -63,11 +64,14 @@ bool GuardedServer::process_and_close_socket(socket_t sock) {
 
 // Runs before the answer's head is written: a connection whose request body was
 // not read to its end (refused early, or an error) cannot carry another request.
-void GuardedServer::markResponse(httplib::Response& res) {
+void GuardedServer::markResponse(const httplib::Request& req, httplib::Response& res) {
     Exchange* ex = current_;
     if (!ex)
         return;
     ex->responded = true;
+    // A whole body is written right after the head: one send for both.
+    if (!res.body.empty() && !res.content_provider_ && req.method != "HEAD")
+        ex->stream->holdNextWrite();
     const Connection& c = *ex->conn;
     std::uint64_t read = c.consumed - ex->start;
     bool unread = read < c.head.length ||
@@ -100,6 +104,7 @@ void GuardedServer::runRequest(Exchange& ex, ConnectionStream& stream) {
         ex.scope.closeConnection = true;
     }
     current_ = nullptr;
+    ok = stream.flush() && ok;
     ex.keepAlive = ok && !last && !clientClosed && ex.responded && !ex.scope.closeConnection;
 }
 
@@ -111,6 +116,7 @@ void GuardedServer::serve(const std::shared_ptr<Connection>& conn) {
     for (;;) {
         Exchange ex;
         ex.conn = &c;
+        ex.stream = &stream;
         runRequest(ex, stream);
         HeadCollector* collector = collector_.load();
         if (!collector)

@@ -68,7 +68,7 @@ private:
     /// Runs the request whose head ex.conn holds; sets ex.keepAlive when the
     /// connection can carry another.
     void runRequest(Exchange& ex, ConnectionStream& stream);
-    void markResponse(httplib::Response& res);
+    void markResponse(const httplib::Request& req, httplib::Response& res);
     bool stopping() const { return svr_sock_ == INVALID_SOCKET; }
 
     HeadLimits limits_;

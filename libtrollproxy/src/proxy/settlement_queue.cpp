@@ -111,7 +111,10 @@ Result<void> SettlementQueue::submit(const Charge& charge, bool sync) {
     const std::size_t i = laneOf(charge.userId);
     lanes_[i].push_back(charge);
     ++appendedSinceCompact_;
-    wakes_[i].notify_one();
+    // The lane's flusher waits for a first charge, then for a full batch
+    // (or kLinger): a wake-up per batch, not per charge.
+    if (lanes_[i].size() == 1 || lanes_[i].size() == kBatch)
+        wakes_[i].notify_one();
     if (sync || syncEach_)
         return syncThrough(lock, seq);
     return {};
@@ -194,7 +197,8 @@ bool SettlementQueue::flushBatch(std::unique_lock<std::mutex>& lock, std::size_t
     // at least as many settled lines as unsettled ones (amortized O(1) per
     // charge, however deep the queue gets while the ledger lags).
     const std::int64_t left = unsettled();
-    if (left == 0 || (appendedSinceCompact_ >= kCompactEvery && appendedSinceCompact_ >= left))
+    if ((left == 0 && (removeWhenEmpty_ || appendedSinceCompact_ >= kTruncateEvery)) ||
+        (appendedSinceCompact_ >= kCompactEvery && appendedSinceCompact_ >= left))
         compact();
     room_.notify_all();
     metrics_.set("trollproxy_settlement_queue_depth", static_cast<double>(unsettled()));
@@ -229,11 +233,14 @@ void SettlementQueue::compact() {
     for (const auto& queue : lanes_)
         for (const auto& c : queue)
             ok = ok && writeAll(fd, encodeCharge(c) + "\n");
-    ok = ok && ::fsync(fd) == 0;
+    // Lines that were never fsync'd (journal-first, no full durability) need
+    // no fsync here either: the rewrite survives the process dying as they do.
+    const bool durable = syncEach_ || removeWhenEmpty_;
+    ok = ok && (!durable || ::fsync(fd) == 0);
     if (fd >= 0)
         ::close(fd);
     // On failure the old file stays: it holds every unsettled charge, and more.
-    if (ok && ::rename(tmp.c_str(), path_.c_str()) == 0)
+    if (ok && ::rename(tmp.c_str(), path_.c_str()) == 0 && durable)
         syncDirectoryOf(path_);
 }
 
@@ -241,6 +248,9 @@ void SettlementQueue::run(std::size_t lane) {
     std::unique_lock lock(mutex_);
     for (;;) {
         wakes_[lane].wait(lock, [this, lane] { return stopping_ || !lanes_[lane].empty(); });
+        wakes_[lane].wait_for(lock, kLinger, [this, lane] {
+            return stopping_ || lanes_[lane].size() >= kBatch;
+        });
         if (stopping_)
             return;
         if (flushBatch(lock, lane))

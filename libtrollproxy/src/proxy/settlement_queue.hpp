@@ -2,6 +2,7 @@
 // settled in the ledger by a background flusher in batches.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -64,6 +65,12 @@ private:
     // users, so that two batches never race for one user's document.
     static constexpr int kFlushers = 4;
     static constexpr std::int64_t kCompactEvery = 4096; // appended lines between rewrites, at least
+    // Settled lines a file keeps before it is emptied: a crash replays them
+    // (the ledger ignores settled ids), and no truncate runs per request.
+    static constexpr std::int64_t kTruncateEvery = 1024;
+    // A batch short of kBatch waits this long for more charges: one ledger
+    // transaction for many (the charges are already in the journal).
+    static constexpr std::chrono::milliseconds kLinger{2};
 
     void run(std::size_t lane);
     /// Settles one batch from the lane; false when the ledger was unavailable.
