@@ -248,9 +248,8 @@ void SettlementQueue::run(std::size_t lane) {
     std::unique_lock lock(mutex_);
     for (;;) {
         wakes_[lane].wait(lock, [this, lane] { return stopping_ || !lanes_[lane].empty(); });
-        wakes_[lane].wait_for(lock, kLinger, [this, lane] {
-            return stopping_ || lanes_[lane].size() >= kBatch;
-        });
+        wakes_[lane].wait_for(lock, kLinger,
+                              [this, lane] { return stopping_ || lanes_[lane].size() >= kBatch; });
         if (stopping_)
             return;
         if (flushBatch(lock, lane))
