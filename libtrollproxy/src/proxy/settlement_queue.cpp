@@ -87,8 +87,17 @@ Result<void> SettlementQueue::appendLine(const std::string& line) {
     return {};
 }
 
+void SettlementQueue::keepPace() {
+    std::unique_lock lock(mutex_);
+    room_.wait_for(lock, kPaceWait, [this] {
+        return unsettled() < kPaceQueued || !ledgerAnswering_ || stopping_;
+    });
+}
+
 Result<void> SettlementQueue::submit(const Charge& charge, bool sync) {
     std::string line = encodeCharge(charge) + "\n";
+    if (!sync)
+        keepPace(); // outside the gate: the waiters go on together
     // Request threads queue here in arrival order once one has waited long:
     // hundreds of them on a plain mutex starved some for a second.
     (void)submitters_.lockFor(std::chrono::hours(24));
@@ -191,6 +200,7 @@ bool SettlementQueue::flushBatch(std::unique_lock<std::mutex>& lock, std::size_t
         if (outcomes[i - 1].status == SettleStatus::LedgerUnavailable)
             queue.push_front(std::move(batch[i - 1]));
     }
+    ledgerAnswering_ = done == n;
     if (done < n)
         metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "settle"}}));
     // A rewrite costs a line per unsettled charge: only when the file holds

@@ -71,8 +71,16 @@ private:
     // A batch short of kBatch waits this long for more charges: one ledger
     // transaction for many (the charges are already in the journal).
     static constexpr std::chrono::milliseconds kLinger{2};
+    // Past this many unsettled charges a request waits (at most kPaceWait)
+    // for the flusher while the ledger answers: the flusher is one thread
+    // among the request threads, and without it fell behind under load (the
+    // queue grew by thousands a second, settled only after the load).
+    static constexpr std::int64_t kPaceQueued = 2048;
+    static constexpr std::chrono::milliseconds kPaceWait{500};
 
     void run(std::size_t lane);
+    /// Waits while kPaceQueued charges are unsettled and the ledger answers.
+    void keepPace();
     /// Settles one batch from the lane; false when the ledger was unavailable.
     bool flushBatch(std::unique_lock<std::mutex>& lock, std::size_t lane);
     std::size_t laneOf(const std::string& userId) const;
@@ -106,6 +114,7 @@ private:
     int fd_ = -1;
     bool removeWhenEmpty_ = false; // the file held fsync'd or inherited lines
     bool stopping_ = false;
+    bool ledgerAnswering_ = true; // the last batch was taken in full
     std::int64_t appendedSeq_ = 0; // lines written
     std::int64_t syncedSeq_ = 0;   // lines known on disk
     bool syncing_ = false;
