@@ -1,4 +1,5 @@
-// SettlementQueue (proxy/settlement_queue.cpp): batches, the pace a busy ledger sets, the journal file.
+// SettlementQueue (proxy/settlement_queue.cpp): batches, the pace a busy ledger sets, the journal
+// file.
 #include <doctest/doctest.h>
 
 #include <atomic>

@@ -89,9 +89,8 @@ Result<void> SettlementQueue::appendLine(const std::string& line) {
 
 void SettlementQueue::keepPace() {
     std::unique_lock lock(mutex_);
-    room_.wait_for(lock, kPaceWait, [this] {
-        return unsettled() < kPaceQueued || !ledgerAnswering_ || stopping_;
-    });
+    room_.wait_for(lock, kPaceWait,
+                   [this] { return unsettled() < kPaceQueued || !ledgerAnswering_ || stopping_; });
 }
 
 Result<void> SettlementQueue::submit(const Charge& charge, bool sync) {

@@ -114,7 +114,7 @@ private:
     int fd_ = -1;
     bool removeWhenEmpty_ = false; // the file held fsync'd or inherited lines
     bool stopping_ = false;
-    bool ledgerAnswering_ = true; // the last batch was taken in full
+    bool ledgerAnswering_ = true;  // the last batch was taken in full
     std::int64_t appendedSeq_ = 0; // lines written
     std::int64_t syncedSeq_ = 0;   // lines known on disk
     bool syncing_ = false;
