@@ -654,6 +654,8 @@ def main():
                     help="only the memory comparison: idle, one burst of --memory-streams slow streams, "
                          f"{AFTER_RUN_S} s after (nginx and trollproxy, and --baseline if given)")
     ap.add_argument("--baseline", help="another trollproxy binary (an earlier commit's) to measure next to this one")
+    ap.add_argument("--baseline-slices", action="store_true",
+                    help="run --baseline with the slices settings (budget slices + journal_first), not the defaults")
     ap.add_argument("--memory-streams", type=int, default=2000)
     ap.add_argument("--memory-delay-ms", type=int, default=100, help="the test upstream's chunk delay in the burst")
     args = ap.parse_args()
@@ -696,9 +698,10 @@ def run(run_dir):
                                      f"sqlite:{os.path.join(run_dir, 'ledger-slices.db')}",
                                      settings=SLICES))
     if args.baseline:
-        targets.append(trollproxy_target(run_dir, "trollproxy-baseline", "trollproxy (baseline)",
+        targets.append(trollproxy_target(run_dir, "trollproxy-baseline",
+                                         "trollproxy (baseline" + (", slices, journal_first)" if args.baseline_slices else ")"),
                                          f"sqlite:{os.path.join(run_dir, 'ledger-baseline.db')}",
-                                         proxy=args.baseline))
+                                         proxy=args.baseline, settings=SLICES if args.baseline_slices else None))
     if not args.no_mongo:
         before = len(children)
         try:
