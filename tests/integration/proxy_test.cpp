@@ -158,6 +158,40 @@ TEST_CASE("both formats, streaming and not, bill the model's pool exactly") {
         CHECK(e.creditType == "ohmygpt");
 }
 
+TEST_CASE("a whole answer larger than the socket's buffers arrives byte for byte") {
+    // The head is held and sent with the body in one sendmsg; a body of
+    // megabytes fills the socket, so the rest goes out in parts as the client reads.
+    Stack s(kConfig);
+    std::string key = s.userWithKey("erin", "0", "0", "100");
+    std::map<std::string, std::string> big{{"x-fake-chunks", "1000000"},
+                                           {"x-fake-tool-call", "0"},
+                                           {"Authorization", "Bearer upstream-key-1"}};
+    auto direct = post(s.upstream->port(), "/v1/chat/completions",
+                       chatBody("claude-sonnet-4-5-20250929", false), big);
+    REQUIRE(direct.status == 200);
+    REQUIRE(direct.body.size() > 8'000'000); // more than a socket buffer holds (tcp_wmem 4 MiB)
+    big["Authorization"] = "Bearer " + key;
+    auto r = post(s.proxy->port(), "/v1/chat/completions", chatBody("sonnet-new", false), big);
+    REQUIRE(r.status == 200);
+    CHECK(r.headers["content-length"] == std::to_string(r.body.size()));
+    // The same answer but for its "created" second: the same text, whole.
+    auto content = [](const std::string& body) {
+        simdjson::dom::parser parser;
+        std::string_view text;
+        if (parser.parse(body)["choices"].at(0)["message"]["content"].get_string().get(text))
+            return std::string();
+        return std::string(text);
+    };
+    const std::string sent = content(direct.body);
+    REQUIRE(sent.size() > 2'000'000);
+    CHECK(r.body.size() == direct.body.size());
+    CHECK((content(r.body) == sent)); // (not the megabytes in a failure message)
+    // And the proxy goes on serving.
+    auto next =
+        post(s.proxy->port(), "/v1/chat/completions", chatBody("sonnet-new", false), auth(key));
+    CHECK(next.status == 200);
+}
+
 TEST_CASE("the reference example: cache tokens priced exactly") {
     Stack s(kConfig);
     std::string key = s.userWithKey("carol", "0", "0", "5");
