@@ -493,6 +493,84 @@ TEST_CASE("settleBatch: mixed users and pools, a duplicate id, outcomes in order
     CHECK(logOf(*l, b).size() == 2);
 }
 
+TEST_CASE("settleBatch stores what settling the same charges one by one stores") {
+    // Twin users with the same balances and slices: one's charges settled one
+    // at a time, the other's in one batch (many on one slice, a slice running
+    // dry, a missing slice, a repeated id, a request's own hold in between).
+    auto l = openTestLedger();
+    std::string users[2] = {makeUser(*l, "twin-one"), makeUser(*l, "twin-batch")};
+    std::string slices[2], req[2];
+    for (int t = 0; t < 2; ++t) {
+        give(*l, users[t], BalanceField::CreditsNew, "2.0");
+        give(*l, users[t], BalanceField::Credits, "0.3");
+        give(*l, users[t], BalanceField::RefCredits, "0.4");
+        slices[t] = uniqueName("twin-slice");
+        req[t] = uniqueName("twin-req");
+        grant(*l, sliceRequest(slices[t], users[t], Pool::CreditsNew, "0.6"), "0.6");
+        grant(*l, sliceRequest(slices[t] + "-c", users[t], Pool::Credits, "0.5"), "0.5");
+        REQUIRE(l->reserve(hold(req[t] + "-own", users[t], Pool::CreditsNew, "0.2")) ==
+                ReserveStatus::Reserved);
+    }
+    auto charges = [&](int t) {
+        std::vector<Charge> out;
+        const char* costs[] = {"0.013", "0.07", "0.0009", "0.11", "0.05"};
+        for (int i = 0; i < 30; ++i) {
+            const char* cost = costs[i % 5];
+            Charge c = onSlice(charge(req[t] + "-" + std::to_string(i), users[t],
+                                      i % 3 == 2 ? Pool::Credits : Pool::CreditsNew, cost),
+                               i % 3 == 2 ? slices[t] + "-c" : slices[t],
+                               i % 4 == 3 ? "0.01" : cost); // some share less than they cost
+            c.usage = Usage{100 + i, 20 + i, 3, 4, false};
+            out.push_back(c);
+            if (i == 10)
+                out.push_back(charge(req[t] + "-own", users[t], Pool::CreditsNew, "0.15"));
+            if (i == 12)
+                out.push_back(onSlice(charge(req[t] + "-x", users[t], Pool::CreditsNew, "0.02"),
+                                      uniqueName("no-such-slice"), "0.02"));
+            if (i == 20)
+                out.push_back(out[5]); // the same id again
+        }
+        return out;
+    };
+    std::vector<SettleOutcome> one;
+    for (const Charge& c : charges(0))
+        one.push_back(l->settle(c));
+    std::vector<Charge> batch = charges(1);
+    std::vector<SettleOutcome> all = l->settleBatch(batch);
+    REQUIRE(all.size() == one.size());
+    const std::int64_t ops = static_cast<std::int64_t>(one.size());
+    for (std::size_t i = 0; i < one.size(); ++i) {
+        INFO("charge ", i);
+        CHECK(all[i].status == one[i].status);
+        CHECK_MONEY(all[i].charged, one[i].charged, 1);
+        CHECK_MONEY(all[i].shortfall, one[i].shortfall, 1);
+    }
+    Balance a = balanceOf(*l, users[0]), b = balanceOf(*l, users[1]);
+    CHECK_MONEY(b.credits, a.credits, ops);
+    CHECK_MONEY(b.refCredits, a.refCredits, ops);
+    CHECK_MONEY(b.creditsNew, a.creditsNew, ops);
+    CHECK_MONEY(b.creditsUsed, a.creditsUsed, ops);
+    CHECK_MONEY(b.creditsNewUsed, a.creditsNewUsed, ops);
+    CHECK_MONEY(b.heldCredits, a.heldCredits, ops);
+    CHECK_MONEY(b.heldRefCredits, a.heldRefCredits, ops);
+    CHECK_MONEY(b.heldCreditsNew, a.heldCreditsNew, ops);
+    CHECK(b.tokensUserNew == a.tokensUserNew);
+    CHECK(b.totalInputTokens == a.totalInputTokens);
+    CHECK(b.totalOutputTokens == a.totalOutputTokens);
+    CHECK(a.heldCreditsNew.nanos < usd("0.6").nanos); // the slices were drawn on
+    CHECK(a.creditsNewUsed.nanos > 0);
+    checkConserved(b, "2.0", "0.7", ops);
+    auto logsA = logOf(*l, users[0]), logsB = logOf(*l, users[1]);
+    REQUIRE(logsA.size() == logsB.size());
+    CHECK(logsA.size() == 32); // 30 + the own hold's + the missing slice's; the repeat is not
+    Money sumA{0}, sumB{0};
+    for (std::size_t i = 0; i < logsA.size(); ++i) {
+        sumA += logsA[i].cost;
+        sumB += logsB[i].cost;
+    }
+    CHECK_MONEY(sumB, sumA, ops);
+}
+
 TEST_CASE("8 threads draw many small charges on one slice whose shares sum to it") {
     auto l = openTestLedger();
     std::string user = makeUser(*l, "slice-threads");

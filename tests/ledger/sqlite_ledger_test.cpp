@@ -43,6 +43,55 @@ struct Fixture {
 
 } // namespace
 
+// One column of the first row `query` returns, as an integer.
+static std::int64_t sqlInteger(const std::string& path, const std::string& query) {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+    sqlite3_stmt* st = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db, query.c_str(), -1, &st, nullptr) == SQLITE_OK);
+    std::int64_t v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+TEST_CASE("a batch counts every charge on its key: tokens, requests, the last use") {
+    Fixture f;
+    REQUIRE(f.ledger->addUser("kate"));
+    REQUIRE(f.ledger->credit("kate", BalanceField::CreditsNew, *Money::parse("5")));
+    REQUIRE(f.ledger->addKey("kate"));      // the user's own key (usersNew.apiKey)
+    auto apiKey = f.ledger->addKey("kate"); // one in user_keys, which counts its use
+    REQUIRE(apiKey);
+    AuthOutcome auth = f.ledger->authenticate(*apiKey);
+    REQUIRE(auth.status == AuthStatus::Authorized);
+    SliceRequest slice{"slice-kate", "kate", Pool::CreditsNew,         *Money::parse("1"),
+                       Money{1},     1000,   test::nowMs() + 3'600'000};
+    REQUIRE(f.ledger->reserveSlice(slice).status == ReserveStatus::Reserved);
+    std::vector<Charge> batch;
+    for (int i = 0; i < 5; ++i) {
+        Charge c = test::charge("kate-" + std::to_string(i), "kate", Pool::CreditsNew, "0.01",
+                                Usage{100, 10 * i, 0, 0, false});
+        c.keyId = auth.account.keyId;
+        c.createdAtMs = 1'000 + i;
+        if (i != 2) { // one is a request's own hold
+            c.holdId = "slice-kate";
+            c.holdShare = c.cost;
+        }
+        batch.push_back(c);
+    }
+    REQUIRE(f.ledger->reserve(test::hold("kate-2", "kate", Pool::CreditsNew, "0.02")) ==
+            ReserveStatus::Reserved);
+    for (const SettleOutcome& o : f.ledger->settleBatch(batch))
+        CHECK(o.status == SettleStatus::Settled);
+    const std::string row = "FROM user_keys WHERE requestsCount > 0";
+    CHECK(sqlInteger(f.path, "SELECT requestsCount " + row) == 5);
+    CHECK(sqlInteger(f.path, "SELECT tokensUsed " + row) == 5 * 100 + 10 * (0 + 1 + 2 + 3 + 4));
+    CHECK(sqlInteger(f.path, "SELECT lastUsedAt " + row) == 1'004);
+    Balance b = *f.ledger->balance("kate");
+    CHECK(b.creditsNewUsed == *Money::parse("0.05"));
+    CHECK(b.creditsNew + b.heldCreditsNew == *Money::parse("4.95"));
+}
+
 TEST_CASE("sqlite URI options: synchronous=full opens the same file, unknown options are refused") {
     std::string dir = tempDir();
     std::string path = dir + "/ledger.db";

@@ -1,13 +1,11 @@
 // Budget slices on SQLite: a slice is a row of `holds` that grows by reserveSlice and
-// shrinks by each charge drawn on it; settleAllIn runs a batch of charges in one transaction.
+// shrinks by each charge drawn on it.
 #include <sqlite3.h>
 
 #include "ledger/sqlite_db.hpp"
 #include "ledger/sqlite_steps.hpp"
 
 namespace trollproxy::internal::sqlite {
-
-namespace {
 
 // The slice's fields, when it exists and belongs to this user and pool (a
 // slice of another pool must not pay for this one).
@@ -20,6 +18,8 @@ int readSlice(Connection& c, const Charge& ch, PoolFields& held) {
         held = {s.integer(0), s.integer(1), s.integer(2)};
     return rc;
 }
+
+namespace {
 
 // Adds `take` to the slice, creating it, and sets its expiry. False when the id
 // is another user's or pool's hold, or the statement failed (`failed`).
@@ -83,18 +83,6 @@ bool drawOnSliceIn(Connection& c, const Charge& ch, Settlement& st) {
     up.bind(1, s.heldAfter.credits).bind(2, s.heldAfter.refCredits);
     up.bind(3, s.heldAfter.creditsNew).bind(4, ch.holdId);
     return up.step() == SQLITE_DONE;
-}
-
-bool settleAllIn(Connection& c, std::span<const Charge> charges,
-                 std::vector<SettleOutcome>& outcomes) {
-    outcomes.assign(charges.size(), SettleOutcome{});
-    for (std::size_t i = 0; i < charges.size(); ++i) {
-        // A request id met twice here is AlreadySettled the second time: the
-        // first one's log entry is already written in this transaction.
-        if (!settleIn(c, charges[i], outcomes[i]))
-            return false;
-    }
-    return true;
 }
 
 } // namespace trollproxy::internal::sqlite

@@ -21,43 +21,11 @@ PoolFields heldFor(Connection& c, const std::string& id) {
     return held;
 }
 
-bool addCounter(Connection& c, const char* name, std::int64_t v) {
-    Stmt s = c.prepare("INSERT INTO counters (name, value) VALUES (?, ?) "
-                       "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value");
-    s.bind(1, std::string(name)).bind(2, v);
-    return s.step() == SQLITE_DONE;
-}
-
 // The settlement's request log entry, and its shortfall added to the running total.
 bool logSettlementIn(Connection& c, const Charge& ch, const Settlement& st) {
-    LogEntry e{ch.requestId,
-               ch.userId,
-               ch.keyId,
-               ch.model,
-               ch.usage,
-               Money{st.charged},
-               Money{st.shortfall},
-               poolCreditType(ch.pool),
-               ch.statusCode,
-               ch.latencyMs,
-               ch.success,
-               ch.createdAtMs,
-               ch.responseId};
-    if (!insertLog(c, e, ch.pool, false))
+    if (!insertLog(c, settlementLog(ch, st), ch.pool, false))
         return false;
-    if (st.shortfall > 0 && !addCounter(c, "shortfall", st.shortfall))
-        return false;
-    return true;
-}
-
-// The key's statistics: tokens, requests, last use.
-bool countKeyUseIn(Connection& c, const Charge& ch) {
-    Stmt k = c.prepare(
-        "UPDATE user_keys SET tokensUsed = tokensUsed + ?, requestsCount = requestsCount + 1, "
-        "lastUsedAt = ? WHERE id = ?");
-    k.bind(1, ch.usage.totalInput() + ch.usage.output).bind(2, ch.createdAtMs);
-    k.bind(3, storedKeyId(ch.keyId));
-    return k.step() == SQLITE_DONE;
+    return st.shortfall == 0 || addCounterIn(c, "shortfall", st.shortfall);
 }
 
 // The charge replaces the request's own hold (if any): the rest goes back.
@@ -111,14 +79,51 @@ ReserveStatus reserveIn(Connection& c, const HoldRequest& h) {
     return ReserveStatus::Reserved;
 }
 
+bool addCounterIn(Connection& c, const char* name, std::int64_t v) {
+    Stmt s = c.prepare("INSERT INTO counters (name, value) VALUES (?, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value");
+    s.bind(1, std::string(name)).bind(2, v);
+    return s.step() == SQLITE_DONE;
+}
+
+LogEntry settlementLog(const Charge& ch, const Settlement& st) {
+    return LogEntry{ch.requestId,
+                    ch.userId,
+                    ch.keyId,
+                    ch.model,
+                    ch.usage,
+                    Money{st.charged},
+                    Money{st.shortfall},
+                    poolCreditType(ch.pool),
+                    ch.statusCode,
+                    ch.latencyMs,
+                    ch.success,
+                    ch.createdAtMs,
+                    ch.responseId};
+}
+
+bool addKeyUseIn(Connection& c, const std::string& keyId, const KeyUse& use) {
+    Stmt k = c.prepare(
+        "UPDATE user_keys SET tokensUsed = tokensUsed + ?, requestsCount = requestsCount + ?, "
+        "lastUsedAt = ? WHERE id = ?");
+    k.bind(1, use.tokens).bind(2, use.requests).bind(3, use.lastUsedAt);
+    k.bind(4, storedKeyId(keyId));
+    return k.step() == SQLITE_DONE;
+}
+
+KeyUse keyUse(const Charge& ch) {
+    return {ch.usage.totalInput() + ch.usage.output, 1, ch.createdAtMs};
+}
+
+int loggedIn(Connection& c, const std::string& requestId) {
+    Stmt s = c.prepare("SELECT 1 FROM request_logs WHERE requestId = ?");
+    s.bind(1, requestId);
+    return s.step();
+}
+
 // One settlement, inside a group-commit transaction; false when a statement failed.
 bool settleIn(Connection& c, const Charge& ch, SettleOutcome& out) {
-    int seen;
-    {
-        Stmt s = c.prepare("SELECT 1 FROM request_logs WHERE requestId = ?");
-        s.bind(1, ch.requestId);
-        seen = s.step();
-    }
+    const int seen = loggedIn(c, ch.requestId);
     if (seen == SQLITE_ROW) {
         // A hold taken again under a settled id (a client retry) must not keep
         // the money: return it, change nothing else (a slice stays as it is).
@@ -132,7 +137,7 @@ bool settleIn(Connection& c, const Charge& ch, SettleOutcome& out) {
     Settlement st;
     if (!(ch.holdId.empty() ? replaceHoldIn(c, ch, st) : drawOnSliceIn(c, ch, st)))
         return false;
-    if (!logSettlementIn(c, ch, st) || !countKeyUseIn(c, ch))
+    if (!logSettlementIn(c, ch, st) || !addKeyUseIn(c, ch.keyId, keyUse(ch)))
         return false;
     out.status = SettleStatus::Settled;
     out.charged = Money{st.charged};
@@ -140,19 +145,28 @@ bool settleIn(Connection& c, const Charge& ch, SettleOutcome& out) {
     return true;
 }
 
+PoolUse poolUse(const Charge& ch, const Settlement& st) {
+    const bool isNew = ch.pool == Pool::CreditsNew;
+    const std::int64_t tokensIn = ch.usage.totalInput();
+    return {isNew ? 0 : st.charged, isNew ? st.charged : 0, isNew ? tokensIn + ch.usage.output : 0,
+            tokensIn, ch.usage.output};
+}
+
 // The user's balances after the settlement, and the pool's used and token counters.
 bool chargeUserIn(Connection& c, const Charge& ch, const Settlement& st) {
-    bool isNew = ch.pool == Pool::CreditsNew;
-    std::int64_t tokensIn = ch.usage.totalInput();
+    return storeUserIn(c, ch.userId, st.after, poolUse(ch, st));
+}
+
+bool storeUserIn(Connection& c, const std::string& userId, const PoolFields& after,
+                 const PoolUse& add) {
     Stmt up = c.prepare("UPDATE usersNew SET credits = ?, refCredits = ?, creditsNew = ?, "
                         "creditsUsed = creditsUsed + ?, "
                         "creditsNewUsed = creditsNewUsed + ?, tokensUserNew = tokensUserNew + ?, "
                         "totalInputTokens = totalInputTokens + ?, totalOutputTokens = "
                         "totalOutputTokens + ? WHERE id = ?");
-    up.bind(1, st.after.credits).bind(2, st.after.refCredits).bind(3, st.after.creditsNew);
-    up.bind(4, isNew ? 0 : st.charged).bind(5, isNew ? st.charged : 0);
-    up.bind(6, isNew ? tokensIn + ch.usage.output : 0).bind(7, tokensIn).bind(8, ch.usage.output);
-    up.bind(9, ch.userId);
+    up.bind(1, after.credits).bind(2, after.refCredits).bind(3, after.creditsNew);
+    up.bind(4, add.creditsUsed).bind(5, add.creditsNewUsed).bind(6, add.tokensUserNew);
+    up.bind(7, add.inputTokens).bind(8, add.outputTokens).bind(9, userId);
     return up.step() == SQLITE_DONE;
 }
 
