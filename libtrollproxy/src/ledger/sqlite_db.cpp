@@ -174,6 +174,10 @@ std::unique_ptr<ConnectionPool::Lease> ConnectionPool::take(std::string* error) 
     // Checkpoints run on the pool's background thread; this is only a backstop
     // should the WAL grow past ~40 MB anyway.
     c->exec("PRAGMA wal_autocheckpoint=10000");
+    // A batch's statement journal (kept while a statement inside the
+    // transaction may fail alone) in memory: on disk it was a file under
+    // /var/tmp created, written and unlinked for every batch.
+    c->exec("PRAGMA temp_store=MEMORY");
     return std::make_unique<Lease>(*this, std::move(c));
 }
 
