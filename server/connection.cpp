@@ -166,8 +166,6 @@ bool GuardedServer::ConnectionStream::sendAll(const char* ptr, std::size_t size)
             if (parts[first].iov_len == 0)
                 ++first;
         }
-        while (first < count && parts[first].iov_len == 0)
-            ++first;
     }
     held_.clear();
     return true;

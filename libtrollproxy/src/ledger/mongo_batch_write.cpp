@@ -1,6 +1,7 @@
 // settleBatch()'s round trips besides the users' compare-and-sets: which ids are logged
 // already (one find), the log entries (one bulk), the markers and the keys' statistics
 // (one bulk each).
+#include "ledger/key_use.hpp"
 #include "ledger/mongo_ledger_impl.hpp"
 
 namespace trollproxy::internal::mongo {
@@ -170,16 +171,9 @@ void MongoLedger::unsetPendingMany(const std::map<std::string, std::vector<std::
 }
 
 void MongoLedger::countKeyUse(const std::vector<const Charge*>& settled) {
-    struct Use {
-        std::int64_t tokens = 0, requests = 0, lastUsedAt = 0;
-    };
-    std::map<std::string, Use> byKey;
-    for (const Charge* ch : settled) {
-        Use& u = byKey[ch->keyId];
-        u.tokens += ch->usage.totalInput() + ch->usage.output;
-        ++u.requests;
-        u.lastUsedAt = ch->createdAtMs; // the last one settled, as one by one
-    }
+    std::map<std::string, KeyUse> byKey;
+    for (const Charge* ch : settled)
+        byKey[ch->keyId].add(*ch); // in settlement order
     Coll c(pool_, db_, "user_keys");
     Doc reply;
     bson_destroy(reply.get());

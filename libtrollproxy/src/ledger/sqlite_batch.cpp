@@ -102,11 +102,7 @@ bool BatchRows::drawOnSlice(const Charge& ch, Settlement& st) {
 }
 
 void BatchRows::countUse(const Charge& ch, const Settlement& st) {
-    const KeyUse use = keyUse(ch);
-    KeyUse& k = keys_[ch.keyId];
-    k.tokens += use.tokens;
-    k.requests += use.requests;
-    k.lastUsedAt = use.lastUsedAt; // the last charge's, as one by one
+    keys_[ch.keyId].add(ch);
     shortfall_ += st.shortfall;
 }
 

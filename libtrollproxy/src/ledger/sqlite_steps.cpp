@@ -111,10 +111,6 @@ bool addKeyUseIn(Connection& c, const std::string& keyId, const KeyUse& use) {
     return k.step() == SQLITE_DONE;
 }
 
-KeyUse keyUse(const Charge& ch) {
-    return {ch.usage.totalInput() + ch.usage.output, 1, ch.createdAtMs};
-}
-
 int loggedIn(Connection& c, const std::string& requestId) {
     Stmt s = c.prepare("SELECT 1 FROM request_logs WHERE requestId = ?");
     s.bind(1, requestId);
@@ -137,7 +133,9 @@ bool settleIn(Connection& c, const Charge& ch, SettleOutcome& out) {
     Settlement st;
     if (!(ch.holdId.empty() ? replaceHoldIn(c, ch, st) : drawOnSliceIn(c, ch, st)))
         return false;
-    if (!logSettlementIn(c, ch, st) || !addKeyUseIn(c, ch.keyId, keyUse(ch)))
+    KeyUse use;
+    use.add(ch);
+    if (!logSettlementIn(c, ch, st) || !addKeyUseIn(c, ch.keyId, use))
         return false;
     out.status = SettleStatus::Settled;
     out.charged = Money{st.charged};

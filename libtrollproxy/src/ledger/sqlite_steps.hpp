@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "ledger/key_use.hpp"
 #include "ledger/pool_math.hpp"
 #include "trollproxy/ledger.hpp"
 
@@ -51,13 +52,7 @@ PoolUse poolUse(const Charge& ch, const Settlement& st);
 bool storeUserIn(Connection& c, const std::string& userId, const PoolFields& after,
                  const PoolUse& add);
 
-/// What requests add to a key's statistics; lastUsedAt is set, not added.
-struct KeyUse {
-    std::int64_t tokens = 0;
-    std::int64_t requests = 0;
-    std::int64_t lastUsedAt = 0;
-};
-KeyUse keyUse(const Charge& ch);
+/// Adds `use` to the key's statistics.
 bool addKeyUseIn(Connection& c, const std::string& keyId, const KeyUse& use);
 
 /// SQLITE_ROW when the request id has a log entry, SQLITE_DONE when not, else failed.
