@@ -150,6 +150,10 @@ public:
     SliceGrant reserveSlice(const SliceRequest& r) override {
         if (std::this_thread::get_id() == caller)
             ++slicesOnCaller;
+        {
+            std::lock_guard lock(askedMutex);
+            slicesAsked.push_back(r);
+        }
         if (reservesFail)
             return {};
         return real_->reserveSlice(r);
@@ -183,6 +187,8 @@ public:
     std::atomic<int> slicesOnCaller{0};    // slice refills the request waited for
     std::atomic<bool> reservesFail{false}; // holds and slices fail too, not only settle
     std::atomic<bool> reserveLate{false};  // a hold is taken, but reserve() reports a timeout
+    std::mutex askedMutex;
+    std::vector<SliceRequest> slicesAsked; // every refill, on any thread
 
 private:
     std::unique_ptr<CreditLedger> real_;
@@ -575,6 +581,56 @@ TEST_CASE("slices: after one refill, requests reserve and settle without the led
     rig->service->stop(); // the slice goes back
     CHECK(rig->admin->balance("u")->heldCreditsNew == Money{});
     CHECK(rig->balance() + charged == *Money::parse("10"));
+}
+
+TEST_CASE("slices: a reloaded config sizes the background refills, and turns them off") {
+    std::atomic<bool> down{false};
+    FlakyLedger* flaky = nullptr;
+    auto rig = flakyRig(kSlices, "10", down, flaky); // slice_max_usd 2, slice_fraction 0.5
+    rig->service->start();                           // the refiller starts with that
+    Config smaller = rig->config;
+    smaller.settings.sliceMax = *Money::parse("0.05");
+    smaller.settings.sliceFreePermille = 250;
+    REQUIRE(rig->service->reload(smaller));
+    auto asked = [&] {
+        std::lock_guard lock(flaky->askedMutex);
+        return flaky->slicesAsked.size();
+    };
+    auto inBackground = [&] { return asked() - static_cast<std::size_t>(flaky->slicesOnCaller); };
+    // A hold is about 0.021 USD: the third request takes a 0.05 slice below its
+    // low mark, and the refiller tops it up while the upstream answers.
+    for (int i = 0; i < 12; ++i) {
+        Script slow = anthropicWhole(10);
+        slow.onRead = [](std::size_t) { usleep(30'000); };
+        rig->upstream->scripts.push_back(std::move(slow));
+        REQUIRE(rig->post(false, 20).status == 200);
+    }
+    CHECK(inBackground() > 0);
+    CHECK(Rig::waitFor([&] { return rig->admin->usage("u", 100)->size() == 12; }));
+    {
+        std::lock_guard lock(flaky->askedMutex);
+        for (const SliceRequest& r : flaky->slicesAsked) {
+            CHECK(r.freePermille == 250);
+            CHECK(r.want <= *Money::parse("0.05"));
+        }
+    }
+    // The slice: at most 0.05 free after a refill, plus what the estimate in
+    // flight then did not use (about 0.011). Under the start's policy: ~2 USD.
+    CHECK(rig->admin->balance("u")->heldCreditsNew <= *Money::parse("0.071"));
+
+    Config off = rig->config;
+    off.settings.sliceMax = Money{};
+    REQUIRE(rig->service->reload(off));
+    const std::size_t before = asked();
+    const int holdsBefore = flaky->reservedOnCaller;
+    for (int i = 0; i < 4; ++i) { // each holds its own estimate in the ledger now
+        rig->upstream->scripts.push_back(anthropicWhole(10));
+        REQUIRE(rig->post(false, 20).status == 200);
+    }
+    CHECK(flaky->reservedOnCaller == holdsBefore + 4);
+    rig->service->stop();
+    CHECK(asked() == before);
+    CHECK(rig->admin->balance("u")->heldCreditsNew == Money{});
 }
 
 TEST_CASE("slices: an unused slice goes back after slice_idle_seconds") {

@@ -112,6 +112,7 @@ Result<void> ProxyServiceImpl::reload(Config config) {
     auto next = buildRouting(std::move(config), getenv_, routing()->pools());
     if (!next)
         return next.error();
+    slices_.setPolicy(slicePolicy((*next)->config->settings));
     std::lock_guard lock(routingMutex_);
     routing_ = *next;
     return {};

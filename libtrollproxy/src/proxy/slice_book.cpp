@@ -338,10 +338,16 @@ void SliceBook::start(const SlicePolicy& policy) {
     std::lock_guard lock(mutex_);
     if (refiller_.joinable() || stopping_)
         return;
-    refiller_ = std::thread([this, policy] { refillLoop(policy); });
+    policy_ = policy;
+    refiller_ = std::thread([this] { refillLoop(); });
 }
 
-void SliceBook::refillLoop(SlicePolicy policy) {
+void SliceBook::setPolicy(const SlicePolicy& policy) {
+    std::lock_guard lock(mutex_);
+    policy_ = policy;
+}
+
+void SliceBook::refillLoop() {
     std::unique_lock lock(mutex_);
     for (;;) {
         wake_.wait(lock, [this] { return stopping_ || !lowSlices_.empty(); });
@@ -350,10 +356,12 @@ void SliceBook::refillLoop(SlicePolicy policy) {
         std::shared_ptr<Slice> s = std::move(lowSlices_.back());
         lowSlices_.pop_back();
         s->lowQueued = false;
-        if (s->retired || s->free() >= s->target / 4)
+        if (s->retired || s->free() >= s->target / 4 || policy_.max.nanos <= 0)
             continue;
-        // Top up to the target; a crumb is not worth it.
-        const Money need{std::max<std::int64_t>(s->target / 4, 1)};
+        // Top up to the target; a crumb is not worth it. (A reload may have
+        // made slices smaller than the target: refill() bounds by the policy.)
+        const SlicePolicy policy = policy_;
+        const Money need{std::clamp<std::int64_t>(s->target / 4, 1, policy.max.nanos)};
         lock.unlock();
         refill(*s, need, policy);
         lock.lock();

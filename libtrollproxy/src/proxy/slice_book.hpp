@@ -82,8 +82,11 @@ public:
     void tick(const SlicePolicy& policy);
 
     /// Starts the refiller: slices below their low mark are refilled in the
-    /// background, before a request finds them short.
+    /// background, before a request finds them short, under `policy`.
     void start(const SlicePolicy& policy);
+
+    /// The policy the refiller sizes slices by from now on (a reloaded config).
+    void setPolicy(const SlicePolicy& policy);
 
     /// Stops the refiller and gives back every slice that has nothing in
     /// flight or queued (the rest expire, or go back at the next start).
@@ -106,7 +109,7 @@ private:
     /// Gives a retired slice back when nothing is in flight or queued. Lock held.
     void releaseIfIdle(const std::shared_ptr<Slice>& slice, std::vector<std::string>& ids);
     void releaseInLedger(const std::vector<std::string>& ids);
-    void refillLoop(SlicePolicy policy);
+    void refillLoop();
     void publish();
 
     CreditLedger& ledger_;
@@ -119,6 +122,7 @@ private:
     std::unordered_map<std::string, std::shared_ptr<Slice>> byId_;    // held in the ledger
     std::uint64_t epoch_ = 0;
     std::vector<std::shared_ptr<Slice>> lowSlices_; // for the refiller
+    SlicePolicy policy_;                            // the refiller's
     std::condition_variable wake_;
     bool stopping_ = false;
     std::thread refiller_;
