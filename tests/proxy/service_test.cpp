@@ -633,6 +633,27 @@ TEST_CASE("slices: a reloaded config sizes the background refills, and turns the
     CHECK(rig->admin->balance("u")->heldCreditsNew == Money{});
 }
 
+TEST_CASE("slices: the refiller tops a slice up before the next request would find it short") {
+    std::atomic<bool> down{false};
+    FlakyLedger* flaky = nullptr;
+    // A 0.05 slice and holds of about 0.021 USD that cost 0.01: after two
+    // requests the slice has 0.02 free, less than the next hold but more than
+    // a quarter of its size. The refiller fills it between requests; only the
+    // first refill is the request's own.
+    auto rig =
+        flakyRig(R"("settlement": "journal_first", "slice_max_usd": 0.05)", "10", down, flaky);
+    rig->service->start();
+    for (int i = 0; i < 12; ++i) {
+        rig->upstream->scripts.push_back(anthropicWhole(10));
+        REQUIRE(rig->post(false, 20).status == 200);
+        usleep(20'000); // a client's pause
+    }
+    CHECK(flaky->slicesOnCaller == 1);
+    CHECK(flaky->reservedOnCaller == 0);
+    std::lock_guard lock(flaky->askedMutex);
+    CHECK(flaky->slicesAsked.size() > 1);
+}
+
 TEST_CASE("slices: an unused slice goes back after slice_idle_seconds") {
     std::atomic<bool> down{false};
     FlakyLedger* flaky = nullptr;

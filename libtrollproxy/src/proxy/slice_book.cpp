@@ -11,12 +11,13 @@ struct Slice {
     std::string id;
     std::string user;
     Pool pool = Pool::CreditsNew;
-    std::int64_t granted = 0; ///< added to the hold in the ledger, in all
-    std::int64_t drawn = 0;   ///< drawn on by charges (settled or queued)
-    std::int64_t claimed = 0; ///< estimates of requests in flight
-    std::int64_t pending = 0; ///< charges drawn on it, queued, not settled yet
-    std::int64_t refills = 0; ///< ledger calls adding to it now
-    std::int64_t target = 0;  ///< the size the last refill aimed at
+    std::int64_t granted = 0;   ///< added to the hold in the ledger, in all
+    std::int64_t drawn = 0;     ///< drawn on by charges (settled or queued)
+    std::int64_t claimed = 0;   ///< estimates of requests in flight
+    std::int64_t pending = 0;   ///< charges drawn on it, queued, not settled yet
+    std::int64_t refills = 0;   ///< ledger calls adding to it now
+    std::int64_t target = 0;    ///< the size the last refill aimed at
+    std::int64_t lastClaim = 0; ///< the newest request's estimate
     std::int64_t drawnAtRefill = 0;
     std::int64_t refilledAtMs = 0; ///< steady clock
     std::int64_t lastUseMs = 0;    ///< steady clock
@@ -28,6 +29,10 @@ struct Slice {
     std::mutex refilling;          ///< one refill at a time
 
     std::int64_t free() const { return granted - drawn - claimed; }
+    /// Below this the refiller tops it up: a quarter of its size, and at least
+    /// room for one more request like the last (else that one would refill it
+    /// on its own thread, waiting for the ledger).
+    std::int64_t lowMark() const { return std::max(target / 4, lastClaim); }
 };
 
 const std::string& SliceClaim::sliceId() const {
@@ -123,8 +128,9 @@ ClaimStatus SliceBook::claim(const std::string& user, Pool pool, Money amount,
                 return ClaimStatus::NoSlice;
             if (s->free() >= amount.nanos) {
                 s->claimed += amount.nanos;
+                s->lastClaim = amount.nanos;
                 s->lastUseMs = clock_.steadyMs();
-                if (s->free() < s->target / 4 && !s->lowQueued) {
+                if (s->free() < s->lowMark() && !s->lowQueued) {
                     s->lowQueued = true;
                     lowSlices_.push_back(s);
                     wake_.notify_one();
@@ -356,12 +362,12 @@ void SliceBook::refillLoop() {
         std::shared_ptr<Slice> s = std::move(lowSlices_.back());
         lowSlices_.pop_back();
         s->lowQueued = false;
-        if (s->retired || s->free() >= s->target / 4 || policy_.max.nanos <= 0)
+        if (s->retired || s->free() >= s->lowMark() || policy_.max.nanos <= 0)
             continue;
         // Top up to the target; a crumb is not worth it. (A reload may have
         // made slices smaller than the target: refill() bounds by the policy.)
         const SlicePolicy policy = policy_;
-        const Money need{std::clamp<std::int64_t>(s->target / 4, 1, policy.max.nanos)};
+        const Money need{std::clamp<std::int64_t>(s->lowMark(), 1, policy.max.nanos)};
         lock.unlock();
         refill(*s, need, policy);
         lock.lock();
