@@ -274,7 +274,9 @@ void SliceBook::settled(const std::string& sliceId) {
     releaseInLedger(ids);
 }
 
-void SliceBook::releaseIfIdle(const std::shared_ptr<Slice>& s, std::vector<std::string>& ids) {
+void SliceBook::releaseIfIdle(std::shared_ptr<Slice> s, std::vector<std::string>& ids) {
+    // `s` is a copy: callers pass byId_'s own pointer, which the erase destroys
+    // (and the slice with it, when byOwner_ has moved on to a newer slice).
     if (!s || !s->retired || s->claimed != 0 || s->pending != 0 || s->refills != 0 ||
         !byId_.erase(s->id))
         return;

@@ -107,7 +107,7 @@ private:
     ClaimStatus settleRefill(Slice& slice, const SliceGrant& grant, const SlicePolicy& policy,
                              std::vector<std::string>& ids);
     /// Gives a retired slice back when nothing is in flight or queued. Lock held.
-    void releaseIfIdle(const std::shared_ptr<Slice>& slice, std::vector<std::string>& ids);
+    void releaseIfIdle(std::shared_ptr<Slice> slice, std::vector<std::string>& ids);
     void releaseInLedger(const std::vector<std::string>& ids);
     void refillLoop();
     void publish();
