@@ -111,3 +111,30 @@ TEST_CASE("SIGHUP with a key file keeps a cooling-down key cooling (the pool's s
     CHECK(keyUses("k1") == 1); // still cooling: never tried again
     CHECK(keyUses("k2") == 6);
 }
+
+TEST_CASE("a second process on the same journal_path is refused at start; a restart after kill -9 "
+          "is not") {
+    Stack s(config(kModelA));
+    std::string key = s.userWithKey("u", "0", "0", "10");
+    std::map<std::string, std::string> h{{"x-api-key", key}};
+    const auto argv =
+        support::proxyArgv(s.dir + "/config.json", s.ledgerUri, s.dir + "/charges.journal");
+    const std::map<std::string, std::string> env{{"TROLLPROXY_UPSTREAM_KEYS", "upstream-key-1"}};
+    {
+        Process::Options quiet;
+        quiet.awaitListening = false;
+        quiet.stderrPath = s.dir + "/second.err";
+        Process second(argv, env, quiet);
+        for (int i = 0; i < 100 && second.running(); ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        REQUIRE_FALSE(second.running());
+        const std::string err = support::readFile(s.dir + "/second.err");
+        CHECK(err.find("is in use by another process (pid " + std::to_string(s.proxy->pid()) +
+                       ")") != std::string::npos);
+    }
+    // The first one never noticed.
+    CHECK(post(s.proxy->port(), "/v1/messages", body("a"), h).status == 200);
+    s.proxy->signal(SIGKILL, true);
+    Process restarted(argv, env);
+    CHECK(post(restarted.port(), "/v1/messages", body("a"), h).status == 200);
+}

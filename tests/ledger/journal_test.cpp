@@ -2,9 +2,11 @@
 // locked ledger, kill -9 while replaying (the SQLite ledger; MongoDB's is in tests/mongo).
 #include <chrono>
 #include <csignal>
+#include <fcntl.h>
 #include <fstream>
 #include <set>
 #include <sqlite3.h>
+#include <sys/file.h>
 #include <thread>
 #include <unistd.h>
 
@@ -225,6 +227,31 @@ TEST_CASE("journal: replay is exactly once, duplicates and torn lines are harmle
     rep = journal.replay(*f.ledger);
     CHECK(rep->applied == 0);
     CHECK(f.ledger->usage("u", 10)->front().usage.estimated);
+}
+
+TEST_CASE("journal: no replay by hand while the process that owns the journal runs") {
+    Fixture f;
+    REQUIRE(f.ledger->addUser("u"));
+    REQUIRE(f.ledger->credit("u", BalanceField::CreditsNew, Money{1'000'000'000}));
+    std::string jpath = f.dir.file("j");
+    ChargeJournal journal(jpath);
+    REQUIRE(journal.append(sampleCharge("req_live")));
+    // What a running proxy holds on its journal (ProxyService takes the same lock).
+    int owner = ::open((jpath + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    REQUIRE(owner >= 0);
+    REQUIRE(::flock(owner, LOCK_EX | LOCK_NB) == 0);
+    auto refused = journal.replay(*f.ledger);
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().code == ErrorCode::Conflict);
+    CHECK(refused.error().message.find("stop it to replay") != std::string::npos);
+    CHECK(f.ledger->balance("u")->creditsNew == Money{1'000'000'000});
+    std::string kept((std::istreambuf_iterator<char>(std::ifstream(jpath).rdbuf())), {});
+    CHECK(kept.find("\"req_live\"") != std::string::npos); // the journal untouched
+    ::close(owner);                                        // the process is gone
+    auto rep = journal.replay(*f.ledger);
+    REQUIRE(rep);
+    CHECK(rep->applied == 1);
+    CHECK(f.ledger->balance("u")->creditsNew == Money{1'000'000'000 - 1000});
 }
 
 TEST_CASE("kill -9 while replaying the journal: after a restart each charge counts once") {

@@ -536,6 +536,22 @@ TEST_CASE("a restarted process gives back at once the holds its previous life le
     CHECK(rig.admin->balance("u")->heldCreditsNew == *Money::parse("2"));
 }
 
+TEST_CASE("one service per journal_path: a second one is refused while the first lives") {
+    Rig rig("\"hold_ttl_seconds\": 900");
+    ServiceParts parts;
+    parts.ledger = std::move(*openLedger(rig.uri));
+    parts.upstream = std::make_unique<ScriptedUpstream>();
+    parts.clock = rig.clock;
+    auto second = ProxyService::create(rig.config, std::move(parts));
+    REQUIRE_FALSE(second);
+    CHECK(second.error().code == ErrorCode::Conflict);
+    CHECK(second.error().message.find("each instance needs its own journal_path") !=
+          std::string::npos);
+    rig.startService(); // the first one gone, the next takes its place
+    rig.upstream->scripts.push_back(anthropicWhole(10));
+    CHECK(rig.post(false, 20).status == 200);
+}
+
 // Budget slices: requests hold from memory, charges draw on the process's slice.
 
 namespace {

@@ -13,6 +13,7 @@
 #include "core/json_locate.hpp"
 #include "core/json_writer.hpp"
 #include "ledger/journal_file.hpp"
+#include "ledger/journal_lock.hpp"
 
 namespace trollproxy {
 
@@ -131,6 +132,15 @@ std::int64_t ChargeJournal::pendingCount() {
 Result<ReplayReport> ChargeJournal::replay(CreditLedger& ledger) {
     std::lock_guard lock(mutex_);
     ReplayReport rep;
+    if (::access(path_.c_str(), F_OK) != 0)
+        return rep; // nothing journalled
+    // Not while the process that owns the journal runs: it settles the
+    // journal itself, and a rewrite here would drop what it appends meanwhile.
+    auto owner = internal::JournalLock::acquire(path_);
+    if (!owner)
+        return Error{owner.error().code, owner.error().message +
+                                             ", which settles it itself: stop it to replay "
+                                             "this journal by hand"};
     std::vector<std::string> keep;
     bool down = false;
     for (const std::string& line : readLines(path_)) {

@@ -79,10 +79,11 @@ void logInternalError(std::string_view what) {
 
 } // namespace
 
-ProxyServiceImpl::ProxyServiceImpl(std::shared_ptr<const Routing> routing, ServiceParts parts)
-    : routing_(std::move(routing)), ledger_(std::move(parts.ledger)),
-      upstream_(std::move(parts.upstream)), getenv_(parts.keys.getenv),
-      clock_(parts.clock ? parts.clock : systemClock()),
+ProxyServiceImpl::ProxyServiceImpl(JournalLock instance, std::shared_ptr<const Routing> routing,
+                                   ServiceParts parts)
+    : instance_(std::move(instance)), routing_(std::move(routing)),
+      ledger_(std::move(parts.ledger)), upstream_(std::move(parts.upstream)),
+      getenv_(parts.keys.getenv), clock_(parts.clock ? parts.clock : systemClock()),
       settlements_(routing_->config->journalFile(), *ledger_, metrics_, *clock_, parts.syncJournal),
       requestIdPrefix_(requestIdPrefixFor(routing_->config->journalFile())),
       slices_(*ledger_, metrics_, *clock_, requestIdPrefix_),
@@ -318,6 +319,10 @@ namespace trollproxy {
 
 Result<std::unique_ptr<ProxyService>> ProxyService::create(Config config, ServiceParts parts) {
     const ProxySettings& settings = config.settings;
+    auto instance = internal::JournalLock::acquire(config.journalFile());
+    if (!instance)
+        return Error{instance.error().code,
+                     instance.error().message + ": each instance needs its own journal_path"};
     if (!parts.ledger) {
         std::string uri = parts.ledgerUri.empty() ? defaultLedgerUri() : parts.ledgerUri;
         auto ledger = openLedger(uri, LedgerOptions{settings.ledgerTimeoutMs, ""});
@@ -333,7 +338,7 @@ Result<std::unique_ptr<ProxyService>> ProxyService::create(Config config, Servic
     if (!routing)
         return routing.error();
     return std::unique_ptr<ProxyService>(
-        new internal::ProxyServiceImpl(*routing, std::move(parts)));
+        new internal::ProxyServiceImpl(std::move(*instance), *routing, std::move(parts)));
 }
 
 Result<std::unique_ptr<ProxyService>> ProxyService::create(Config config,

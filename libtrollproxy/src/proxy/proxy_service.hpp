@@ -7,6 +7,7 @@
 #include <mutex>
 #include <thread>
 
+#include "ledger/journal_lock.hpp"
 #include "proxy/billing.hpp"
 #include "proxy/caller_auth.hpp"
 #include "proxy/exchange.hpp"
@@ -22,7 +23,8 @@ namespace trollproxy::internal {
 /// routing in force) and hands each billed request to an Exchange.
 class ProxyServiceImpl final : public ProxyService {
 public:
-    ProxyServiceImpl(std::shared_ptr<const Routing> routing, ServiceParts parts);
+    ProxyServiceImpl(JournalLock instance, std::shared_ptr<const Routing> routing,
+                     ServiceParts parts);
     ~ProxyServiceImpl() override;
 
     void start() override;
@@ -47,6 +49,7 @@ private:
     void tick();
     void publishKeyStates(const Routing& routing);
 
+    JournalLock instance_; // first: held before the journal is touched
     mutable std::mutex routingMutex_;
     std::shared_ptr<const Routing> routing_;
     std::unique_ptr<CreditLedger> ledger_;
