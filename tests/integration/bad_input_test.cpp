@@ -79,7 +79,8 @@ TEST_CASE("broken requests at the HTTP level do not stop the server") {
                 "500\r\nConnection: close\r\n\r\n{\"model\":",
                 2);
     // Garbage instead of HTTP.
-    rawExchange(s.proxy->port(), std::string("\x16\x03\x01\x02\x00garbage\r\n\r\n", 20), 2);
+    static const char kGarbage[] = "\x16\x03\x01\x02\x00garbage\r\n\r\n"; // a NUL inside
+    rawExchange(s.proxy->port(), std::string(kGarbage, sizeof kGarbage - 1), 2);
     // A request line with an unknown route.
     auto nf = get(s.proxy->port(), "/nope");
     CHECK(nf.status == 404);
