@@ -19,14 +19,16 @@ struct Slice {
     std::int64_t target = 0;    ///< the size the last refill aimed at
     std::int64_t lastClaim = 0; ///< the newest request's estimate
     std::int64_t drawnAtRefill = 0;
-    std::int64_t refilledAtMs = 0; ///< steady clock
-    std::int64_t lastUseMs = 0;    ///< steady clock
-    std::int64_t renewAtMs = 0;    ///< steady clock
-    std::int64_t retiredAtMs = 0;  ///< steady clock
-    bool inLedger = false;         ///< a refill succeeded: the ledger holds it
-    bool retired = false;          ///< takes no claims; given back once idle
-    bool lowQueued = false;        ///< waiting for the refiller
-    std::mutex refilling;          ///< one refill at a time
+    std::int64_t refilledAtMs = 0;   ///< steady clock
+    std::int64_t lastUseMs = 0;      ///< steady clock
+    std::int64_t renewAtMs = 0;      ///< steady clock
+    std::int64_t retiredAtMs = 0;    ///< steady clock
+    bool inLedger = false;           ///< a refill succeeded: the ledger holds it
+    bool retired = false;            ///< takes no claims; given back once idle
+    bool lowQueued = false;          ///< waiting for the refiller
+    bool lowRefused = false;         ///< the last refill was refused ...
+    std::int64_t lowRefusedAtMs = 0; ///< ... then (steady clock)
+    std::mutex refilling;            ///< one refill at a time
 
     std::int64_t free() const { return granted - drawn - claimed; }
     /// Below this the refiller tops it up: a quarter of its size, and at least
@@ -130,7 +132,9 @@ ClaimStatus SliceBook::claim(const std::string& user, Pool pool, Money amount,
                 s->claimed += amount.nanos;
                 s->lastClaim = amount.nanos;
                 s->lastUseMs = clock_.steadyMs();
-                if (s->free() < s->lowMark() && !s->lowQueued) {
+                const bool backingOff =
+                    s->lowRefused && clock_.steadyMs() - s->lowRefusedAtMs < kRetryAfterRefusalMs;
+                if (s->free() < s->lowMark() && !s->lowQueued && s->refills == 0 && !backingOff) {
                     s->lowQueued = true;
                     lowSlices_.push_back(s);
                     wake_.notify_one();
@@ -213,9 +217,14 @@ ClaimStatus SliceBook::settleRefill(Slice& s, const SliceGrant& g, const SlicePo
         s.refilledAtMs = clock_.steadyMs();
         s.inLedger = true;
         s.renewAtMs = clock_.steadyMs() + policy.ttlMs / 3;
+        s.lowRefused = false;
         result = "granted";
         st = ClaimStatus::Claimed;
     } else if (g.status == ReserveStatus::InsufficientCredits) {
+        // The balance cannot top it up: the refiller does not ask again for
+        // every claim, each refused the same way (claims go on from what it has).
+        s.lowRefused = true;
+        s.lowRefusedAtMs = clock_.steadyMs();
         result = "refused";
         st = ClaimStatus::NoSlice;
     } else {
