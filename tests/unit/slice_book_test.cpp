@@ -171,3 +171,37 @@ TEST_CASE("the refiller does not ask again for every claim once the balance refu
     CHECK(admin->balance("u")->creditsNew == usd("0.3"));
     std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("the book forgets users whose slices went back") {
+    char tmpl[] = "/tmp/trollproxy-slicebook-XXXXXX";
+    const std::string dir = mkdtemp(tmpl);
+    const std::string uri = "sqlite:" + dir + "/ledger.db";
+    auto admin = std::move(*openLedgerAdmin(uri));
+    auto ledger = std::move(*openLedger(uri));
+    internal::Metrics metrics;
+    StoppedClock clock;
+    internal::SliceBook book(*ledger, metrics, clock, "req_test_");
+    const internal::SlicePolicy policy{usd("1"), 500, 10'000, 900'000};
+    for (const char* user : {"a", "b", "c"}) {
+        REQUIRE(admin->addUser(user));
+        REQUIRE(admin->credit(user, BalanceField::CreditsNew, usd("1")));
+        SliceClaim c;
+        REQUIRE(book.claim(user, Pool::CreditsNew, usd("0.01"), policy, c) == ClaimStatus::Claimed);
+        book.finish(c, usd("0.005"), false);
+    }
+    CHECK(book.owners() == 3);
+    book.tick(policy);
+    CHECK(book.owners() == 3); // in use
+    clock.advance(5'000);
+    SliceClaim busy; // "c" is served again: its slice stays
+    REQUIRE(book.claim("c", Pool::CreditsNew, usd("0.01"), policy, busy) == ClaimStatus::Claimed);
+    clock.advance(6'000); // a and b idle past slice_idle_seconds
+    book.tick(policy);
+    CHECK(book.outstanding() == 1);
+    CHECK(book.owners() == 1);
+    CHECK(admin->balance("a")->heldCreditsNew == Money{});
+    book.finish(busy, Money{}, false);
+    book.stop();
+    CHECK(admin->balance("c")->heldCreditsNew == Money{});
+    std::filesystem::remove_all(dir);
+}

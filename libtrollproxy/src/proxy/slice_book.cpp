@@ -316,6 +316,11 @@ void SliceBook::tick(const SlicePolicy& policy) {
             if (byId_.count(s->id) && s->inLedger && now >= s->renewAtMs)
                 renew.push_back(s);
         }
+        // A user's retired slice is replaced at their next request once its
+        // pause after a refusal is over: forget it (byId_ keeps it while held).
+        std::erase_if(byOwner_, [now](const auto& owner) {
+            return owner.second->retired && now - owner.second->retiredAtMs >= kRetryAfterRefusalMs;
+        });
     }
     releaseInLedger(ids);
     for (const auto& s : renew) {
@@ -344,6 +349,11 @@ void SliceBook::publish() {
     }
     metrics_.set("trollproxy_slices_outstanding", static_cast<double>(n));
     metrics_.set("trollproxy_slices_held_usd", Money{held}.toUsdDouble());
+}
+
+std::size_t SliceBook::owners() const {
+    std::lock_guard lock(mutex_);
+    return byOwner_.size();
 }
 
 std::int64_t SliceBook::outstanding() const {

@@ -95,6 +95,10 @@ public:
     /// Slices held, and what they hold unspent (for the metrics).
     std::int64_t outstanding() const;
 
+    /// The (user, pool) pairs the book has a slice for: each user served
+    /// since their last slice went back (tick() forgets the others).
+    std::size_t owners() const;
+
 private:
     std::shared_ptr<Slice> sliceFor(const std::string& user, Pool pool);
     /// Takes no more claims; `refused`: the balance was too low for it. Lock held.
