@@ -45,10 +45,11 @@ Result<JournalLock> JournalLock::acquire(const std::string& journalPath) {
                                               " is in use by another process" +
                                               (pid.empty() ? std::string() : " (pid " + pid + ")")};
     }
+    // The pid is only for the message above (a failed write is harmless);
+    // the lock is what counts.
     const std::string pid = std::to_string(::getpid()) + "\n";
-    if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0) {
-        // The pid is only for the message above; the lock is what counts.
-    }
+    if (::ftruncate(fd, 0) == 0)
+        (void)!::pwrite(fd, pid.data(), pid.size(), 0);
     return JournalLock(fd);
 }
 
