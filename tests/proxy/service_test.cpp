@@ -15,6 +15,7 @@
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include "../support/delegating_ledger.hpp"
 #include "trollproxy/ledger_admin.hpp"
 #include "trollproxy/trollproxy.hpp"
 
@@ -131,21 +132,20 @@ Script refusal(int status, const std::string& retryAfter) {
 }
 
 // A ledger whose settle() can be made to fail as if the database were down.
-class FlakyLedger final : public CreditLedger {
+class FlakyLedger final : public support::DelegatingLedger {
 public:
     explicit FlakyLedger(std::unique_ptr<CreditLedger> real, std::atomic<bool>& down)
-        : real_(std::move(real)), down_(down) {}
-    AuthOutcome authenticate(std::string_view k) override { return real_->authenticate(k); }
+        : DelegatingLedger(std::move(real)), down_(down) {}
     ReserveStatus reserve(const HoldRequest& h) override {
         if (std::this_thread::get_id() == caller)
             ++reservedOnCaller;
         if (reservesFail)
             return ReserveStatus::LedgerUnavailable;
         if (reserveLate) { // applied, but the answer never came back
-            (void)real_->reserve(h);
+            (void)real().reserve(h);
             return ReserveStatus::LedgerUnavailable;
         }
-        return real_->reserve(h);
+        return real().reserve(h);
     }
     SliceGrant reserveSlice(const SliceRequest& r) override {
         if (std::this_thread::get_id() == caller)
@@ -156,30 +156,15 @@ public:
         }
         if (reservesFail)
             return {};
-        return real_->reserveSlice(r);
+        return real().reserveSlice(r);
     }
     SettleOutcome settle(const Charge& c) override {
         if (std::this_thread::get_id() == caller)
             ++settledOnCaller;
         if (down_)
             return {SettleStatus::LedgerUnavailable, {}, {}};
-        return real_->settle(c);
+        return real().settle(c);
     }
-    Result<void> release(std::string_view id) override { return real_->release(id); }
-    Result<void> renewHold(std::string_view id, std::int64_t at) override {
-        return real_->renewHold(id, at);
-    }
-    Result<std::int64_t> sweepExpiredHolds(std::int64_t now) override {
-        return real_->sweepExpiredHolds(now);
-    }
-    Result<std::int64_t> releaseHolds(std::string_view prefix) override {
-        return real_->releaseHolds(prefix);
-    }
-    Result<std::string> responseOwner(std::string_view id) override {
-        return real_->responseOwner(id);
-    }
-    Result<void> recordRequest(const LogEntry& e) override { return real_->recordRequest(e); }
-    bool ping() override { return real_->ping(); }
 
     std::thread::id caller = std::this_thread::get_id(); // the test's thread
     std::atomic<int> settledOnCaller{0};
@@ -191,7 +176,6 @@ public:
     std::vector<SliceRequest> slicesAsked; // every refill, on any thread
 
 private:
-    std::unique_ptr<CreditLedger> real_;
     std::atomic<bool>& down_;
 };
 

@@ -1,5 +1,5 @@
-// SliceBook (proxy/slice_book.cpp) against a real SQLite ledger: slices that go back while a
-// newer slice serves the same user.
+// SliceBook (proxy/slice_book.cpp) against a real SQLite ledger: a slice going back while a
+// newer one serves its user, the refiller's pause after a refusal, idle users forgotten.
 #include <doctest/doctest.h>
 
 #include <atomic>
@@ -10,6 +10,7 @@
 #include <string>
 #include <thread>
 
+#include "../support/delegating_ledger.hpp"
 #include "proxy/slice_book.hpp"
 #include "trollproxy/ledger_admin.hpp"
 
@@ -33,37 +34,34 @@ Money usd(const char* text) {
     return *Money::parse(text);
 }
 
+// A SQLite ledger in a fresh directory, removed at the end.
+struct LedgerFile {
+    std::string dir;
+    std::string uri;
+    std::unique_ptr<LedgerAdmin> admin;
+    LedgerFile() {
+        char tmpl[] = "/tmp/trollproxy-slicebook-XXXXXX";
+        dir = mkdtemp(tmpl);
+        uri = "sqlite:" + dir + "/ledger.db";
+        admin = std::move(*openLedgerAdmin(uri));
+    }
+    ~LedgerFile() {
+        admin.reset();
+        std::filesystem::remove_all(dir);
+    }
+    std::unique_ptr<CreditLedger> open() const { return std::move(*openLedger(uri)); }
+};
+
 // The real ledger, counting slice refills.
-class CountingLedger final : public CreditLedger {
+class CountingLedger final : public support::DelegatingLedger {
 public:
-    explicit CountingLedger(std::unique_ptr<CreditLedger> real) : real_(std::move(real)) {}
-    AuthOutcome authenticate(std::string_view k) override { return real_->authenticate(k); }
-    ReserveStatus reserve(const HoldRequest& h) override { return real_->reserve(h); }
+    using DelegatingLedger::DelegatingLedger;
     SliceGrant reserveSlice(const SliceRequest& r) override {
         ++refills;
-        return real_->reserveSlice(r);
+        return DelegatingLedger::reserveSlice(r);
     }
-    SettleOutcome settle(const Charge& c) override { return real_->settle(c); }
-    Result<void> release(std::string_view id) override { return real_->release(id); }
-    Result<void> renewHold(std::string_view id, std::int64_t at) override {
-        return real_->renewHold(id, at);
-    }
-    Result<std::int64_t> sweepExpiredHolds(std::int64_t now) override {
-        return real_->sweepExpiredHolds(now);
-    }
-    Result<std::int64_t> releaseHolds(std::string_view prefix) override {
-        return real_->releaseHolds(prefix);
-    }
-    Result<std::string> responseOwner(std::string_view id) override {
-        return real_->responseOwner(id);
-    }
-    Result<void> recordRequest(const LogEntry& e) override { return real_->recordRequest(e); }
-    bool ping() override { return real_->ping(); }
 
     std::atomic<int> refills{0};
-
-private:
-    std::unique_ptr<CreditLedger> real_;
 };
 
 bool waitUntil(const std::function<bool()>& done) {
@@ -76,13 +74,11 @@ bool waitUntil(const std::function<bool()>& done) {
 
 TEST_CASE("a retired slice goes back when its last charge settles after a newer slice took its "
           "place") {
-    char tmpl[] = "/tmp/trollproxy-slicebook-XXXXXX";
-    const std::string dir = mkdtemp(tmpl);
-    const std::string uri = "sqlite:" + dir + "/ledger.db";
-    auto admin = std::move(*openLedgerAdmin(uri));
+    LedgerFile db;
+    auto& admin = db.admin;
     REQUIRE(admin->addUser("u"));
     REQUIRE(admin->credit("u", BalanceField::CreditsNew, usd("0.5")));
-    auto ledger = std::move(*openLedger(uri));
+    auto ledger = db.open();
     internal::Metrics metrics;
     StoppedClock clock;
     {
@@ -121,17 +117,14 @@ TEST_CASE("a retired slice goes back when its last charge settles after a newer 
     // every nano-dollar is back.
     CHECK(admin->balance("u")->heldCreditsNew == Money{});
     CHECK(admin->balance("u")->creditsNew == usd("0.5"));
-    std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("the refiller does not ask again for every claim once the balance refused it") {
-    char tmpl[] = "/tmp/trollproxy-slicebook-XXXXXX";
-    const std::string dir = mkdtemp(tmpl);
-    const std::string uri = "sqlite:" + dir + "/ledger.db";
-    auto admin = std::move(*openLedgerAdmin(uri));
+    LedgerFile db;
+    auto& admin = db.admin;
     REQUIRE(admin->addUser("u"));
     REQUIRE(admin->credit("u", BalanceField::CreditsNew, usd("0.3")));
-    CountingLedger ledger(std::move(*openLedger(uri)));
+    CountingLedger ledger(db.open());
     internal::Metrics metrics;
     StoppedClock clock;
     {
@@ -169,15 +162,12 @@ TEST_CASE("the refiller does not ask again for every claim once the balance refu
     }
     CHECK(admin->balance("u")->heldCreditsNew == Money{});
     CHECK(admin->balance("u")->creditsNew == usd("0.3"));
-    std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("the book forgets users whose slices went back") {
-    char tmpl[] = "/tmp/trollproxy-slicebook-XXXXXX";
-    const std::string dir = mkdtemp(tmpl);
-    const std::string uri = "sqlite:" + dir + "/ledger.db";
-    auto admin = std::move(*openLedgerAdmin(uri));
-    auto ledger = std::move(*openLedger(uri));
+    LedgerFile db;
+    auto& admin = db.admin;
+    auto ledger = db.open();
     internal::Metrics metrics;
     StoppedClock clock;
     internal::SliceBook book(*ledger, metrics, clock, "req_test_");
@@ -203,5 +193,4 @@ TEST_CASE("the book forgets users whose slices went back") {
     book.finish(busy, Money{}, false);
     book.stop();
     CHECK(admin->balance("c")->heldCreditsNew == Money{});
-    std::filesystem::remove_all(dir);
 }
