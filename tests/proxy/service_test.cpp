@@ -9,6 +9,7 @@
 #include <functional>
 #include <iterator>
 #include <mutex>
+#include <set>
 #include <stdexcept>
 #include <thread>
 
@@ -518,6 +519,24 @@ TEST_CASE("a restarted process gives back at once the holds its previous life le
     rig.startService();                                  // same journal: same instance
     CHECK(rig.balance() == before - *Money::parse("2")); // its own hold back, the other's kept
     CHECK(rig.admin->balance("u")->heldCreditsNew == *Money::parse("2"));
+}
+
+TEST_CASE("request ids sort by time, so the ledger's log index takes them at its end") {
+    Rig rig("\"rate_limit_per_minute\": 0");
+    std::vector<std::string> ids;
+    for (int i = 0; i < 8; ++i) {
+        rig.upstream->scripts.push_back(anthropicWhole(10));
+        HttpResponse r = rig.post(false, 20);
+        REQUIRE(r.status == 200);
+        ids.push_back(rig.header(r, "x-request-id"));
+        rig.clock->advance(1);
+    }
+    CHECK(std::is_sorted(ids.begin(), ids.end()));
+    CHECK(std::set<std::string>(ids.begin(), ids.end()).size() == ids.size());
+    const std::string& id = ids.front();
+    const std::string suffix = id.substr(id.find('_', 4) + 1);
+    REQUIRE(suffix.size() == 24);
+    CHECK(std::stoll(suffix.substr(0, 11), nullptr, 16) == rig.clock->wallMs() - 8);
 }
 
 TEST_CASE("one service per journal_path: a second one is refused while the first lives") {
