@@ -91,12 +91,23 @@ bool GuardedServer::ConnectionStream::is_readable() const {
     return c_.off < c_.buf.size() || waitFor(c_.fd, POLLIN, readMs_);
 }
 
+// One poll for room and for the peer's state, the usual answer; a full socket is
+// waited on, then looked at again.
 bool GuardedServer::ConnectionStream::is_writable() const {
-    if (!waitFor(c_.fd, POLLOUT, writeMs_))
+    pollfd p{c_.fd, POLLOUT | POLLIN, 0};
+    int r = ::poll(&p, 1, 0);
+    if (r == 0) {
+        if (!waitFor(c_.fd, POLLOUT, writeMs_))
+            return false;
+        p = {c_.fd, POLLOUT | POLLIN, 0};
+        r = ::poll(&p, 1, 0);
+    }
+    if (r <= 0 || (p.revents & (POLLERR | POLLHUP | POLLNVAL)))
         return false;
     // Gone when the peer closed: readable with nothing to read.
-    pollfd p{c_.fd, POLLIN, 0};
-    return ::poll(&p, 1, 0) == 0 || inputPending(c_.fd);
+    if ((p.revents & POLLIN) && !inputPending(c_.fd))
+        return false;
+    return (p.revents & POLLOUT) != 0 || waitFor(c_.fd, POLLOUT, writeMs_);
 }
 
 ssize_t GuardedServer::ConnectionStream::read(char* ptr, std::size_t size) {

@@ -39,6 +39,7 @@ struct Stats {
     std::int64_t count = 0, completed = 0;
     Tokens served;
     std::map<std::string, int> failures; // x-fake-id -> failures so far
+    std::set<int> clientPorts;           // one per connection the requests came on
 };
 
 Options options;
@@ -67,6 +68,7 @@ void record(const httplib::Request& r) {
                        ",\"body\":" + quote(r.body) + "}";
     std::lock_guard lock(stats.mutex);
     ++stats.count;
+    stats.clientPorts.insert(r.remote_port);
     stats.requests.push_back(std::move(json));
     if (stats.requests.size() > 100)
         stats.requests.pop_front();
@@ -376,6 +378,7 @@ int main(int argc, char** argv) {
         std::lock_guard lock(stats.mutex);
         const Tokens& t = stats.served;
         r.set_content("{\"requests\":" + std::to_string(stats.count) +
+                          ",\"connections\":" + std::to_string(stats.clientPorts.size()) +
                           ",\"completed\":" + std::to_string(stats.completed) + ",\"input\":" +
                           std::to_string(t.input) + ",\"output\":" + std::to_string(t.output) +
                           ",\"cache_write\":" + std::to_string(t.cacheWrite) +
@@ -388,6 +391,7 @@ int main(int argc, char** argv) {
         stats.count = stats.completed = 0;
         stats.served = {};
         stats.failures.clear();
+        stats.clientPorts.clear();
         r.set_content("{}", "application/json");
     });
     auto colon = listen.rfind(':');

@@ -158,6 +158,29 @@ TEST_CASE("both formats, streaming and not, bill the model's pool exactly") {
         CHECK(e.creditType == "ohmygpt");
 }
 
+TEST_CASE("upstream connections are kept and reused, streamed answers and whole ones alike") {
+    Stack s(kConfig);
+    std::string key = s.userWithKey("alice", "0", "0", "10");
+    REQUIRE(post(s.upstream->port(), "/_reset", "{}", {}).status == 200);
+    for (int i = 0; i < 20; ++i) {
+        const bool stream = i % 2 == 1;
+        auto r = post(s.proxy->port(), "/v1/chat/completions", chatBody("sonnet-new", stream),
+                      auth(key));
+        REQUIRE(r.status == 200);
+        if (stream)
+            CHECK(r.body.find("[DONE]") != std::string::npos);
+    }
+    RawResponse st = get(s.upstream->port(), "/_stats");
+    simdjson::dom::parser parser;
+    simdjson::dom::element doc;
+    REQUIRE_FALSE(parser.parse(st.body).get(doc));
+    CHECK(int64_t(doc["requests"]) == 20);
+    // One after the other, the requests run on the worker that went idle last
+    // (or, while it finishes, another one), whose connection to the upstream
+    // stays open. Without reuse: 20.
+    CHECK(int64_t(doc["connections"]) <= 6);
+}
+
 TEST_CASE("a whole answer larger than the socket's buffers arrives byte for byte") {
     // The head is held and sent with the body in one sendmsg; a body of
     // megabytes fills the socket, so the rest goes out in parts as the client reads.
