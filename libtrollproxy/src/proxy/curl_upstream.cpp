@@ -32,6 +32,7 @@ struct ThreadMulti {
     CURLM* multi = nullptr;
     std::vector<CURL*> spare;
     std::vector<pollfd> sockets; // events: what libcurl waits for on each
+    std::vector<pollfd> ready;   // pump()'s copy of `sockets`, kept to save an allocation
     bool timerSet = false;
     Clock::time_point timerAt;
 
@@ -264,10 +265,10 @@ private:
                 ++waitMs;
             const int wait = static_cast<int>(std::clamp<long long>(waitMs, 0, 1000));
             // A copy: libcurl changes the list while it acts.
-            std::vector<pollfd> ready = tm.sockets;
-            int n = ::poll(ready.data(), ready.size(), wait);
+            tm.ready.assign(tm.sockets.begin(), tm.sockets.end());
+            int n = ::poll(tm.ready.data(), tm.ready.size(), wait);
             if (n > 0) {
-                for (const pollfd& p : ready) {
+                for (const pollfd& p : tm.ready) {
                     int bits = 0;
                     if (p.revents & (POLLIN | POLLHUP))
                         bits |= CURL_CSELECT_IN;
