@@ -1,6 +1,12 @@
 // The proxy under upstream failures: retries, key rotation, timeouts, cuts and disconnects.
 #include <chrono>
+#include <string>
 #include <thread>
+#include <vector>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
 
@@ -112,6 +118,59 @@ TEST_CASE("a slow first byte times out as 504 and costs nothing") {
     auto r = post(s.proxy->port(), "/v1/chat/completions", chat(false),
                   h(key, {{"x-fake-latency-ms", "4000"}}));
     CHECK(r.status == 504);
+    CHECK(s.balance("u").creditsNew == kStart);
+}
+
+// A listener whose accept queue is full: the kernel drops further SYNs, so a
+// connection to it never completes (until the client gives up).
+struct Blackhole {
+    int listener = -1;
+    std::vector<int> queued;
+    int port = 0;
+    Blackhole() {
+        listener = ::socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t len = sizeof a;
+        REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&a), len) == 0);
+        REQUIRE(::listen(listener, 0) == 0);
+        REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+        port = ntohs(a.sin_port);
+        for (int i = 0; i < 3; ++i) { // fills the queue; the rest wait in SYN_SENT
+            int c = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+            (void)::connect(c, reinterpret_cast<sockaddr*>(&a), len);
+            queued.push_back(c);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ~Blackhole() {
+        for (int c : queued)
+            ::close(c);
+        ::close(listener);
+    }
+};
+
+TEST_CASE(
+    "an upstream that never completes the handshake fails after connect_timeout_ms, unbilled") {
+    Blackhole hole;
+    // The first byte may take 20 s: only libcurl's connect timer ends the attempt early.
+    std::string config = R"({"port": 8000,
+      "endpoints": [{"name": "oai", "base_url": "http://127.0.0.1:)" +
+                         std::to_string(hole.port) + R"(/v1/chat/completions"}],
+      "models": [{"id": "m", "type": "openhands", "upstream": "openhands",
+                  "billing_upstream": "openhands", "input_price_per_mtok": 1,
+                  "output_price_per_mtok": 2}],
+      "trollproxy": {"connect_timeout_ms": 300, "first_byte_timeout_ms": 20000,
+                     "idle_timeout_ms": 20000}})";
+    Stack s(config);
+    std::string key = s.userWithKey("u", "0", "0", "10");
+    const auto start = std::chrono::steady_clock::now();
+    auto r = post(s.proxy->port(), "/v1/chat/completions", chat(false), h(key), 60);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    CHECK((r.status == 502 || r.status == 504));
+    CHECK(seconds < 10); // one or more 0.3 s attempts, not the 20 s first-byte wait
     CHECK(s.balance("u").creditsNew == kStart);
 }
 
