@@ -1,4 +1,7 @@
 // Tests of reading and rewriting request bodies without re-encoding them.
+#include <string>
+#include <vector>
+
 #include <doctest/doctest.h>
 
 #include "proxy/request_body.hpp"
@@ -23,6 +26,21 @@ TEST_CASE("only model changes; every other byte stays") {
           "\"tools\":[{\"a\":1.50e3}], \"z\": null }");
     CHECK(rewrite(ApiFormat::OpenAI, body, "m") == body);
     CHECK(rewrite(ApiFormat::OpenAI, R"({"model":"m"})", "a\"b") == R"({"model":"a\"b"})");
+}
+
+TEST_CASE("strings with escaped quotes and runs of backslashes end where JSON says") {
+    // Texts (as JSON string contents) that end in runs of escaped backslashes or
+    // in escaped quotes: the scanner must count the backslashes before each quote.
+    const std::vector<std::string> texts = {
+        R"(a\\)",    R"(\\\\)",       R"(x\"y)",     R"(\\\"q\\)",
+        R"(\"\"\")", R"(\\\\\\\\\\)", R"(\"\\\\\")", std::string(70000, 'z') + R"(\")"};
+    for (const std::string& text : texts) {
+        CAPTURE(text);
+        const std::string body =
+            R"({"messages":[{"role":"user","content":")" + text + R"("}],"model":"m","n":1})";
+        CHECK(rewrite(ApiFormat::OpenAI, body, "up") ==
+              R"({"messages":[{"role":"user","content":")" + text + R"("}],"model":"up","n":1})");
+    }
 }
 
 TEST_CASE("an OpenAI stream gets include_usage in every shape of stream_options") {
