@@ -35,13 +35,17 @@ HttpResponse internalError() {
     return r;
 }
 
-HttpRequest toHttpRequest(const httplib::Request& req, bool withBody) {
+HttpRequest toHttpRequest(const httplib::Request& req, bool takeBody) {
     HttpRequest in;
     in.method = req.method;
     in.path = req.path;
     in.remoteAddr = req.remote_addr;
-    if (withBody)
-        in.body = req.body;
+    // The body is moved, not copied (an agent's runs to hundreds of KB): the
+    // Request is httplib's own non-const object, and after the handler httplib
+    // reads only its method, headers and ranges (cpp-httplib 0.11,
+    // write_response_core); no logger is set.
+    if (takeBody)
+        in.body = std::move(const_cast<httplib::Request&>(req).body);
     for (const auto& [k, v] : req.headers) {
         // httplib adds the socket's addresses as pseudo headers.
         if (k != "REMOTE_ADDR" && k != "REMOTE_PORT" && k != "LOCAL_ADDR" && k != "LOCAL_PORT")
