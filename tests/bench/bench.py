@@ -29,6 +29,10 @@ UPSTREAM_KEY = "bench-upstream-key"
 MODEL = "bench-model"
 PROMPT = "Write one short sentence about proxies."
 BODY = json.dumps({"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": PROMPT}]})
+# A coding agent's request late in a session: its context runs to hundreds of KB.
+BIG_BODY_KB = 300
+BIG_BODY = json.dumps({"model": MODEL, "max_tokens": 64,
+                       "messages": [{"role": "user", "content": "Context line. " * (BIG_BODY_KB * 1024 // 14)}]})
 STREAM_BODY = json.dumps({"model": MODEL, "max_tokens": 64, "stream": True,
                           "messages": [{"role": "user", "content": PROMPT}]})
 CHUNKS, CHUNK_DELAY_MS = 64, 20
@@ -347,12 +351,12 @@ def lua_string(s):
     return "[==[" + s + "]==]"
 
 
-def wrk(t, conns, seconds, run_dir):
-    script = os.path.join(run_dir, f"wrk-{t.name}.lua")
+def wrk(t, conns, seconds, run_dir, big=False):
+    script = os.path.join(run_dir, f"wrk-{t.name}{'-big' if big else ''}.lua")
     if not os.path.exists(script):
         hdrs = "\n".join(f"wrk.headers[ {lua_string(h.split(':', 1)[0])} ] = {lua_string(h.split(':', 1)[1].strip())}"
                          for h in t.headers + ["Content-Type: application/json"])
-        open(script, "w").write(WRK_LUA.format(body=lua_string(BODY), headers=hdrs))
+        open(script, "w").write(WRK_LUA.format(body=lua_string(BIG_BODY if big else BODY), headers=hdrs))
     threads_n = min(2, conns)
     out = subprocess.run(["wrk", f"-t{threads_n}", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", script, t.url],
                          capture_output=True, text=True).stdout
@@ -491,6 +495,21 @@ def report(R, targets):
     out.append(table("Non-streaming throughput (wrk, %d s per point)" % args.wrk_seconds, rows, targets,
                      "CPU is percent of one core over the run (2 cores = 200 %); RSS is the peak of VmRSS "
                      "summed over the target's processes (nginx: master and workers)."))
+    if R.get("big"):
+        rows = []
+        for c in sorted(R["big"], key=int):
+            w = R["big"][c]
+            rows.append((f"c={c} latency p50", " ms", {t.name: w.get(t.name, {}).get("p50_ms") for t in targets}))
+            rows.append((f"c={c} added p50 (over direct)", " ms",
+                         {t.name: None if t.name == "direct" else added(w, t.name, "p50_ms") for t in targets}))
+            rows.append((f"c={c} p99", " ms", {t.name: w.get(t.name, {}).get("p99_ms") for t in targets}))
+            rows.append((f"c={c} requests/s", "", {t.name: w.get(t.name, {}).get("rps") for t in targets}))
+            rows.append((f"c={c} errors", "", {t.name: w.get(t.name, {}).get("errors") for t in targets}))
+            rows.append((f"c={c} CPU per request", " µs", {t.name: cpu_per_request(w.get(t.name, {})) for t in proxies}))
+        out.append(table(f"Non-streaming, {BIG_BODY_KB} KB request body (wrk, %d s per point)" % args.wrk_seconds,
+                         rows, targets, "A coding agent's request late in a session: one user message of "
+                         f"{BIG_BODY_KB} KB of text. nginx buffers bodies this large to a temporary file "
+                         "(client_body_buffer_size)."))
     if R.get("hey"):
         rows = []
         for c in sorted(R["hey"], key=int):
@@ -733,6 +752,16 @@ def run(run_dir):
             note_peak(R, t, u.result)
             R["wrk"][str(c)][t.name] = r
             log(f"wrk c={c} {t.label}: {r}")
+    R["big"] = {}
+    for c in (1, 8):
+        R["big"][str(c)] = {}
+        for t in targets:
+            with Usage(t.pids) as u:
+                r = wrk(t, c, args.wrk_seconds, run_dir, big=True)
+            r.update(u.result)
+            note_peak(R, t, u.result)
+            R["big"][str(c)][t.name] = r
+            log(f"wrk {BIG_BODY_KB} KB c={c} {t.label}: {r}")
     for c in (1, 32):
         R["hey"][str(c)] = {}
         for t in targets:
