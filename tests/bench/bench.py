@@ -745,25 +745,21 @@ def run(run_dir):
 
     # Before the concurrency points: after c=256 the MongoDB targets' settlement
     # backlog keeps CongoDB busy on a core for minutes.
+    def wrk_point(section, c, big=False):
+        R[section][str(c)] = {}
+        for t in targets:
+            with Usage(t.pids) as u:
+                r = wrk(t, c, args.wrk_seconds, run_dir, big=big)
+            r.update(u.result)
+            note_peak(R, t, u.result)
+            R[section][str(c)][t.name] = r
+            log(f"wrk {f'{BIG_BODY_KB} KB ' if big else ''}c={c} {t.label}: {r}")
+
     R["big"] = {}
     for c in (1, 8):
-        R["big"][str(c)] = {}
-        for t in targets:
-            with Usage(t.pids) as u:
-                r = wrk(t, c, args.wrk_seconds, run_dir, big=True)
-            r.update(u.result)
-            note_peak(R, t, u.result)
-            R["big"][str(c)][t.name] = r
-            log(f"wrk {BIG_BODY_KB} KB c={c} {t.label}: {r}")
+        wrk_point("big", c, big=True)
     for c in [int(x) for x in args.concurrency.split(",")]:
-        R["wrk"][str(c)] = {}
-        for t in targets:
-            with Usage(t.pids) as u:
-                r = wrk(t, c, args.wrk_seconds, run_dir)
-            r.update(u.result)
-            note_peak(R, t, u.result)
-            R["wrk"][str(c)][t.name] = r
-            log(f"wrk c={c} {t.label}: {r}")
+        wrk_point("wrk", c)
     for c in (1, 32):
         R["hey"][str(c)] = {}
         for t in targets:

@@ -258,11 +258,8 @@ private:
             tm.act(CURL_SOCKET_TIMEOUT, 0);
         } else {
             auto until = tm.timerSet ? std::min(deadline, tm.timerAt) : deadline;
-            auto waitMs =
-                std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count();
             // Rounded up, so that a timer a fraction of a millisecond away is due after the wait.
-            if (until > now + std::chrono::milliseconds(waitMs))
-                ++waitMs;
+            const auto waitMs = std::chrono::ceil<std::chrono::milliseconds>(until - now).count();
             const int wait = static_cast<int>(std::clamp<long long>(waitMs, 0, 1000));
             // A copy: libcurl changes the list while it acts.
             tm.ready.assign(tm.sockets.begin(), tm.sockets.end());
