@@ -66,9 +66,9 @@ std::unique_ptr<test::BothRoles> open(const std::string& uri, const LedgerOption
 struct Raw {
     mongoc_client_t* client = nullptr;
     mongoc_database_t* db = nullptr;
-    Raw() {
+    explicit Raw(const std::string& ledger = ledgerUri()) {
         mongoc_init();
-        mongoc_uri_t* uri = mongoc_uri_new(ledgerUri().c_str());
+        mongoc_uri_t* uri = mongoc_uri_new(ledger.c_str());
         REQUIRE(uri);
         client = mongoc_client_new_from_uri(uri);
         db = mongoc_client_get_database(client, mongoc_uri_get_database(uri));
@@ -94,6 +94,17 @@ struct Raw {
         mongoc_cursor_destroy(cur);
         mongoc_collection_destroy(c);
         return out;
+    }
+    std::size_t count(const char* coll, const bson_t* filter) {
+        mongoc_collection_t* c = mongoc_database_get_collection(db, coll);
+        mongoc_cursor_t* cur = mongoc_collection_find_with_opts(c, filter, nullptr, nullptr);
+        const bson_t* d = nullptr;
+        std::size_t n = 0;
+        while (mongoc_cursor_next(cur, &d))
+            ++n;
+        mongoc_cursor_destroy(cur);
+        mongoc_collection_destroy(c);
+        return n;
     }
 };
 
@@ -316,6 +327,89 @@ TEST_CASE("production documents: fields trollproxy does not own are left as they
     bson_destroy(after);
     bson_destroy(filter);
     bson_destroy(doc);
+}
+
+// The `_id` of request `id`'s log entry in the database behind `raw`.
+bson_oid_t logIdOf(Raw& raw, const std::string& id) {
+    bson_t* filter = BCON_NEW("requestId", BCON_UTF8(id.c_str()));
+    bson_t* log = raw.findOne("request_logs", filter);
+    bson_oid_t oid{};
+    bson_iter_t it;
+    REQUIRE(log);
+    REQUIRE(bson_iter_init_find(&it, log, "_id"));
+    REQUIRE(BSON_ITER_HOLDS_OID(&it));
+    bson_oid_copy(bson_iter_oid(&it), &oid);
+    bson_destroy(log);
+    bson_destroy(filter);
+    return oid;
+}
+
+TEST_CASE("a log entry's _id is its request id's; another request's entry under it is not "
+          "taken for this one") {
+    // Two databases on one server: in the second, the _id that request `taken`
+    // gets is already another request's.
+    const std::string uri2 = ledgerUri() + "_ids";
+    auto l = open(ledgerUri());
+    auto l2 = open(uri2);
+    Raw raw, raw2(uri2);
+    std::string user = userName("ids");
+    for (auto* ledger : {l.get(), l2.get()}) {
+        REQUIRE(ledger->addUser(user));
+        REQUIRE(ledger->credit(user, BalanceField::CreditsNew, Money{1'000'000'000}));
+    }
+    // Request ids as trollproxy makes them: an instance, then ms and random digits.
+    const std::int64_t ms = nowMs();
+    char digits[32];
+    std::snprintf(digits, sizeof digits, "%011llx", static_cast<unsigned long long>(ms));
+    const std::string stem = "req_" + hex(8) + "_" + digits;
+    const std::string same = stem + hex(13), taken = stem + hex(13);
+    auto charge = [&](const std::string& id) {
+        Charge c;
+        c.requestId = id;
+        c.userId = user;
+        c.keyId = "k";
+        c.model = "m";
+        c.pool = Pool::CreditsNew;
+        c.usage = Usage{10, 0, 0, 5};
+        c.cost = Money{100'000'000};
+        c.createdAtMs = ms;
+        return c;
+    };
+    REQUIRE(l->settle(charge(same)).status == SettleStatus::Settled);
+    REQUIRE(l2->settle(charge(same)).status == SettleStatus::Settled);
+    REQUIRE(l->settle(charge(taken)).status == SettleStatus::Settled);
+    const bson_oid_t sameId = logIdOf(raw, same), sameId2 = logIdOf(raw2, same),
+                     takenId = logIdOf(raw, taken);
+    // The same request id, the same _id, whatever wrote it; time-ordered as ObjectIds are.
+    CHECK(bson_oid_equal(&sameId, &sameId2));
+    CHECK(bson_oid_get_time_t(&sameId) == static_cast<time_t>(ms / 1000));
+    CHECK_FALSE(bson_oid_equal(&sameId, &takenId));
+
+    bson_t* other = bson_new();
+    BSON_APPEND_OID(other, "_id", &takenId);
+    BSON_APPEND_UTF8(other, "requestId", "someone-else");
+    BSON_APPEND_INT64(other, "creditsCostNanos", 7);
+    raw2.insert("request_logs", other);
+
+    SettleOutcome o = l2->settle(charge(taken));
+    CHECK(o.status == SettleStatus::Settled);
+    CHECK(o.charged.nanos == 100'000'000);
+    CHECK(l2->settle(charge(taken)).status == SettleStatus::AlreadySettled);
+    bson_t* byId = BCON_NEW("requestId", BCON_UTF8(taken.c_str()));
+    CHECK(raw2.count("request_logs", byId) == 1);
+    bson_t* byOid = bson_new();
+    BSON_APPEND_OID(byOid, "_id", &takenId);
+    bson_t* kept = raw2.findOne("request_logs", byOid);
+    REQUIRE(kept);
+    bson_iter_t it;
+    REQUIRE(bson_iter_init_find(&it, kept, "requestId"));
+    CHECK(std::string(bson_iter_utf8(&it, nullptr)) == "someone-else");
+    // Both charges moved the money once each.
+    CHECK(std::llabs(l2->balance(user)->creditsNew.nanos - 800'000'000) <= 3);
+    bson_destroy(kept);
+    bson_destroy(byOid);
+    bson_destroy(byId);
+    bson_destroy(other);
 }
 
 TEST_CASE("write concern majority") {

@@ -1,6 +1,8 @@
 // settleBatch()'s round trips besides the users' compare-and-sets: which ids are logged
-// already (one find), the log entries (one bulk), the markers and the keys' statistics
-// (one bulk each).
+// already (one find), the log entries (one bulk of inserts), the markers and the keys'
+// statistics (one bulk each); and the writing of one log entry.
+#include <algorithm>
+
 #include "ledger/key_use.hpp"
 #include "ledger/mongo_ledger_impl.hpp"
 
@@ -41,6 +43,14 @@ template <typename Each> void eachIndexed(const bson_t* reply, const char* field
         if (bson_init_static(&doc, data, len))
             each(internal::intField(&doc, "index", -1), &doc);
     }
+}
+
+// The entry as inserted: its `_id` (internal::logEntryId), then its fields.
+void entryWithId(const bson_t* entry, bson_t* out) {
+    bson_oid_t oid;
+    internal::logEntryId(internal::stringField(entry, "requestId"), &oid);
+    BSON_APPEND_OID(out, "_id", &oid);
+    bson_concat(out, entry);
 }
 
 } // namespace
@@ -99,52 +109,96 @@ MongoLedger::findUsers(const std::map<std::string, std::vector<BatchItem*>>& byU
     return failed ? Found::Error : Found::Yes;
 }
 
+MongoLedger::Write MongoLedger::upsertLog(const bson_t* entry) {
+    Doc filter, update;
+    bson_iter_t it;
+    if (!bson_iter_init_find(&it, entry, "requestId"))
+        return Write::Failed;
+    bson_append_value(filter.get(), "requestId", -1, bson_iter_value(&it));
+    BSON_APPEND_DOCUMENT(update.get(), "$setOnInsert", entry);
+    Coll c(pool_, db_, "request_logs");
+    Doc opts, reply;
+    BSON_APPEND_BOOL(opts.get(), "upsert", true);
+    bson_destroy(reply.get());
+    bson_error_t err;
+    if (!mongoc_collection_update_one(c.get(), filter.get(), update.get(), opts.get(), reply.get(),
+                                      &err))
+        return err.code == 11000 ? Write::Existed : Write::Failed; // lost a race to the same insert
+    return internal::intField(reply.get(), "upsertedCount") > 0 ? Write::Inserted : Write::Existed;
+}
+
+MongoLedger::Write MongoLedger::resolveDuplicate(const bson_t* entry) {
+    const std::string id = internal::stringField(entry, "requestId");
+    Doc filter, stored;
+    bson_oid_t oid;
+    internal::logEntryId(id, &oid);
+    BSON_APPEND_OID(filter.get(), "_id", &oid);
+    switch (findOne("request_logs", filter.get(), stored)) {
+    case Found::Error:
+        return Write::Failed;
+    case Found::Yes:
+        if (internal::stringField(stored.get(), "requestId") == id)
+            return Write::Existed;
+        break; // another request's entry has this _id
+    case Found::No:
+        break; // refused by the requestId index: an entry written under another _id
+    }
+    return upsertLog(entry);
+}
+
+MongoLedger::Write MongoLedger::writeLog(const bson_t* entry) {
+    ensureIndexes();
+    if (!bson_has_field(entry, "requestId"))
+        return Write::Failed;
+    Doc doc, reply;
+    entryWithId(entry, doc.get());
+    Coll c(pool_, db_, "request_logs");
+    bson_destroy(reply.get());
+    bson_error_t err;
+    if (mongoc_collection_insert_one(c.get(), doc.get(), nullptr, reply.get(), &err))
+        return Write::Inserted;
+    return err.code == 11000 ? resolveDuplicate(entry) : Write::Failed;
+}
+
 std::vector<MongoLedger::Write> MongoLedger::writeLogs(const std::vector<BatchItem*>& items) {
     ensureIndexes();
     Coll c(pool_, db_, "request_logs");
     Doc reply;
     bson_destroy(reply.get());
     bson_error_t err;
-    // Upserts keyed by requestId, as writeLog(): an entry written before (a racing
-    // settle, the sweep) is left as it is, with or without the unique index.
+    // Plain inserts under each entry's own _id (writeLog()): an upsert keyed by requestId
+    // costs a lookup of its own (on CongoDB, a scan of the whole collection).
     bool ok = runBulk(c.get(), reply.get(), &err, [&](mongoc_bulk_operation_t* bulk) {
-        Doc upsert;
-        BSON_APPEND_BOOL(upsert.get(), "upsert", true);
         for (const BatchItem* it : items) {
-            const bson_t* e = it->record.get();
-            Doc filter, update;
-            BSON_APPEND_UTF8(filter.get(), "requestId",
-                             internal::stringField(e, "requestId").c_str());
-            BSON_APPEND_DOCUMENT(update.get(), "$setOnInsert", e);
-            if (!mongoc_bulk_operation_update_one_with_opts(bulk, filter.get(), update.get(),
-                                                            upsert.get(), &err))
+            Doc doc;
+            entryWithId(it->record.get(), doc.get());
+            if (!mongoc_bulk_operation_insert_with_opts(bulk, doc.get(), nullptr, &err))
                 return false;
         }
         return true;
     });
     const std::int64_t n = static_cast<std::int64_t>(items.size());
-    std::vector<Write> out(items.size(), Write::Existed);
-    std::int64_t accounted =
-        internal::intField(reply.get(), "nMatched") + internal::intField(reply.get(), "nUpserted");
-    eachIndexed(reply.get(), "upserted", [&](std::int64_t i, const bson_t*) {
-        if (i >= 0 && i < n)
-            out[i] = Write::Inserted;
-    });
+    std::vector<Write> out(items.size(), Write::Inserted);
+    std::int64_t accounted = internal::intField(reply.get(), "nInserted");
+    std::vector<std::size_t> duplicates;
     eachIndexed(reply.get(), "writeErrors", [&](std::int64_t i, const bson_t* e) {
-        bool dup = internal::intField(e, "code") == 11000; // lost a race to the same insert
-        accounted += dup;
-        if (i >= 0 && i < n)
-            out[i] = dup ? Write::Existed : Write::Failed;
+        ++accounted;
+        if (i < 0 || i >= n)
+            return;
+        bool dup = internal::intField(e, "code") == 11000;
+        out[i] = dup ? Write::Existed : Write::Failed;
+        if (dup)
+            duplicates.push_back(static_cast<std::size_t>(i));
     });
-    // Unless every statement is accounted for (only duplicate-key errors), one that was
-    // neither upserted nor refused as a duplicate may not have run: say so.
+    // Unless every statement is accounted for, the reply does not say which entries
+    // went in: none counts as written, and a retry finds the ones that did.
     bson_iter_t wce;
     if (!ok && (accounted != n || bson_iter_init_find(&wce, reply.get(), "writeConcernErrors"))) {
-        for (Write& w : out) {
-            if (w == Write::Existed)
-                w = Write::Failed;
-        }
+        std::fill(out.begin(), out.end(), Write::Failed);
+        return out;
     }
+    for (std::size_t i : duplicates)
+        out[i] = resolveDuplicate(items[i]->record.get());
     return out;
 }
 

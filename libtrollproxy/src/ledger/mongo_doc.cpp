@@ -2,6 +2,7 @@
 #include "ledger/mongo_doc.hpp"
 
 #include <cstring>
+#include <optional>
 
 namespace trollproxy::internal {
 
@@ -146,6 +147,51 @@ void appendLogEntry(bson_t* s, const LogEntry& e, const char* pool) {
     BSON_APPEND_DATE_TIME(s, "createdAt", e.createdAtMs);
     if (!e.responseId.empty())
         BSON_APPEND_UTF8(s, "responseId", e.responseId.c_str());
+}
+
+namespace {
+
+// FNV-1a, then MurmurHash3's finalizer so that every input bit reaches every output bit.
+std::uint64_t hash64(std::string_view s, std::uint64_t seed = 0xcbf29ce484222325ULL) {
+    std::uint64_t h = seed;
+    for (unsigned char c : s)
+        h = (h ^ c) * 0x100000001b3ULL;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+// The milliseconds of a trollproxy request id ("..._" + 11 + 13 hex digits).
+std::optional<std::uint64_t> idTimeMs(std::string_view id) {
+    constexpr std::size_t kDigits = 24, kTimeDigits = 11;
+    if (id.size() <= kDigits || id[id.size() - kDigits - 1] != '_')
+        return std::nullopt;
+    std::uint64_t ms = 0;
+    for (std::size_t i = id.size() - kDigits; i < id.size(); ++i) {
+        char c = id[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0)
+            return std::nullopt;
+        if (i < id.size() - kDigits + kTimeDigits)
+            ms = ms * 16 + static_cast<std::uint64_t>(d);
+    }
+    return ms;
+}
+
+} // namespace
+
+void logEntryId(std::string_view requestId, bson_oid_t* oid) {
+    std::uint64_t h = hash64(requestId);
+    std::optional<std::uint64_t> ms = idTimeMs(requestId);
+    // An id without its time (another format) gets 4 more bytes of hash instead.
+    auto seconds = static_cast<std::uint32_t>(ms ? *ms / 1000 : hash64(requestId, h));
+    for (int i = 0; i < 4; ++i)
+        oid->bytes[i] = static_cast<std::uint8_t>(seconds >> (24 - 8 * i));
+    for (int i = 0; i < 8; ++i)
+        oid->bytes[4 + i] = static_cast<std::uint8_t>(h >> (56 - 8 * i));
 }
 
 LogEntry logEntryFrom(const bson_t* d) {

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include <bson/bson.h>
 
@@ -49,6 +50,15 @@ void appendSameAs(bson_t* filter, const char* key, const bson_t* doc, const char
 /// Appends the fields of a `request_logs` document (production's names, plus
 /// requestId, exact *Nanos amounts, shortfall, pool, estimated). `pool` may be null.
 void appendLogEntry(bson_t* doc, const LogEntry& entry, const char* pool);
+/// The `_id` of a request's log entry, a function of its request id alone: every
+/// writer of one entry (a batch, a retry, the sweep, another process) inserts the
+/// same `_id`, and the `_id` index, which every MongoDB server keeps unique, refuses
+/// the second. An ObjectId whose first 4 bytes are the request's second where the
+/// id carries its time (trollproxy's do: "..._" + 11 hex digits of milliseconds +
+/// 13 more) and whose other 8 are a 64-bit hash of the id. Two ids can share one:
+/// a writer that meets a duplicate reads the stored entry's requestId before it
+/// calls the entry written.
+void logEntryId(std::string_view requestId, bson_oid_t* oid);
 /// Reads a `request_logs` document (exact *Nanos amounts when present).
 LogEntry logEntryFrom(const bson_t* doc);
 

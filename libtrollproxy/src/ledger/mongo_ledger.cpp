@@ -139,8 +139,9 @@ ReserveStatus MongoLedger::reserve(const HoldRequest& h) {
 void MongoLedger::ensureIndexes() {
     if (indexed_.load())
         return;
-    // settle() looks log entries up by requestId on every request; the unique
-    // index also makes two racing upserts of one entry insert it only once.
+    // settle() looks log entries up by requestId on every request; unique, the
+    // index also refuses an entry for an id written under another _id (by an
+    // older trollproxy, or when two ids share one: mongo_batch_write.cpp).
     // Partial, so production entries without a requestId are not affected.
     Coll c(pool_, db_, "request_logs");
     Doc cmd, reply;
@@ -181,25 +182,6 @@ void MongoLedger::ensureIndexes() {
     // existing index with other options) is not going to change.
     if (ok || err.domain == MONGOC_ERROR_SERVER || err.domain == MONGOC_ERROR_WRITE_CONCERN)
         indexed_.store(true);
-}
-
-MongoLedger::Write MongoLedger::writeLog(const bson_t* entry) {
-    ensureIndexes();
-    Doc filter, update;
-    bson_iter_t it;
-    if (!bson_iter_init_find(&it, entry, "requestId"))
-        return Write::Failed;
-    bson_append_value(filter.get(), "requestId", -1, bson_iter_value(&it));
-    BSON_APPEND_DOCUMENT(update.get(), "$setOnInsert", entry);
-    Coll c(pool_, db_, "request_logs");
-    Doc opts, reply;
-    BSON_APPEND_BOOL(opts.get(), "upsert", true);
-    bson_destroy(reply.get());
-    bson_error_t err;
-    if (!mongoc_collection_update_one(c.get(), filter.get(), update.get(), opts.get(), reply.get(),
-                                      &err))
-        return err.code == 11000 ? Write::Existed : Write::Failed; // lost a race to the same insert
-    return internal::intField(reply.get(), "upsertedCount") > 0 ? Write::Inserted : Write::Existed;
 }
 
 void MongoLedger::unsetPending(const std::string& user, const std::string& id) {

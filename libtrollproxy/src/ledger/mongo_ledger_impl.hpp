@@ -199,7 +199,13 @@ private:
 
     enum class Write { Inserted, Existed, Failed };
     void ensureIndexes();
+    /// Inserts a log entry under its own `_id` (internal::logEntryId).
     Write writeLog(const bson_t* entry);
+    /// After a duplicate-key refusal of an entry's insert: Existed when the stored entry
+    /// with its _id is this request's; otherwise the upsert keyed by requestId decides.
+    Write resolveDuplicate(const bson_t* entry);
+    /// Writes the entry unless one with its requestId exists.
+    Write upsertLog(const bson_t* entry);
     // settleBatch()'s steps (mongo_batch.cpp, mongo_batch_write.cpp).
     Found findLogged(std::span<const Charge> charges, std::unordered_set<std::string>& logged);
     /// The users' documents in one find, by name; absent ones are left out.
@@ -213,7 +219,7 @@ private:
     /// use; sets each item's outcome.
     void finishLogs(const std::vector<BatchItem*>& toLog);
     static SettleOutcome outcomeOf(const BatchItem& item, Write w);
-    /// One unordered bulk of upserts of the items' log entries; each one's outcome in order.
+    /// One unordered bulk of inserts of the items' log entries; each one's outcome in order.
     std::vector<Write> writeLogs(const std::vector<BatchItem*>& items);
     /// One bulk update removing each user's pending markers of the given request ids.
     void unsetPendingMany(const std::map<std::string, std::vector<std::string>>& idsByUser);
