@@ -205,6 +205,43 @@ TEST_CASE("settle is exactly once per request id") {
     CHECK_MONEY(after.creditsNew, usd("0.7"), 3);
 }
 
+TEST_CASE("settleBatch finds the ids settled before among its charges, of any format and time") {
+    auto l = openTestLedger();
+    std::string user = makeUser(*l, "refound");
+    give(*l, user, BalanceField::CreditsNew, "10.0");
+    // Ids as trollproxy makes them ("<prefix>_" + 11 hex digits of ms + 13 more):
+    // some close in time, one an hour later, one another process's; and one of
+    // another format.
+    const std::string prefix = uniqueName("req") + "_", other = uniqueName("req") + "_";
+    const std::int64_t ms = 1'700'000'000'000;
+    auto idAt = [](const std::string& p, std::int64_t at, int n) {
+        char digits[32];
+        std::snprintf(digits, sizeof digits, "%011llx%013x", static_cast<unsigned long long>(at),
+                      n);
+        return p + digits;
+    };
+    std::vector<std::string> ids = {idAt(prefix, ms, 1),      idAt(prefix, ms + 40, 2),
+                                    idAt(prefix, ms + 90, 3), idAt(prefix, ms + 3'600'000, 4),
+                                    idAt(other, ms + 50, 5),  uniqueName("plain"),
+                                    idAt(prefix, ms + 60, 6), idAt(prefix, ms + 3'600'010, 7),
+                                    idAt(other, ms + 51, 8),  uniqueName("plain")};
+    // The first five settled one by one before; the batch brings all ten.
+    for (std::size_t i = 0; i < 5; ++i)
+        REQUIRE(l->settle(charge(ids[i], user, Pool::CreditsNew, "0.1")).status ==
+                SettleStatus::Settled);
+    std::vector<Charge> batch;
+    for (const std::string& id : ids)
+        batch.push_back(charge(id, user, Pool::CreditsNew, "0.1"));
+    std::vector<SettleOutcome> out = l->settleBatch(batch);
+    REQUIRE(out.size() == ids.size());
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        INFO(ids[i]);
+        CHECK(out[i].status == (i < 5 ? SettleStatus::AlreadySettled : SettleStatus::Settled));
+    }
+    CHECK_MONEY(balanceOf(*l, user).creditsNew, usd("9.0"), 10);
+    CHECK(logOf(*l, user).size() == ids.size());
+}
+
 TEST_CASE("a cost above the hold takes what the balance has and records the shortfall") {
     auto l = openTestLedger();
     auto shortBefore = l->totalShortfall();

@@ -1,5 +1,6 @@
 // SettlementQueue (proxy/settlement_queue.cpp): batches, the pace a busy ledger sets, the journal
 // file.
+#include <algorithm>
 #include <doctest/doctest.h>
 
 #include <atomic>
@@ -36,6 +37,7 @@ public:
         o.status = down_ ? SettleStatus::LedgerUnavailable : SettleStatus::Settled;
         if (!down_)
             settled_ += static_cast<std::int64_t>(charges.size());
+        largest_ = std::max(largest_, charges.size());
         return std::vector<SettleOutcome>(charges.size(), o);
     }
     Result<void> release(std::string_view) override { return {}; }
@@ -63,6 +65,10 @@ public:
         std::lock_guard lock(mutex_);
         return batches_;
     }
+    std::size_t largestBatch() {
+        std::lock_guard lock(mutex_);
+        return largest_;
+    }
 
 private:
     std::mutex mutex_;
@@ -71,6 +77,7 @@ private:
     bool down_ = false;
     std::int64_t settled_ = 0;
     std::int64_t batches_ = 0;
+    std::size_t largest_ = 0;
 };
 
 Charge chargeFor(int i) {
@@ -119,6 +126,22 @@ TEST_CASE("charges submitted together are settled in few batches, each charge on
     REQUIRE(f.waitSettled(600));
     CHECK(f.ledger.settled() == 600);
     CHECK(f.ledger.batches() <= 5); // 1 + ceil(599 / 256) when nothing lingers apart
+    CHECK(q.depth() == 0);
+    q.stop();
+}
+
+TEST_CASE("behind a slow ledger the batches grow to 1024 charges, not beyond") {
+    Fixture f;
+    internal::SettlementQueue q(f.path, f.ledger, f.metrics, *f.clock);
+    q.start();
+    f.ledger.setOpen(false); // the first batch waits in the ledger while 1,999 queue
+    for (int i = 0; i < 2000; ++i)
+        REQUIRE(q.submit(chargeFor(i), false));
+    f.ledger.setOpen(true);
+    REQUIRE(f.waitSettled(2000));
+    CHECK(f.ledger.settled() == 2000);
+    CHECK(f.ledger.largestBatch() == 1024);
+    CHECK(f.ledger.batches() <= 3); // 1 + ceil(1999 / 1024)
     CHECK(q.depth() == 0);
     q.stop();
 }

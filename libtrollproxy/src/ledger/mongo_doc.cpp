@@ -164,8 +164,9 @@ std::uint64_t hash64(std::string_view s, std::uint64_t seed = 0xcbf29ce484222325
     return h;
 }
 
-// The milliseconds of a trollproxy request id ("..._" + 11 + 13 hex digits).
-std::optional<std::uint64_t> idTimeMs(std::string_view id) {
+} // namespace
+
+std::optional<std::uint64_t> requestIdTimeMs(std::string_view id) {
     constexpr std::size_t kDigits = 24, kTimeDigits = 11;
     if (id.size() <= kDigits || id[id.size() - kDigits - 1] != '_')
         return std::nullopt;
@@ -181,11 +182,9 @@ std::optional<std::uint64_t> idTimeMs(std::string_view id) {
     return ms;
 }
 
-} // namespace
-
 void logEntryId(std::string_view requestId, bson_oid_t* oid) {
     std::uint64_t h = hash64(requestId);
-    std::optional<std::uint64_t> ms = idTimeMs(requestId);
+    std::optional<std::uint64_t> ms = requestIdTimeMs(requestId);
     // An id without its time (another format) gets 4 more bytes of hash instead.
     auto seconds = static_cast<std::uint32_t>(ms ? *ms / 1000 : hash64(requestId, h));
     for (int i = 0; i < 4; ++i)

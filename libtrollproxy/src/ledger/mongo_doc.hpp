@@ -59,6 +59,10 @@ void appendLogEntry(bson_t* doc, const LogEntry& entry, const char* pool);
 /// a writer that meets a duplicate reads the stored entry's requestId before it
 /// calls the entry written.
 void logEntryId(std::string_view requestId, bson_oid_t* oid);
+/// The milliseconds since the epoch in a request id of trollproxy's format
+/// ("<prefix>_" + 11 hex digits of milliseconds + 13 more); nullopt for another.
+/// Of two ids with one prefix, the earlier sorts first.
+std::optional<std::uint64_t> requestIdTimeMs(std::string_view requestId);
 /// Reads a `request_logs` document (exact *Nanos amounts when present).
 LogEntry logEntryFrom(const bson_t* doc);
 

@@ -169,7 +169,7 @@ std::int64_t SettlementQueue::depth() const {
 
 bool SettlementQueue::flushBatch(std::unique_lock<std::mutex>& lock, std::size_t lane) {
     std::deque<Charge>& queue = lanes_[lane];
-    const std::size_t n = std::min(kBatch, queue.size());
+    const std::size_t n = std::min(kMaxBatch, queue.size());
     std::vector<Charge> batch(
         std::make_move_iterator(queue.begin()),
         std::make_move_iterator(queue.begin() + static_cast<std::ptrdiff_t>(n)));

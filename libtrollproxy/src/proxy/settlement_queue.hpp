@@ -58,7 +58,11 @@ public:
     std::int64_t depth() const;
 
 private:
+    // A lane's flusher wakes for kBatch charges (or after kLinger) and takes up
+    // to kMaxBatch: behind a slow ledger the batches grow, and with them what
+    // each round trip (a transaction, a scan of the logged ids) is shared by.
     static constexpr std::size_t kBatch = 256;
+    static constexpr std::size_t kMaxBatch = 1024;
     // Journal-first charges waiting at most (about 500 bytes each in memory).
     static constexpr std::int64_t kMaxQueued = 100'000;
     // A slow ledger's round trips overlap. Each flusher has its own lane of
