@@ -35,10 +35,18 @@ public:
         opened_.wait(lock, [this] { return open_; });
         SettleOutcome o;
         o.status = down_ ? SettleStatus::LedgerUnavailable : SettleStatus::Settled;
-        if (!down_)
-            settled_ += static_cast<std::int64_t>(charges.size());
         largest_ = std::max(largest_, charges.size());
-        return std::vector<SettleOutcome>(charges.size(), o);
+        std::vector<SettleOutcome> out(charges.size(), o);
+        if (partly_ && charges.size() > 1) {
+            // Takes the charges at even places only, then holds the next batch.
+            for (std::size_t i = 1; i < out.size(); i += 2)
+                out[i].status = SettleStatus::LedgerUnavailable;
+            ++partial_;
+            open_ = false;
+        }
+        for (const SettleOutcome& r : out)
+            settled_ += r.status == SettleStatus::Settled;
+        return out;
     }
     Result<void> release(std::string_view) override { return {}; }
     Result<void> renewHold(std::string_view, std::int64_t) override { return {}; }
@@ -52,6 +60,15 @@ public:
         std::lock_guard lock(mutex_);
         open_ = open;
         opened_.notify_all();
+    }
+    /// A batch of two or more is taken in part, and the ledger shuts after it.
+    void setPartly(bool partly) {
+        std::lock_guard lock(mutex_);
+        partly_ = partly;
+    }
+    std::int64_t partialBatches() {
+        std::lock_guard lock(mutex_);
+        return partial_;
     }
     void setDown(bool down) {
         std::lock_guard lock(mutex_);
@@ -78,6 +95,8 @@ private:
     std::int64_t settled_ = 0;
     std::int64_t batches_ = 0;
     std::size_t largest_ = 0;
+    bool partly_ = false;
+    std::int64_t partial_ = 0;
 };
 
 Charge chargeFor(int i) {
@@ -161,6 +180,32 @@ TEST_CASE("past the pace mark a submit waits for the flusher while the ledger an
     REQUIRE(next.wait_for(30s) == std::future_status::ready);
     CHECK(next.get());
     REQUIRE(f.waitSettled(kPace + 2));
+    q.stop();
+}
+
+TEST_CASE("a ledger that takes part of a batch still sets the pace") {
+    Fixture f;
+    internal::SettlementQueue q(f.path, f.ledger, f.metrics, *f.clock);
+    q.start();
+    f.ledger.setPartly(true);
+    f.ledger.setOpen(false);
+    for (int i = 0; i < 8; ++i)
+        REQUIRE(q.submit(chargeFor(i), false));
+    f.ledger.setOpen(true);
+    // A batch is taken in part; the flusher holds the next one in the ledger.
+    for (int i = 0; i < 2000 && (f.ledger.partialBatches() == 0 || f.ledger.batches() < 2); ++i)
+        std::this_thread::sleep_for(5ms);
+    REQUIRE(f.ledger.partialBatches() == 1);
+    for (int i = 8; i < kPace + 8; ++i)
+        REQUIRE(q.submit(chargeFor(i), false));
+    auto next = std::async(std::launch::async, [&] { return q.submit(chargeFor(-1), false); });
+    CHECK(next.wait_for(100ms) == std::future_status::timeout);
+    f.ledger.setPartly(false);
+    f.ledger.setOpen(true);
+    REQUIRE(next.wait_for(30s) == std::future_status::ready);
+    CHECK(next.get());
+    REQUIRE(f.waitSettled(kPace + 9));
+    CHECK(q.depth() == 0);
     q.stop();
 }
 

@@ -199,7 +199,9 @@ bool SettlementQueue::flushBatch(std::unique_lock<std::mutex>& lock, std::size_t
         if (outcomes[i - 1].status == SettleStatus::LedgerUnavailable)
             queue.push_front(std::move(batch[i - 1]));
     }
-    ledgerAnswering_ = done == n;
+    // A ledger that took part of the batch answers (e.g. a busy MongoDB whose
+    // compare-and-sets for one user ran out of tries): requests keep its pace.
+    ledgerAnswering_ = done > 0;
     if (done < n)
         metrics_.add(Metrics::series("trollproxy_ledger_errors_total", {{"op", "settle"}}));
     // A rewrite costs a line per unsettled charge: only when the file holds
@@ -211,7 +213,7 @@ bool SettlementQueue::flushBatch(std::unique_lock<std::mutex>& lock, std::size_t
         compact();
     room_.notify_all();
     metrics_.set("trollproxy_settlement_queue_depth", static_cast<double>(unsettled()));
-    return done == n;
+    return done > 0;
 }
 
 void SettlementQueue::compact() {

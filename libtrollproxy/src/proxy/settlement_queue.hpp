@@ -85,7 +85,7 @@ private:
     void run(std::size_t lane);
     /// Waits while kPaceQueued charges are unsettled and the ledger answers.
     void keepPace();
-    /// Settles one batch from the lane; false when the ledger was unavailable.
+    /// Settles one batch from the lane; false when the ledger took none of it.
     bool flushBatch(std::unique_lock<std::mutex>& lock, std::size_t lane);
     std::size_t laneOf(const std::string& userId) const;
     std::deque<Charge>& lane(const std::string& userId) { return lanes_[laneOf(userId)]; }
@@ -118,7 +118,7 @@ private:
     int fd_ = -1;
     bool removeWhenEmpty_ = false; // the file held fsync'd or inherited lines
     bool stopping_ = false;
-    bool ledgerAnswering_ = true;  // the last batch was taken in full
+    bool ledgerAnswering_ = true;  // the ledger took some of the last batch
     std::int64_t appendedSeq_ = 0; // lines written
     std::int64_t syncedSeq_ = 0;   // lines known on disk
     bool syncing_ = false;
