@@ -4,6 +4,8 @@
 # raises the open-file limit, runs bench.py and stops every process it started on exit.
 #   tests/bench/run.sh [--quick] [--no-docs] [bench.py options...]
 #   tests/bench/run.sh --memory-only [--baseline BIN]   idle, peak and after-burst RSS only
+#   tests/bench/run.sh --floor [--rounds N] [--seconds S]  trollproxy next to a bare cpp-httplib +
+#                                                           libcurl forwarder (floor.py)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -31,6 +33,14 @@ log "building $BUILD"
 ninja -C "$BUILD" server/trollproxy server/trollproxy-admin tests/fake_upstream/trollproxy-fake-upstream >/dev/null
 mkdir -p "$OUT"
 g++ -O2 -std=c++20 -Wall -Wextra -o "$OUT/sse-load" tests/bench/sse_load.cpp
+
+if [ "${1:-}" = "--floor" ]; then # the stack's floor, side by side (floor.py)
+  shift
+  g++ -O2 -std=c++20 -Wall -Wextra -o "$OUT/floor-proxy" tests/bench/floor_proxy.cpp \
+    $(pkg-config --cflags --libs cpp-httplib libcurl) -pthread
+  ulimit -n "$(ulimit -Hn)"
+  exec python3 tests/bench/floor.py --build "$BUILD" --out "$OUT" --floor-proxy "$OUT/floor-proxy" "$@"
+fi
 
 ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" -lt 10000 ]; then
