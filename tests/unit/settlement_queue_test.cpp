@@ -22,6 +22,17 @@ using namespace std::chrono_literals;
 
 namespace {
 
+/// Steady time that moves only when the ledger says a batch took it.
+class BatchClock final : public Clock {
+public:
+    std::int64_t wallMs() const override { return 0; }
+    std::int64_t steadyNs() const override { return ns_.load(); }
+    void advance(std::chrono::nanoseconds d) { ns_ += d.count(); }
+
+private:
+    std::atomic<std::int64_t> ns_{0};
+};
+
 /// A ledger whose settleBatch can be held shut, or report itself down.
 class GatedLedger final : public CreditLedger {
 public:
@@ -33,6 +44,7 @@ public:
         std::unique_lock lock(mutex_);
         ++batches_;
         opened_.wait(lock, [this] { return open_; });
+        clock_.advance(took_);
         SettleOutcome o;
         o.status = down_ ? SettleStatus::LedgerUnavailable : SettleStatus::Settled;
         largest_ = std::max(largest_, charges.size());
@@ -70,6 +82,12 @@ public:
         std::lock_guard lock(mutex_);
         return partial_;
     }
+    /// How long each batch takes on the queue's clock.
+    void setBatchTime(std::chrono::milliseconds took) {
+        std::lock_guard lock(mutex_);
+        took_ = took;
+    }
+    const Clock& clock() const { return clock_; }
     void setDown(bool down) {
         std::lock_guard lock(mutex_);
         down_ = down;
@@ -97,6 +115,8 @@ private:
     std::size_t largest_ = 0;
     bool partly_ = false;
     std::int64_t partial_ = 0;
+    BatchClock clock_;
+    std::chrono::milliseconds took_{0};
 };
 
 Charge chargeFor(int i) {
@@ -113,7 +133,7 @@ struct Fixture {
     std::string path;
     GatedLedger ledger;
     internal::Metrics metrics;
-    std::shared_ptr<const Clock> clock = systemClock();
+    const Clock* clock = &ledger.clock();
 
     Fixture() {
         path = (std::filesystem::temp_directory_path() /
@@ -149,8 +169,16 @@ TEST_CASE("charges submitted together are settled in few batches, each charge on
     q.stop();
 }
 
-TEST_CASE("behind a slow ledger the batches grow to 1024 charges, not beyond") {
+TEST_CASE("batches grow to 1024 charges behind a slow ledger, not beyond; a fast one keeps 256") {
     Fixture f;
+    bool slow = false;
+    SUBCASE("each batch takes the ledger 25 ms") {
+        slow = true;
+    }
+    SUBCASE("each batch takes the ledger 5 ms") {
+        slow = false;
+    }
+    f.ledger.setBatchTime(slow ? 25ms : 5ms);
     internal::SettlementQueue q(f.path, f.ledger, f.metrics, *f.clock);
     q.start();
     f.ledger.setOpen(false); // the first batch waits in the ledger while 1,999 queue
@@ -159,8 +187,12 @@ TEST_CASE("behind a slow ledger the batches grow to 1024 charges, not beyond") {
     f.ledger.setOpen(true);
     REQUIRE(f.waitSettled(2000));
     CHECK(f.ledger.settled() == 2000);
-    CHECK(f.ledger.largestBatch() == 1024);
-    CHECK(f.ledger.batches() <= 3); // 1 + ceil(1999 / 1024)
+    if (slow) {
+        CHECK(f.ledger.largestBatch() == 1024);
+        CHECK(f.ledger.batches() <= 3); // 1 + ceil(1999 / 1024)
+    } else {
+        CHECK(f.ledger.largestBatch() == 256);
+    }
     CHECK(q.depth() == 0);
     q.stop();
 }

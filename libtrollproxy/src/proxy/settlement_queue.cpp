@@ -169,7 +169,7 @@ std::int64_t SettlementQueue::depth() const {
 
 bool SettlementQueue::flushBatch(std::unique_lock<std::mutex>& lock, std::size_t lane) {
     std::deque<Charge>& queue = lanes_[lane];
-    const std::size_t n = std::min(kMaxBatch, queue.size());
+    const std::size_t n = std::min(slowLedger_[lane] ? kMaxBatch : kBatch, queue.size());
     std::vector<Charge> batch(
         std::make_move_iterator(queue.begin()),
         std::make_move_iterator(queue.begin() + static_cast<std::ptrdiff_t>(n)));
@@ -187,8 +187,10 @@ bool SettlementQueue::flushBatch(std::unique_lock<std::mutex>& lock, std::size_t
         if (onSettled_)
             onSettled_(batch[i]);
     }
-    const double seconds = static_cast<double>(clock_.steadyNs() - startNs) / 1e9;
+    const std::int64_t tookNs = clock_.steadyNs() - startNs;
+    const double seconds = static_cast<double>(tookNs) / 1e9;
     lock.lock();
+    slowLedger_[lane] = tookNs >= std::chrono::nanoseconds(kSlowBatch).count();
     metrics_.add("trollproxy_settlement_batches_total");
     metrics_.add("trollproxy_settlement_charges_total", static_cast<double>(done));
     metrics_.add("trollproxy_settlement_flush_seconds_total", seconds);

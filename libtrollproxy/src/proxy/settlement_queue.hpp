@@ -58,11 +58,14 @@ public:
     std::int64_t depth() const;
 
 private:
-    // A lane's flusher wakes for kBatch charges (or after kLinger) and takes up
-    // to kMaxBatch: behind a slow ledger the batches grow, and with them what
-    // each round trip (a transaction, a scan of the logged ids) is shared by.
+    // A lane's flusher wakes for kBatch charges (or after kLinger) and takes
+    // that many; after a batch that took the ledger kSlowBatch or more, up to
+    // kMaxBatch: behind a slow ledger (a distant MongoDB) the batches grow, and
+    // with them what each round trip is shared by. A fast one (SQLite, a few ms
+    // a batch) keeps its batches and its write lock short.
     static constexpr std::size_t kBatch = 256;
     static constexpr std::size_t kMaxBatch = 1024;
+    static constexpr std::chrono::milliseconds kSlowBatch{20};
     // Journal-first charges waiting at most (about 500 bytes each in memory).
     static constexpr std::int64_t kMaxQueued = 100'000;
     // A slow ledger's round trips overlap. Each flusher has its own lane of
@@ -113,6 +116,7 @@ private:
     mutable std::mutex mutex_;
     std::condition_variable wakes_[kFlushers];
     std::vector<std::deque<Charge>> lanes_ = std::vector<std::deque<Charge>>(kFlushers); // waiting
+    bool slowLedger_[kFlushers] = {};        // the lane's last batch took kSlowBatch or more
     std::map<std::string, Charge> inflight_; // being settled now, by request id
     std::int64_t appendedSinceCompact_ = 0;
     int fd_ = -1;
