@@ -242,6 +242,21 @@ TEST_CASE("settleBatch finds the ids settled before among its charges, of any fo
     CHECK(logOf(*l, user).size() == ids.size());
 }
 
+TEST_CASE("responseOwner: the user whose settled request created the response") {
+    auto l = openTestLedger();
+    std::string user = makeUser(*l, "responder");
+    give(*l, user, BalanceField::CreditsNew, "1.0");
+    Charge c = charge(uniqueName("req"), user, Pool::CreditsNew, "0.1");
+    c.responseId = uniqueName("resp");
+    REQUIRE(l->settle(c).status == SettleStatus::Settled);
+    auto owner = l->responseOwner(c.responseId);
+    REQUIRE(owner);
+    CHECK(*owner == user);
+    auto unknown = l->responseOwner(uniqueName("resp"));
+    REQUIRE_FALSE(unknown);
+    CHECK(unknown.error().code == ErrorCode::NotFound);
+}
+
 TEST_CASE("a cost above the hold takes what the balance has and records the shortfall") {
     auto l = openTestLedger();
     auto shortBefore = l->totalShortfall();

@@ -91,10 +91,13 @@ void appendLoggedFilter(std::span<const Charge> charges, bson_t* filter) {
     auto appendUtf8 = [](bson_t* doc, const char* key, std::string_view v) {
         bson_append_utf8(doc, key, -1, v.data(), static_cast<int>(v.size()));
     };
-    // One condition on requestId: a range, or the $in of the rest.
+    // One condition on requestId: a range, or the $in of the rest. Each says
+    // `$type: "string"`, the partial index's filter, without which a server does
+    // not use that index (mongo_doc.hpp, appendIndexedString).
     auto appendCondition = [&](bson_t* doc, std::size_t n) {
         bson_t cond;
         BSON_APPEND_DOCUMENT_BEGIN(doc, "requestId", &cond);
+        BSON_APPEND_UTF8(&cond, "$type", "string");
         if (n < ranges.size()) {
             appendUtf8(&cond, "$gte", ranges[n].first);
             appendUtf8(&cond, "$lte", ranges[n].second);
@@ -176,10 +179,10 @@ MongoLedger::findUsers(const std::map<std::string, std::vector<BatchItem*>>& byU
 
 MongoLedger::Write MongoLedger::upsertLog(const bson_t* entry) {
     Doc filter, update;
-    bson_iter_t it;
-    if (!bson_iter_init_find(&it, entry, "requestId"))
+    if (!bson_has_field(entry, "requestId"))
         return Write::Failed;
-    bson_append_value(filter.get(), "requestId", -1, bson_iter_value(&it));
+    internal::appendIndexedString(filter.get(), "requestId",
+                                  internal::stringField(entry, "requestId"));
     BSON_APPEND_DOCUMENT(update.get(), "$setOnInsert", entry);
     Coll c(pool_, db_, "request_logs");
     Doc opts, reply;

@@ -182,6 +182,14 @@ std::optional<std::uint64_t> requestIdTimeMs(std::string_view id) {
     return ms;
 }
 
+void appendIndexedString(bson_t* doc, const char* key, std::string_view value) {
+    bson_t cond;
+    bson_append_document_begin(doc, key, -1, &cond);
+    BSON_APPEND_UTF8(&cond, "$type", "string");
+    bson_append_utf8(&cond, "$eq", -1, value.data(), static_cast<int>(value.size()));
+    bson_append_document_end(doc, &cond);
+}
+
 void logEntryId(std::string_view requestId, bson_oid_t* oid) {
     std::uint64_t h = hash64(requestId);
     std::optional<std::uint64_t> ms = requestIdTimeMs(requestId);

@@ -59,6 +59,11 @@ void appendLogEntry(bson_t* doc, const LogEntry& entry, const char* pool);
 /// a writer that meets a duplicate reads the stored entry's requestId before it
 /// calls the entry written.
 void logEntryId(std::string_view requestId, bson_oid_t* oid);
+/// Appends `key: {$type: "string", $eq: value}`: a lookup by a field whose index is
+/// partial, on string values only (`trollproxy_requestId`, `trollproxy_responseId`).
+/// A server uses a partial index only for a query that states the index's filter;
+/// `{key: value}` alone scans the collection.
+void appendIndexedString(bson_t* doc, const char* key, std::string_view value);
 /// The milliseconds since the epoch in a request id of trollproxy's format
 /// ("<prefix>_" + 11 hex digits of milliseconds + 13 more); nullopt for another.
 /// Of two ids with one prefix, the earlier sorts first.

@@ -330,7 +330,7 @@ Result<void> MongoLedger::renewHold(std::string_view requestId, std::int64_t exp
 Result<std::string> MongoLedger::responseOwner(std::string_view responseId) {
     ensureIndexes();
     Doc filter, doc;
-    BSON_APPEND_UTF8(filter.get(), "responseId", std::string(responseId).c_str());
+    internal::appendIndexedString(filter.get(), "responseId", responseId);
     switch (findOne("request_logs", filter.get(), doc)) {
     case Found::Yes:
         return internal::stringField(doc.get(), "userId");
