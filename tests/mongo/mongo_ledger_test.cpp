@@ -364,16 +364,7 @@ TEST_CASE("a log entry's _id is its request id's; another request's entry under 
     const std::string stem = "req_" + hex(8) + "_" + digits;
     const std::string same = stem + hex(13), taken = stem + hex(13);
     auto charge = [&](const std::string& id) {
-        Charge c;
-        c.requestId = id;
-        c.userId = user;
-        c.keyId = "k";
-        c.model = "m";
-        c.pool = Pool::CreditsNew;
-        c.usage = Usage{10, 0, 0, 5};
-        c.cost = Money{100'000'000};
-        c.createdAtMs = ms;
-        return c;
+        return test::charge(id, user, Pool::CreditsNew, "0.1");
     };
     REQUIRE(l->settle(charge(same)).status == SettleStatus::Settled);
     REQUIRE(l2->settle(charge(same)).status == SettleStatus::Settled);
